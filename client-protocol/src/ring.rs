@@ -1,0 +1,375 @@
+//! The guest↔host channel: info page, request ring, descriptors and extents.
+//!
+//! Every structure here is `repr(C)`, little-endian, and mirrored field by field in
+//! `guest-driver-c/include/memout_abi.h`. Sizes and offsets are asserted at compile time below
+//! and compared against the C header by the `abi_layout` test.
+//!
+//! The host never trusts the guest's copy of anything: it decodes a descriptor from bytes once
+//! ([`Descriptor::decode`]), validates the copy, and writes results back with
+//! [`Descriptor::encode_result`], which touches only the fields the host owns.
+
+use core::mem::{offset_of, size_of};
+
+/// ABI version spoken by this crate. A guest announces its own in `HELLO`.
+pub const ABI_VERSION: u32 = 1;
+
+/// Size of one guest frame.
+pub const PAGE_SIZE: u64 = 4096;
+
+/// Guest-physical address of the info page ([`InfoPage`]). The one fixed address of the ABI.
+pub const INFO_PAGE_GPA: u64 = 0x5000;
+
+/// `out` (32-bit) to this port: process the request ring (the value written is ignored).
+pub const PORT_DOORBELL: u16 = 0x510;
+/// `out` (32-bit) to this port: print the NUL-terminated string at this guest-physical address.
+pub const PORT_DEBUG_STR: u16 = 0x511;
+/// `out` (32-bit) to this port: the guest program ends with this exit code.
+pub const PORT_EXIT: u16 = 0x512;
+
+/// Magic of the info page: `"MEMOUTI\0"` read as a little-endian `u64`.
+pub const INFO_MAGIC: u64 = u64::from_le_bytes(*b"MEMOUTI\0");
+/// Magic of the ring header: `"MRNG"` read as a little-endian `u32`.
+pub const RING_MAGIC: u32 = u32::from_le_bytes(*b"MRNG");
+
+/// Feature bit: the host posts host→guest messages in the ring header (reserved, not yet used).
+pub const FEATURE_HOST_MESSAGES: u32 = 1 << 0;
+/// Feature bit: an exit-free fast path page exists at `InfoPage::fastpath_gpa` (reserved).
+pub const FEATURE_FASTPATH: u32 = 1 << 1;
+
+/// Written by the host at a fixed address before the guest starts; tells the guest where
+/// everything is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InfoPage {
+    /// [`INFO_MAGIC`].
+    pub magic: u64,
+    /// [`ABI_VERSION`] of the host.
+    pub abi_version: u32,
+    /// `FEATURE_*` bits the host offers.
+    pub features: u32,
+    /// Guest-physical address of the [`RingHeader`].
+    pub ring_gpa: u64,
+    /// Number of descriptor slots in the ring (a power of two).
+    pub ring_slots: u32,
+    /// Reserved, zero.
+    pub reserved0: u32,
+    /// Guest-physical base of the outsourced region (frames come from here).
+    pub region_gpa: u64,
+    /// Size of the outsourced region in bytes.
+    pub region_size: u64,
+    /// Quota in pages when the guest started.
+    pub quota_pages: u64,
+    /// Guest-physical address of the fast-path page, 0 if none (see [`FEATURE_FASTPATH`]).
+    pub fastpath_gpa: u64,
+    /// Reserved, zero.
+    pub reserved: [u64; 8],
+}
+
+/// Header at the start of the ring; descriptors follow at `ring_gpa + size_of::<RingHeader>()`.
+///
+/// The guest owns `req_prod` and `host_msg_cons`; the host owns everything else.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingHeader {
+    /// [`RING_MAGIC`].
+    pub magic: u32,
+    /// ABI version the host speaks.
+    pub abi_version: u16,
+    /// Number of slots (copy of `InfoPage::ring_slots`).
+    pub slots: u16,
+    /// Guest: free-running count of requests posted.
+    pub req_prod: u32,
+    /// Host: free-running count of requests consumed.
+    pub req_cons: u32,
+    /// Host: free-running count of responses written (equals `req_cons` after a doorbell).
+    pub rsp_prod: u32,
+    /// Host: ring-level status of the last doorbell ([`Status`] as `u32`).
+    pub ring_status: u32,
+    /// Host: free-running count of host→guest messages posted (reserved).
+    pub host_msg_prod: u32,
+    /// Guest: free-running count of host→guest messages consumed (reserved).
+    pub host_msg_cons: u32,
+    /// Host: the guest's current quota in pages (updated on every doorbell).
+    pub quota_pages: u64,
+    /// Reserved, zero.
+    pub reserved: [u64; 3],
+}
+
+/// One request and, after the doorbell, its response. 64 bytes, one cache line.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Descriptor {
+    /// Guest: an [`Opcode`] as `u16`.
+    pub opcode: u16,
+    /// Guest: `ALLOC_*`/op flags.
+    pub flags: u16,
+    /// Guest: a cookie echoed untouched.
+    pub tag: u32,
+    /// Host: a [`Status`] as `u32`.
+    pub status: u32,
+    /// ALLOC: guest gives the capacity of the extent list, host writes how many it filled.
+    /// FREE: guest gives the number of extents in the list.
+    pub nr_extents: u32,
+    /// ALLOC: guest gives pages wanted, host writes pages granted.
+    /// FREE: host writes pages freed.
+    pub pages: u64,
+    /// Guest-physical address of an array of [`Extent`] (ALLOC, FREE).
+    pub extents_gpa: u64,
+    /// HELLO: guest ABI version. STATS: guest-physical address of a [`GuestStats`].
+    pub arg0: u64,
+    /// HELLO: host writes its ABI version.
+    pub arg1: u64,
+    /// Reserved, zero.
+    pub reserved: [u64; 2],
+}
+
+/// A run of frames: `pages` frames starting at guest-physical address `gpa` (page-aligned).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Extent {
+    /// Guest-physical address of the first frame.
+    pub gpa: u64,
+    /// Number of frames.
+    pub pages: u64,
+}
+
+/// What the host writes for `STATS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuestStats {
+    /// Current quota in pages.
+    pub quota_pages: u64,
+    /// Frames granted to the guest.
+    pub allocated_pages: u64,
+    /// Frames backed by host memory right now.
+    pub resident_pages: u64,
+    /// Page faults served.
+    pub faults: u64,
+    /// Pages freed by the guest so far.
+    pub freed_pages: u64,
+    /// Reserved, zero.
+    pub reserved: [u64; 3],
+}
+
+/// ALLOC flag: a partial grant is acceptable (otherwise all or nothing).
+pub const ALLOC_PARTIAL: u16 = 1 << 0;
+
+/// Request opcodes.
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Opcode {
+    /// Version handshake; must precede every other request.
+    Hello = 1,
+    /// Ask for frames.
+    Alloc = 2,
+    /// Give frames back.
+    Free = 3,
+    /// Read the guest's statistics.
+    Stats = 4,
+}
+
+impl Opcode {
+    /// Decodes a raw opcode; `None` for anything unknown.
+    pub fn from_raw(raw: u16) -> Option<Self> {
+        Some(match raw {
+            1 => Self::Hello,
+            2 => Self::Alloc,
+            3 => Self::Free,
+            4 => Self::Stats,
+            _ => return None,
+        })
+    }
+}
+
+/// Status codes written by the host.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Success.
+    Ok = 0,
+    /// Unknown opcode.
+    BadOpcode = 1,
+    /// A field is out of range or reserved bits are set.
+    Invalid = 2,
+    /// A guest-physical pointer is outside the memory the host reads for the guest.
+    BadPointer = 3,
+    /// The request would exceed the guest's quota.
+    Quota = 4,
+    /// The region has no room (or not in the extents the guest can receive).
+    NoMemory = 5,
+    /// FREE of a frame the guest does not hold.
+    NotOwned = 6,
+    /// The guest's ABI version is not supported.
+    Version = 7,
+    /// Ring indices are inconsistent (ring-level, in `RingHeader::ring_status`).
+    RingIndex = 8,
+    /// A request arrived before `HELLO`.
+    NoHello = 9,
+    /// The host failed to carry out a valid request (its own error, reported per guest).
+    HostError = 10,
+}
+
+impl Status {
+    /// A short, stable name for logs and tools.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::BadOpcode => "bad-opcode",
+            Self::Invalid => "invalid",
+            Self::BadPointer => "bad-pointer",
+            Self::Quota => "quota",
+            Self::NoMemory => "no-memory",
+            Self::NotOwned => "not-owned",
+            Self::Version => "version",
+            Self::RingIndex => "ring-index",
+            Self::NoHello => "no-hello",
+            Self::HostError => "host-error",
+        }
+    }
+}
+
+macro_rules! le_codec {
+    ($ty:ty { $($field:ident : $fty:tt),* $(,)? }) => {
+        impl $ty {
+            /// Size of the encoded structure in bytes.
+            pub const SIZE: usize = size_of::<$ty>();
+
+            /// Encodes to little-endian bytes, field by field.
+            pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+                let mut out = [0u8; Self::SIZE];
+                $( le_codec!(@put out, offset_of!($ty, $field), self.$field, $fty); )*
+                out
+            }
+
+            /// Decodes from little-endian bytes, field by field.
+            pub fn from_bytes(b: &[u8; Self::SIZE]) -> Self {
+                Self { $( $field: le_codec!(@get b, offset_of!($ty, $field), $fty), )* }
+            }
+        }
+    };
+    (@put $out:ident, $off:expr, $v:expr, [u64; $n:literal]) => {
+        for (i, x) in $v.iter().enumerate() {
+            $out[$off + 8 * i..$off + 8 * i + 8].copy_from_slice(&x.to_le_bytes());
+        }
+    };
+    (@put $out:ident, $off:expr, $v:expr, $t:ty) => {
+        $out[$off..$off + size_of::<$t>()].copy_from_slice(&$v.to_le_bytes());
+    };
+    (@get $b:ident, $off:expr, [u64; $n:literal]) => {{
+        let mut a = [0u64; $n];
+        for (i, x) in a.iter_mut().enumerate() {
+            *x = u64::from_le_bytes($b[$off + 8 * i..$off + 8 * i + 8].try_into().unwrap());
+        }
+        a
+    }};
+    (@get $b:ident, $off:expr, $t:ty) => {
+        <$t>::from_le_bytes($b[$off..$off + size_of::<$t>()].try_into().unwrap())
+    };
+}
+
+le_codec!(InfoPage {
+    magic: u64, abi_version: u32, features: u32, ring_gpa: u64, ring_slots: u32,
+    reserved0: u32, region_gpa: u64, region_size: u64, quota_pages: u64, fastpath_gpa: u64,
+    reserved: [u64; 8],
+});
+le_codec!(RingHeader {
+    magic: u32, abi_version: u16, slots: u16, req_prod: u32, req_cons: u32, rsp_prod: u32,
+    ring_status: u32, host_msg_prod: u32, host_msg_cons: u32, quota_pages: u64,
+    reserved: [u64; 3],
+});
+le_codec!(Descriptor {
+    opcode: u16, flags: u16, tag: u32, status: u32, nr_extents: u32, pages: u64,
+    extents_gpa: u64, arg0: u64, arg1: u64, reserved: [u64; 2],
+});
+le_codec!(Extent { gpa: u64, pages: u64 });
+le_codec!(GuestStats {
+    quota_pages: u64, allocated_pages: u64, resident_pages: u64, faults: u64,
+    freed_pages: u64, reserved: [u64; 3],
+});
+
+impl Descriptor {
+    /// Decodes a descriptor the guest wrote (the host's private copy).
+    pub fn decode(b: &[u8; Self::SIZE]) -> Self {
+        Self::from_bytes(b)
+    }
+
+    /// Byte range of the host-owned result fields (`status`..=`pages`), and their encoding.
+    /// The host writes only these back, so a guest cookie or pointer is never rewritten.
+    pub fn encode_result(&self) -> (usize, [u8; 16]) {
+        let full = self.to_bytes();
+        let start = offset_of!(Descriptor, status);
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&full[start..start + 16]);
+        (start, out)
+    }
+
+    /// Byte range of `arg1` and its encoding (HELLO's reply).
+    pub fn encode_arg1(&self) -> (usize, [u8; 8]) {
+        (offset_of!(Descriptor, arg1), self.arg1.to_le_bytes())
+    }
+}
+
+/// Offset of `req_prod` in [`RingHeader`] (the guest-owned producer index).
+pub const RING_REQ_PROD_OFFSET: usize = offset_of!(RingHeader, req_prod);
+/// Offset of `req_cons` in [`RingHeader`]; `req_cons`, `rsp_prod`, `ring_status` follow.
+pub const RING_HOST_INDICES_OFFSET: usize = offset_of!(RingHeader, req_cons);
+/// Offset of `quota_pages` in [`RingHeader`].
+pub const RING_QUOTA_OFFSET: usize = offset_of!(RingHeader, quota_pages);
+
+// Compile-time layout guards; the C header is checked against the same numbers by a test.
+const _: () = {
+    assert!(size_of::<InfoPage>() == 128);
+    assert!(offset_of!(InfoPage, ring_gpa) == 16);
+    assert!(offset_of!(InfoPage, region_gpa) == 32);
+    assert!(offset_of!(InfoPage, fastpath_gpa) == 56);
+    assert!(size_of::<RingHeader>() == 64);
+    assert!(offset_of!(RingHeader, req_prod) == 8);
+    assert!(offset_of!(RingHeader, quota_pages) == 32);
+    assert!(size_of::<Descriptor>() == 64);
+    assert!(offset_of!(Descriptor, status) == 8);
+    assert!(offset_of!(Descriptor, pages) == 16);
+    assert!(offset_of!(Descriptor, extents_gpa) == 24);
+    assert!(offset_of!(Descriptor, arg1) == 40);
+    assert!(size_of::<Extent>() == 16);
+    assert!(size_of::<GuestStats>() == 64);
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn descriptor_roundtrips(op in any::<u16>(), fl in any::<u16>(), tag in any::<u32>(),
+                                 st in any::<u32>(), n in any::<u32>(), p in any::<u64>(),
+                                 g in any::<u64>(), a0 in any::<u64>(), a1 in any::<u64>()) {
+            let d = Descriptor { opcode: op, flags: fl, tag, status: st, nr_extents: n, pages: p,
+                                 extents_gpa: g, arg0: a0, arg1: a1, reserved: [a0, a1] };
+            prop_assert_eq!(Descriptor::decode(&d.to_bytes()), d);
+        }
+    }
+
+    #[test]
+    fn result_encoding_covers_only_host_fields() {
+        let d = Descriptor { status: 6, nr_extents: 3, pages: 0x1122, ..Default::default() };
+        let (off, bytes) = d.encode_result();
+        assert_eq!(off, 8);
+        assert_eq!(&bytes[0..4], &6u32.to_le_bytes());
+        assert_eq!(&bytes[4..8], &3u32.to_le_bytes());
+        assert_eq!(&bytes[8..16], &0x1122u64.to_le_bytes());
+    }
+
+    #[test]
+    fn opcodes_decode() {
+        assert_eq!(Opcode::from_raw(2), Some(Opcode::Alloc));
+        assert_eq!(Opcode::from_raw(0), None);
+        assert_eq!(Opcode::from_raw(0xffff), None);
+    }
+
+    #[test]
+    fn magics_are_ascii() {
+        assert_eq!(&INFO_MAGIC.to_le_bytes(), b"MEMOUTI\0");
+        assert_eq!(&RING_MAGIC.to_le_bytes(), b"MRNG");
+    }
+}

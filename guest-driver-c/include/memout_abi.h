@@ -1,0 +1,109 @@
+/* memout guest<->host ABI. Mirrors client-protocol/src/ring.rs field by field; the
+ * abi_layout test in memout-protocol compiles this header and compares every size, offset and
+ * constant with the Rust definitions. All fields are little-endian. Freestanding C only. */
+#ifndef MEMOUT_ABI_H
+#define MEMOUT_ABI_H
+
+#include <stdint.h>
+
+#define MEMOUT_ABI_VERSION 1u
+#define MEMOUT_PAGE_SIZE 4096ull
+#define MEMOUT_INFO_PAGE_GPA 0x5000ull
+
+#define MEMOUT_PORT_DOORBELL 0x510
+#define MEMOUT_PORT_DEBUG_STR 0x511
+#define MEMOUT_PORT_EXIT 0x512
+
+#define MEMOUT_INFO_MAGIC 0x004954554f4d454dull /* "MEMOUTI\0" */
+#define MEMOUT_RING_MAGIC 0x474e524du           /* "MRNG" */
+
+#define MEMOUT_FEATURE_HOST_MESSAGES (1u << 0)
+#define MEMOUT_FEATURE_FASTPATH (1u << 1)
+
+#define MEMOUT_ALLOC_PARTIAL (1u << 0)
+
+enum memout_opcode {
+    MEMOUT_OP_HELLO = 1,
+    MEMOUT_OP_ALLOC = 2,
+    MEMOUT_OP_FREE = 3,
+    MEMOUT_OP_STATS = 4,
+};
+
+enum memout_status {
+    MEMOUT_OK = 0,
+    MEMOUT_E_BAD_OPCODE = 1,
+    MEMOUT_E_INVALID = 2,
+    MEMOUT_E_BAD_POINTER = 3,
+    MEMOUT_E_QUOTA = 4,
+    MEMOUT_E_NO_MEMORY = 5,
+    MEMOUT_E_NOT_OWNED = 6,
+    MEMOUT_E_VERSION = 7,
+    MEMOUT_E_RING_INDEX = 8,
+    MEMOUT_E_NO_HELLO = 9,
+    MEMOUT_E_HOST_ERROR = 10,
+};
+
+/* At MEMOUT_INFO_PAGE_GPA, written by the host before the guest starts. */
+struct memout_info {
+    uint64_t magic;
+    uint32_t abi_version;
+    uint32_t features;
+    uint64_t ring_gpa;
+    uint32_t ring_slots;
+    uint32_t reserved0;
+    uint64_t region_gpa;
+    uint64_t region_size;
+    uint64_t quota_pages;
+    uint64_t fastpath_gpa;
+    uint64_t reserved[8];
+};
+
+/* At ring_gpa; ring_slots descriptors follow immediately. */
+struct memout_ring_header {
+    uint32_t magic;
+    uint16_t abi_version;
+    uint16_t slots;
+    uint32_t req_prod;      /* guest */
+    uint32_t req_cons;      /* host */
+    uint32_t rsp_prod;      /* host */
+    uint32_t ring_status;   /* host */
+    uint32_t host_msg_prod; /* host (reserved) */
+    uint32_t host_msg_cons; /* guest (reserved) */
+    uint64_t quota_pages;   /* host */
+    uint64_t reserved[3];
+};
+
+struct memout_desc {
+    uint16_t opcode;
+    uint16_t flags;
+    uint32_t tag;
+    uint32_t status;     /* host */
+    uint32_t nr_extents; /* ALLOC: capacity in, filled out; FREE: count in */
+    uint64_t pages;      /* ALLOC: wanted in, granted out; FREE: freed out */
+    uint64_t extents_gpa;
+    uint64_t arg0; /* HELLO: guest version; STATS: gpa of struct memout_stats */
+    uint64_t arg1; /* HELLO: host version out */
+    uint64_t reserved[2];
+};
+
+struct memout_extent {
+    uint64_t gpa;
+    uint64_t pages;
+};
+
+struct memout_stats {
+    uint64_t quota_pages;
+    uint64_t allocated_pages;
+    uint64_t resident_pages;
+    uint64_t faults;
+    uint64_t freed_pages;
+    uint64_t reserved[3];
+};
+
+_Static_assert(sizeof(struct memout_info) == 128, "memout_info size");
+_Static_assert(sizeof(struct memout_ring_header) == 64, "memout_ring_header size");
+_Static_assert(sizeof(struct memout_desc) == 64, "memout_desc size");
+_Static_assert(sizeof(struct memout_extent) == 16, "memout_extent size");
+_Static_assert(sizeof(struct memout_stats) == 64, "memout_stats size");
+
+#endif
