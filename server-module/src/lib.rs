@@ -1,1 +1,39 @@
-//! x
+//! # memout-server
+//!
+//! The host side of memout: an embeddable library that owns the page-frame allocator of each
+//! guest's *outsourced region* and backs its frames on demand.
+//!
+//! ```text
+//!  VMM (memout-vmm or yours)                         memout-server
+//!  ─────────────────────────                         ─────────────
+//!  doorbell exit ──▶ GuestHandle::on_doorbell ──▶ rpc ──▶ guest (frames, resident map)
+//!  KVM memslot over region_host_addr()                      ▲
+//!  guest touches a frame ──▶ userfaultfd ──▶ fault_handler ─┘ ──▶ populate (UFFDIO_COPY)
+//! ```
+//!
+//! The region is private anonymous memory mapped with `MAP_NORESERVE` and never locked; a
+//! frame is backed only once the guest holds it and touches it, and its host page is dropped
+//! (`MADV_DONTNEED`) the moment the guest frees it. A touch of a frame the guest does not hold
+//! gets no memory: the guest is stopped with [`GuestFault::Unowned`].
+//!
+//! Modules, bottom up: [`extents`], [`frames`], [`resident`], [`populate`] and [`stats`] are
+//! pure logic; [`uffd`] and [`host_mem`] are the thin `unsafe` wrappers; [`guest`],
+//! [`fault_handler`] and [`rpc`] do the work; [`server`] is the API.
+#![deny(missing_docs)]
+
+pub mod extents;
+pub mod fault_handler;
+pub mod frames;
+pub mod guest;
+pub mod host_mem;
+pub mod populate;
+pub mod resident;
+pub mod rpc;
+pub mod server;
+pub mod stats;
+pub mod uffd;
+
+pub use guest::{FatalNotifier, GuestFault};
+pub use populate::PopulatePolicy;
+pub use server::{ChannelConfig, GuestConfig, GuestHandle, Server, ServerBuilder};
+pub use stats::GuestStatsSnapshot;

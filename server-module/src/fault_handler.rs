@@ -1,0 +1,87 @@
+//! The fault-handler thread of one guest: waits on the guest's userfaultfd and a stop
+//! eventfd, serves missing-page faults through [`GuestCore::resolve_fault`] and tracks REMOVE
+//! events. One thread per guest, so a slow populate for one guest never delays another.
+
+use crate::guest::{GuestCore, Resolution};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::eventfd::EventFd;
+use std::collections::VecDeque;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use userfaultfd::{Event, EventBuffer};
+
+/// Starts the handler thread; it runs until `stop` is signalled.
+pub fn spawn(core: Arc<GuestCore>, stop: Arc<EventFd>) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("memout-uffd-{}", core.name()))
+        .spawn(move || run(&core, &stop))
+}
+
+fn run(core: &GuestCore, stop: &EventFd) {
+    let _span = core.span().clone().entered();
+    let mut buf = EventBuffer::new(64);
+    let mut pending: VecDeque<usize> = VecDeque::new();
+    loop {
+        let (uffd_ready, stop_ready) = {
+            let mut fds = [
+                PollFd::new(core.uffd().as_fd(), PollFlags::POLLIN),
+                PollFd::new(stop.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    core.stop(crate::guest::GuestFault::Uffd(format!("poll: {e}")));
+                    return;
+                }
+            }
+            let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+            (ready(&fds[0]), ready(&fds[1]))
+        };
+        if stop_ready {
+            return;
+        }
+        if !uffd_ready {
+            continue;
+        }
+        // Read everything pending, then serve; a Retry means REMOVE events are pending, so go
+        // back to reading before serving that fault again.
+        loop {
+            if !drain(core, &mut buf, &mut pending) {
+                return;
+            }
+            let mut retry = false;
+            while let Some(addr) = pending.pop_front() {
+                if core.resolve_fault(addr) == Resolution::Retry {
+                    pending.push_front(addr);
+                    retry = true;
+                    break;
+                }
+            }
+            if !retry {
+                break;
+            }
+        }
+    }
+}
+
+/// Reads pending events; queues faults, applies REMOVE. `false` if the uffd broke.
+fn drain(core: &GuestCore, buf: &mut EventBuffer, pending: &mut VecDeque<usize>) -> bool {
+    let events = match core.uffd().read_events(buf) {
+        Ok(ev) => ev,
+        Err(e) => {
+            core.stop(crate::guest::GuestFault::Uffd(e.to_string()));
+            return false;
+        }
+    };
+    for ev in events {
+        match ev {
+            Ok(Event::Pagefault { addr, .. }) => pending.push_back(addr as usize),
+            Ok(Event::Remove { start, end }) => core.note_removed(start as usize, end as usize),
+            Ok(other) => tracing::debug!("ignoring userfaultfd event {other:?}"),
+            Err(e) => tracing::warn!("bad userfaultfd event: {e}"),
+        }
+    }
+    true
+}

@@ -1,0 +1,380 @@
+//! One guest's state in the server: its allocator, which frames are resident, its counters, and
+//! the operations the ring and the fault handler call. Shared (in an `Arc`) between the guest's
+//! handle, used on the VMM's vCPU thread, and its fault-handler thread.
+
+use crate::extents::Run;
+use crate::frames::{self, FrameAllocator};
+use crate::host_mem::HostRegion;
+use crate::populate::PopulatePolicy;
+use crate::resident::ResidentMap;
+use crate::stats::{GuestCounters, GuestStatsSnapshot};
+use crate::uffd::{CopyOutcome, GuestUffd};
+use memout_protocol::ring::{Extent, PAGE_SIZE, Status};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+use thiserror::Error;
+
+/// Why the server stopped a guest. The VMM ends the guest's run with this error.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum GuestFault {
+    /// The guest touched a frame of its outsourced region that it does not hold.
+    #[error("guest touched guest-physical address {gpa:#x}, a frame it does not hold")]
+    Unowned {
+        /// The faulting guest-physical address (page-aligned).
+        gpa: u64,
+    },
+    /// The host could not back a frame the guest holds (e.g. host out of memory).
+    #[error("host could not back guest-physical address {gpa:#x}: {}", std::io::Error::from_raw_os_error(*errno))]
+    HostPopulate {
+        /// The faulting guest-physical address.
+        gpa: u64,
+        /// errno of the failed populate.
+        errno: i32,
+    },
+    /// The userfaultfd itself failed; the guest's faults can no longer be served.
+    #[error("userfaultfd failed: {0}")]
+    Uffd(String),
+}
+
+/// Called (from the fault-handler thread) when the server stops a guest; the VMM kicks the
+/// guest's vCPUs out of KVM_RUN and ends the run.
+pub type FatalNotifier = Box<dyn Fn(&GuestFault) + Send + Sync>;
+
+/// Result of serving one fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    /// The faulting page is backed and its waiters woken.
+    Served,
+    /// The fault is refused; the guest is stopped (see [`GuestFault`]).
+    Refused,
+    /// Mappings are changing (REMOVE events pending): read events, then resolve again.
+    Retry,
+}
+
+/// A zero-filled, page-aligned source buffer for UFFDIO_COPY, shared by all guests.
+pub struct ZeroChunk {
+    buf: Box<[u8]>,
+    pages: u64,
+}
+
+impl ZeroChunk {
+    /// A buffer of `pages` zero pages.
+    pub fn new(pages: u64) -> Self {
+        // One page of slack so the copy source can start on a page boundary.
+        let buf = vec![0u8; ((pages + 1) * PAGE_SIZE) as usize].into_boxed_slice();
+        Self { buf, pages }
+    }
+
+    fn ptr(&self) -> *const u8 {
+        let off = self.buf.as_ptr().align_offset(PAGE_SIZE as usize);
+        self.buf[off..].as_ptr()
+    }
+}
+
+struct State {
+    alloc: FrameAllocator,
+    resident: ResidentMap,
+    hello: bool,
+}
+
+/// What [`GuestCore::new`] is built from.
+pub(crate) struct GuestParts {
+    pub name: String,
+    pub region: HostRegion,
+    pub region_gpa: u64,
+    pub uffd: GuestUffd,
+    pub alloc: FrameAllocator,
+    pub policy: PopulatePolicy,
+    pub on_fatal: Option<FatalNotifier>,
+    pub zero: Arc<ZeroChunk>,
+}
+
+/// One guest, as the server sees it.
+pub struct GuestCore {
+    name: String,
+    region: HostRegion,
+    region_gpa: u64,
+    uffd: GuestUffd,
+    state: Mutex<State>,
+    counters: GuestCounters,
+    policy: Mutex<PopulatePolicy>,
+    fatal: Mutex<Option<GuestFault>>,
+    on_fatal: Option<FatalNotifier>,
+    zero: Arc<ZeroChunk>,
+    span: tracing::Span,
+}
+
+impl GuestCore {
+    pub(crate) fn new(p: GuestParts) -> Self {
+        let span = tracing::info_span!("guest", name = %p.name);
+        let resident = ResidentMap::new(p.alloc.frames());
+        Self {
+            name: p.name,
+            region: p.region,
+            region_gpa: p.region_gpa,
+            uffd: p.uffd,
+            state: Mutex::new(State { alloc: p.alloc, resident, hello: false }),
+            counters: GuestCounters::default(),
+            policy: Mutex::new(p.policy),
+            fatal: Mutex::new(None),
+            on_fatal: p.on_fatal,
+            zero: p.zero,
+            span,
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock is a memout bug; the state is still consistent at every
+        // await-free step, so keep serving rather than poisoning every later call.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The guest's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The guest's tracing span.
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    /// The host mapping of the outsourced region.
+    pub fn region(&self) -> &HostRegion {
+        &self.region
+    }
+
+    /// Guest-physical base of the outsourced region.
+    pub fn region_gpa(&self) -> u64 {
+        self.region_gpa
+    }
+
+    pub(crate) fn uffd(&self) -> &GuestUffd {
+        &self.uffd
+    }
+
+    pub(crate) fn counters(&self) -> &GuestCounters {
+        &self.counters
+    }
+
+    /// The current population policy.
+    pub fn policy(&self) -> PopulatePolicy {
+        *self.policy.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Changes the population policy (takes effect at the next fault).
+    pub fn set_policy(&self, p: PopulatePolicy) {
+        *self.policy.lock().unwrap_or_else(|p| p.into_inner()) = p;
+    }
+
+    /// Changes the quota in pages.
+    pub fn set_quota(&self, pages: u64) -> frames::Result<()> {
+        self.state().alloc.set_quota(pages)
+    }
+
+    /// The quota in pages.
+    pub fn quota(&self) -> u64 {
+        self.state().alloc.quota()
+    }
+
+    /// Why the guest was stopped, if it was.
+    pub fn fatal(&self) -> Option<GuestFault> {
+        self.fatal.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn hello_done(&self) -> bool {
+        self.state().hello
+    }
+
+    pub(crate) fn set_hello(&self) {
+        self.state().hello = true;
+    }
+
+    /// Converts a guest extent to a run of frames; `None` if misaligned, empty or outside the
+    /// region.
+    pub fn run_of(&self, e: &Extent) -> Option<Run> {
+        let off = e.gpa.checked_sub(self.region_gpa)?;
+        if off % PAGE_SIZE != 0 || e.pages == 0 {
+            return None;
+        }
+        let start = off / PAGE_SIZE;
+        let frames = self.region.size() as u64 / PAGE_SIZE;
+        (start.checked_add(e.pages)? <= frames).then_some(Run { start, len: e.pages })
+    }
+
+    fn extent_of(&self, r: Run) -> Extent {
+        Extent { gpa: self.region_gpa + r.start * PAGE_SIZE, pages: r.len }
+    }
+
+    /// Grants `pages` frames in at most `max_extents` extents (see
+    /// [`FrameAllocator::allocate`]).
+    pub fn alloc(&self, pages: u64, max_extents: usize, partial: bool) -> Result<Vec<Extent>, Status> {
+        let runs = self.state().alloc.allocate(pages, max_extents, partial).map_err(|e| match e {
+            frames::Error::Quota { .. } => Status::Quota,
+            _ => Status::NoMemory,
+        })?;
+        Ok(runs.into_iter().map(|r| self.extent_of(r)).collect())
+    }
+
+    /// Takes back a grant that could not be delivered to the guest (never touched by it).
+    pub(crate) fn undo_alloc(&self, extents: &[Extent]) {
+        let runs: Vec<Run> = extents.iter().filter_map(|e| self.run_of(e)).collect();
+        let mut st = self.state();
+        if st.alloc.begin_release(&runs).is_ok() {
+            st.alloc.finish_release(&runs);
+        }
+    }
+
+    /// The guest gives `runs` back: validated all or nothing, then the host pages are dropped
+    /// at once, then the frames become free. Returns the number of frames freed.
+    pub fn free(&self, runs: &[Run]) -> Result<u64, Status> {
+        let (pages, was_resident) = {
+            let mut st = self.state();
+            let pages = st.alloc.begin_release(runs).map_err(|e| match e {
+                frames::Error::NotOwned(_) => Status::NotOwned,
+                _ => Status::Invalid,
+            })?;
+            let was: u64 = runs.iter().map(|&r| st.resident.clear(r)).sum();
+            (pages, was)
+        };
+        // Dropped outside the lock: with REMOVE events enabled, madvise waits until the fault
+        // thread has read the event, and that thread may need the lock. The frames are in the
+        // releasing state meanwhile, so nothing can grant or populate them.
+        for r in runs {
+            if let Err(e) = self
+                .region
+                .discard((r.start * PAGE_SIZE) as usize, (r.len * PAGE_SIZE) as usize)
+            {
+                tracing::error!(parent: &self.span, "dropping freed frames: {e}");
+            }
+        }
+        self.state().alloc.finish_release(runs);
+        self.counters.freed_pages.fetch_add(pages, Relaxed);
+        self.counters.bytes_returned.fetch_add(was_resident * PAGE_SIZE, Relaxed);
+        Ok(pages)
+    }
+
+    /// Host pages in `[start, end)` were dropped (a REMOVE event): they are no longer resident.
+    pub(crate) fn note_removed(&self, start: usize, end: usize) {
+        let base = self.region.addr();
+        let lo = start.max(base).saturating_sub(base) as u64 / PAGE_SIZE;
+        let hi = (end.min(base + self.region.size()).saturating_sub(base) as u64).div_ceil(PAGE_SIZE);
+        if hi > lo {
+            self.state().resident.clear(Run { start: lo, len: hi - lo });
+        }
+    }
+
+    /// Serves a missing-page fault at host address `addr`.
+    pub(crate) fn resolve_fault(&self, addr: usize) -> Resolution {
+        let t0 = Instant::now();
+        let base = self.region.addr();
+        let frame = (addr.wrapping_sub(base) as u64) / PAGE_SIZE;
+        let gpa = self.region_gpa + frame * PAGE_SIZE;
+        let mut st = self.state();
+        let Some(granted) = st.alloc.allocated_run(frame) else {
+            drop(st);
+            self.counters.violations.fetch_add(1, Relaxed);
+            self.stop(GuestFault::Unowned { gpa });
+            return Resolution::Refused;
+        };
+        let page_addr = base + (frame * PAGE_SIZE) as usize;
+        if st.resident.get(frame) {
+            drop(st);
+            return self.wake_or_stop(page_addr, gpa);
+        }
+        let window = self.policy().window(frame, granted);
+        for hole in st.resident.holes(window) {
+            match self.populate(&mut st, hole) {
+                Ok(true) => {}
+                Ok(false) => return Resolution::Retry,
+                Err(errno) => {
+                    drop(st);
+                    self.stop(GuestFault::HostPopulate { gpa, errno });
+                    return Resolution::Refused;
+                }
+            }
+        }
+        drop(st);
+        self.counters.faults.fetch_add(1, Relaxed);
+        self.counters.populate_latency.record(t0.elapsed().as_nanos() as u64);
+        Resolution::Served
+    }
+
+    fn wake_or_stop(&self, page_addr: usize, gpa: u64) -> Resolution {
+        match self.uffd.wake(page_addr, PAGE_SIZE as usize) {
+            Ok(()) => Resolution::Served,
+            Err(e) => {
+                self.stop(GuestFault::Uffd(format!("wake at gpa {gpa:#x}: {e}")));
+                Resolution::Refused
+            }
+        }
+    }
+
+    /// Fills `hole` (non-resident, granted frames) from the zero chunk. `Ok(false)`: retry
+    /// after reading events. `Err(errno)`: the host cannot back it.
+    fn populate(&self, st: &mut State, hole: Run) -> Result<bool, i32> {
+        let base = self.region.addr();
+        let mut f = hole.start;
+        while f < hole.end() {
+            let pages = (hole.end() - f).min(self.zero.pages);
+            let dst = base + (f * PAGE_SIZE) as usize;
+            match self.uffd.copy(self.zero.ptr(), dst, (pages * PAGE_SIZE) as usize) {
+                Ok(CopyOutcome::Copied(n)) if n >= PAGE_SIZE as usize => {
+                    let done = n as u64 / PAGE_SIZE;
+                    st.resident.set(Run { start: f, len: done });
+                    self.counters.populated_pages.fetch_add(done, Relaxed);
+                    f += done;
+                }
+                Ok(CopyOutcome::Copied(_)) | Ok(CopyOutcome::Retry) => return Ok(false),
+                Ok(CopyOutcome::AlreadyPopulated) => {
+                    st.resident.set(Run { start: f, len: 1 });
+                    self.uffd.wake(dst, PAGE_SIZE as usize).map_err(|_| libc::EIO)?;
+                    f += 1;
+                }
+                Err(crate::uffd::Error::Populate { errno, .. }) => return Err(errno),
+                Err(_) => return Err(libc::EIO),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Stops the guest: records the first fault and notifies the VMM.
+    pub(crate) fn stop(&self, fault: GuestFault) {
+        let mut slot = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_some() {
+            return; // already stopping; one log line per guest, whatever the guest does
+        }
+        tracing::error!(parent: &self.span, "stopping guest: {fault}");
+        *slot = Some(fault.clone());
+        drop(slot);
+        if let Some(n) = &self.on_fatal {
+            n(&fault);
+        }
+    }
+
+    /// A consistent snapshot of the guest's statistics.
+    pub fn snapshot(&self) -> GuestStatsSnapshot {
+        let (quota, allocated, resident) = {
+            let st = self.state();
+            (st.alloc.quota(), st.alloc.allocated(), st.resident.count())
+        };
+        let c = &self.counters;
+        GuestStatsSnapshot {
+            quota_pages: quota,
+            allocated_pages: allocated,
+            resident_pages: resident,
+            doorbells: c.doorbells.load(Relaxed),
+            requests: c.requests.load(Relaxed),
+            request_errors: c.request_errors.load(Relaxed),
+            faults: c.faults.load(Relaxed),
+            populated_pages: c.populated_pages.load(Relaxed),
+            freed_pages: c.freed_pages.load(Relaxed),
+            bytes_returned: c.bytes_returned.load(Relaxed),
+            violations: c.violations.load(Relaxed),
+            populate_p50_ns: c.populate_latency.quantile(0.5),
+            populate_p99_ns: c.populate_latency.quantile(0.99),
+            policy: self.policy().name(),
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! The host mapping behind an outsourced region: private, anonymous, `MAP_NORESERVE`, never
+//! locked; plus the one operation memout needs on it (dropping pages). The only place the
+//! server maps or unmaps memory.
+
+use thiserror::Error;
+
+/// Errors from host memory operations.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// mmap failed.
+    #[error("cannot map {size} bytes for the outsourced region: {source}")]
+    Map {
+        /// Bytes asked for.
+        size: usize,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// madvise failed.
+    #[error("madvise({advice}) of {len} bytes at {addr:#x} failed: {source}")]
+    Madvise {
+        /// Which advice.
+        advice: &'static str,
+        /// Host address.
+        addr: usize,
+        /// Length.
+        len: usize,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// `Result` with this module's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// An owned anonymous mapping (unmapped on drop).
+#[derive(Debug)]
+pub struct HostRegion {
+    addr: usize,
+    size: usize,
+}
+
+impl HostRegion {
+    /// Maps `size` bytes of private anonymous memory with `MAP_NORESERVE`, so the host commits
+    /// nothing up front, and asks for transparent huge pages to stay off (memout populates in
+    /// its own chunks and returns 4 KiB frames).
+    pub fn new(size: usize) -> Result<Self> {
+        // SAFETY: a fresh anonymous mapping at an address the kernel chooses; it aliases nothing.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(Error::Map { size, source: std::io::Error::last_os_error() });
+        }
+        let region = Self { addr: p as usize, size };
+        region.advise(0, size, libc::MADV_NOHUGEPAGE, "MADV_NOHUGEPAGE")?;
+        Ok(region)
+    }
+
+    /// Host address of the first byte.
+    pub fn addr(&self) -> usize {
+        self.addr
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Drops the host pages of `[offset, offset + len)`: the memory goes back to the host at
+    /// once and the next access faults again (to the userfaultfd).
+    pub fn discard(&self, offset: usize, len: usize) -> Result<()> {
+        self.advise(offset, len, libc::MADV_DONTNEED, "MADV_DONTNEED")
+    }
+
+    fn advise(&self, offset: usize, len: usize, advice: i32, name: &'static str) -> Result<()> {
+        assert!(offset.checked_add(len).is_some_and(|e| e <= self.size), "range outside region");
+        let addr = self.addr + offset;
+        // SAFETY: the range lies inside our own mapping (asserted above). The advice values used
+        // here only drop or re-tag anonymous pages; nothing in Rust holds references into them.
+        let r = unsafe { libc::madvise(addr as *mut libc::c_void, len, advice) };
+        if r != 0 {
+            return Err(Error::Madvise { advice: name, addr, len, source: std::io::Error::last_os_error() });
+        }
+        Ok(())
+    }
+}
+
+impl Drop for HostRegion {
+    fn drop(&mut self) {
+        // SAFETY: we own this mapping and nothing refers to it once the region is dropped (the
+        // server drops the KVM memslot user, the guest handle, first).
+        unsafe { libc::munmap(self.addr as *mut libc::c_void, self.size) };
+    }
+}
