@@ -1,0 +1,175 @@
+//! `memout`: runs memout guests on KVM, and shows what the host saw.
+
+use clap::{Parser, Subcommand};
+use memout_server::{PopulatePolicy, Server};
+use memout_vmm::image::GuestImage;
+use memout_vmm::runner::{self, RunConfig, RunReport};
+use std::process::ExitCode;
+use std::time::Duration;
+
+mod cli_size;
+
+#[derive(Parser)]
+#[command(name = "memout", version, about = "Outsource a KVM guest's memory management to the host")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the demo guest: allocate 64 MiB from the host, verify, free half, verify again.
+    Demo {
+        /// Print one JSON object as the last line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a guest image (a file, or the name of a built-in guest such as `demo`).
+    Run {
+        /// Path to a guest image, or a built-in guest name.
+        image: String,
+        /// Outsourced region size (e.g. 4G).
+        #[arg(long, default_value = "4G", value_parser = cli_size::parse)]
+        region: u64,
+        /// Quota (e.g. 1G).
+        #[arg(long, default_value = "1G", value_parser = cli_size::parse)]
+        quota: u64,
+        /// Population policy: per-page or fault-around.
+        #[arg(long, default_value = "fault-around", value_parser = parse_policy)]
+        policy: PopulatePolicy,
+        /// Argument the guest reads from its argument port.
+        #[arg(long, default_value_t = 0)]
+        arg: u32,
+        /// Time limit in seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
+    /// List the built-in guest images.
+    Guests,
+}
+
+fn parse_policy(s: &str) -> Result<PopulatePolicy, String> {
+    PopulatePolicy::parse(s).ok_or_else(|| format!("unknown policy {s:?} (per-page, fault-around)"))
+}
+
+fn load(image: &str) -> Result<GuestImage, String> {
+    let r = match memout_vmm::images::get(image) {
+        Some(b) if !std::path::Path::new(image).exists() => GuestImage::parse(b.to_vec()),
+        _ => GuestImage::from_file(std::path::Path::new(image)),
+    };
+    r.map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MEMOUT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Demo { json } => demo(json),
+        Cmd::Run { image, region, quota, policy, arg, timeout } => load(&image).and_then(|img| {
+            let cfg = RunConfig {
+                name: "guest".into(),
+                region_size: region,
+                quota_bytes: quota,
+                policy,
+                arg,
+                timeout: Duration::from_secs(timeout),
+                echo: true,
+            };
+            let report = run(&img, &cfg)?;
+            print_stats(&report);
+            if report.passed() { Ok(()) } else { Err(report.outcome.to_string()) }
+        }),
+        Cmd::Guests => {
+            for (name, bytes) in memout_vmm::images::ALL {
+                println!("{name:<12} {:>8} bytes", bytes.len());
+            }
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("memout: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(img: &GuestImage, cfg: &RunConfig) -> Result<RunReport, String> {
+    if !memout_vmm::vm::kvm_available() {
+        return Err("SKIPPED: no /dev/kvm: memout needs KVM to run guests".into());
+    }
+    let server = Server::builder().build().map_err(|e| e.to_string())?;
+    runner::run_guest(&server, img, cfg).map_err(|e| e.to_string())
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1 << 20) as f64
+}
+
+fn print_stats(r: &RunReport) {
+    let s = &r.stats;
+    println!(
+        "host: {:.1} MiB allocated, {:.1} MiB resident (RSS {:.1} MiB), {} faults, {} pages populated, {:.1} MiB returned, {} violations, {:.1} ms",
+        mib(s.allocated_pages * 4096),
+        mib(s.resident_pages * 4096),
+        mib(r.region_rss),
+        s.faults,
+        s.populated_pages,
+        mib(s.bytes_returned),
+        s.violations,
+        r.elapsed.as_secs_f64() * 1e3
+    );
+}
+
+fn demo(json: bool) -> Result<(), String> {
+    let img = load("demo")?;
+    let cfg = RunConfig { name: "demo".into(), quota_bytes: 256 << 20, echo: !json, ..Default::default() };
+    let r = run(&img, &cfg)?;
+    const STEPS: [&str; 4] = ["start", "64 MiB written", "32 MiB freed", "32 MiB re-allocated"];
+    if !json {
+        println!("\n{:<22} {:>9} {:>12} {:>12} {:>12} {:>8}", "step", "time ms", "host RSS MiB", "allocated", "resident", "faults");
+        for c in &r.checkpoints {
+            println!(
+                "{:<22} {:>9.2} {:>12.1} {:>12.1} {:>12.1} {:>8}",
+                STEPS.get(c.id as usize).unwrap_or(&"?"),
+                c.at.as_secs_f64() * 1e3,
+                mib(c.region_rss),
+                mib(c.stats.allocated_pages * 4096),
+                mib(c.stats.resident_pages * 4096),
+                c.stats.faults
+            );
+        }
+        print_stats(&r);
+    }
+    let rss = |id: u32| r.checkpoints.iter().find(|c| c.id == id).map(|c| c.region_rss);
+    let (before, after) = (rss(1), rss(2));
+    if json {
+        let v = serde_json::json!({
+            "passed": r.passed(),
+            "outcome": r.outcome.to_string(),
+            "rss_before_free_bytes": before,
+            "rss_after_free_bytes": after,
+            "faults": r.stats.faults,
+            "populated_pages": r.stats.populated_pages,
+            "bytes_returned": r.stats.bytes_returned,
+            "elapsed_ms": r.elapsed.as_secs_f64() * 1e3,
+        });
+        println!("{v}");
+    } else if let (Some(b), Some(a)) = (before, after) {
+        println!("host RSS of the outsourced region: {:.1} MiB before the free, {:.1} MiB after", mib(b), mib(a));
+    }
+    if !r.passed() {
+        return Err(r.outcome.to_string());
+    }
+    match (before, after) {
+        (Some(b), Some(a)) if a < b => Ok(()),
+        _ => Err("host RSS did not drop after the guest freed memory".into()),
+    }
+}

@@ -1,0 +1,312 @@
+//! Runs one guest program to its end: a VM with the boot region, an outsourced region served
+//! by a [`Server`], the vCPU loop dispatching exits, and a watchdog that stops the vCPU when
+//! the server stops the guest or the run exceeds its time limit.
+
+use crate::image::GuestImage;
+use crate::layout::{BOOT_SIZE, REGION_GPA, RING, RING_SLOTS};
+use crate::procfs::mapping_rss;
+use crate::vcpu_kick::Kick;
+use crate::vm::{self, GuestVm};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use kvm_ioctls::VcpuExit;
+use memout_protocol::ring::{PORT_DEBUG_STR, PORT_DOORBELL, PORT_EXIT};
+use memout_server::{ChannelConfig, GuestConfig, GuestFault, GuestStatsSnapshot, PopulatePolicy, Server};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+use vm_memory::{Bytes, GuestAddress};
+
+/// Harness port (not memout ABI): record a checkpoint (host time, region RSS, stats).
+pub const PORT_CHECKPOINT: u16 = 0x520;
+/// Harness port (not memout ABI): `in` returns the run's argument.
+pub const PORT_ARG: u16 = 0x521;
+/// Lines of guest output kept per run.
+pub const MAX_OUTPUT_LINES: usize = 10_000;
+
+/// Errors setting a run up (a guest misbehaving is an [`Outcome`], not an error).
+#[derive(Debug, Error)]
+pub enum Error {
+    /// VM creation or configuration failed.
+    #[error(transparent)]
+    Vm(#[from] vm::Error),
+    /// The server refused the guest.
+    #[error(transparent)]
+    Server(#[from] memout_server::server::Error),
+    /// The image could not be placed.
+    #[error("cannot load the guest image: {0}")]
+    Load(String),
+}
+
+/// `Result` with this module's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// How to run a guest.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Name for logs.
+    pub name: String,
+    /// Outsourced region size in bytes.
+    pub region_size: u64,
+    /// Quota in bytes.
+    pub quota_bytes: u64,
+    /// Population policy.
+    pub policy: PopulatePolicy,
+    /// Value the guest reads from [`PORT_ARG`].
+    pub arg: u32,
+    /// The run is stopped after this long.
+    pub timeout: Duration,
+    /// Print guest output lines to stdout as they arrive.
+    pub echo: bool,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            name: "guest".into(),
+            region_size: 4 << 30,
+            quota_bytes: 1 << 30,
+            policy: PopulatePolicy::default(),
+            arg: 0,
+            timeout: Duration::from_secs(120),
+            echo: false,
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The guest exited through the exit port with this code.
+    Exited(i32),
+    /// The server stopped the guest.
+    Stopped(GuestFault),
+    /// The guest took an exception (no IDT: a shutdown exit) or halted.
+    Crashed(String),
+    /// The run exceeded its time limit.
+    TimedOut(Duration),
+    /// The guest did something the VMM does not support (unknown port, unmapped address).
+    Refused(String),
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Exited(c) => write!(f, "guest exited with code {c}"),
+            Self::Stopped(fault) => write!(f, "guest stopped by the server: {fault}"),
+            Self::Crashed(m) => write!(f, "guest crashed: {m}"),
+            Self::TimedOut(t) => write!(f, "guest timed out after {t:?}"),
+            Self::Refused(m) => write!(f, "guest refused: {m}"),
+        }
+    }
+}
+
+/// A point the guest marked with [`PORT_CHECKPOINT`].
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    /// The value the guest wrote.
+    pub id: u32,
+    /// Host time since the vCPU first ran.
+    pub at: Duration,
+    /// Host RSS of the outsourced region.
+    pub region_rss: u64,
+    /// Server statistics at that moment.
+    pub stats: GuestStatsSnapshot,
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Lines the guest printed.
+    pub output: Vec<String>,
+    /// Checkpoints in order.
+    pub checkpoints: Vec<Checkpoint>,
+    /// Server statistics at the end.
+    pub stats: GuestStatsSnapshot,
+    /// Host RSS of the outsourced region at the end.
+    pub region_rss: u64,
+    /// Wall time of the vCPU loop.
+    pub elapsed: Duration,
+}
+
+impl RunReport {
+    /// True if the guest exited with code 0.
+    pub fn passed(&self) -> bool {
+        self.outcome == Outcome::Exited(0)
+    }
+}
+
+enum Watch {
+    Kick,
+    Done,
+}
+
+fn watchdog(rx: Receiver<Watch>, kick: Arc<Kick>, limit: Duration, timed_out: Arc<AtomicBool>) {
+    let deadline = Instant::now() + limit;
+    let mut kicking = false;
+    loop {
+        let wait = if kicking {
+            Duration::from_millis(1)
+        } else {
+            deadline.saturating_duration_since(Instant::now())
+        };
+        match rx.recv_timeout(wait) {
+            Ok(Watch::Done) | Err(RecvTimeoutError::Disconnected) => return,
+            Ok(Watch::Kick) => kicking = true,
+            Err(RecvTimeoutError::Timeout) if !kicking => {
+                timed_out.store(true, SeqCst);
+                kicking = true;
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        if kicking {
+            kick.kick();
+        }
+    }
+}
+
+/// Runs `image` under `server` until it exits, is stopped, or times out.
+pub fn run_guest(server: &Server, image: &GuestImage, cfg: &RunConfig) -> Result<RunReport> {
+    let mut vm = GuestVm::new()?;
+    vm.boot()
+        .write_slice(&image.bytes, GuestAddress(image.load_addr))
+        .map_err(|e| Error::Load(e.to_string()))?;
+    let (tx, rx): (Sender<Watch>, Receiver<Watch>) = crossbeam_channel::unbounded();
+    let fatal_tx = tx.clone();
+    let handle = server.add_guest(GuestConfig {
+        name: cfg.name.clone(),
+        region_gpa: REGION_GPA,
+        region_size: cfg.region_size,
+        quota_bytes: cfg.quota_bytes,
+        policy: cfg.policy,
+        channel: ChannelConfig { ring_gpa: RING, ring_slots: RING_SLOTS },
+        shared: vm.boot().clone(),
+        on_fatal: Some(Box::new(move |_| {
+            let _ = fatal_tx.send(Watch::Kick);
+        })),
+    })?;
+    vm.map(REGION_GPA, handle.region_size(), handle.region_host_addr())?;
+    vm.setup_cpl3(image.entry, &[(REGION_GPA, handle.region_size())])?;
+
+    let kick = Arc::new(Kick::default());
+    kick.register_current_thread();
+    let timed_out = Arc::new(AtomicBool::new(false));
+    let dog = {
+        let (kick, timed_out, limit) = (kick.clone(), timed_out.clone(), cfg.timeout);
+        std::thread::Builder::new()
+            .name(format!("memout-watchdog-{}", cfg.name))
+            .spawn(move || watchdog(rx, kick, limit, timed_out))
+            .map_err(|e| Error::Load(format!("cannot start watchdog: {e}")))?
+    };
+
+    let mut output = Vec::new();
+    let mut partial = String::new();
+    let mut checkpoints = Vec::new();
+    let t0 = Instant::now();
+    let outcome = loop {
+        if kick.requested() {
+            break match handle.fatal_error() {
+                Some(f) => Outcome::Stopped(f),
+                None if timed_out.load(SeqCst) => Outcome::TimedOut(cfg.timeout),
+                None => Outcome::Refused("stopped".into()),
+            };
+        }
+        let exit = vm.vcpu().run();
+        match exit {
+            Ok(VcpuExit::IoOut(port, data)) => {
+                let v = le_u32(data);
+                match port {
+                    PORT_DOORBELL => {
+                        handle.on_doorbell();
+                    }
+                    PORT_DEBUG_STR => {
+                        let s = read_cstr(vm.boot(), v as u64);
+                        emit(&mut output, &mut partial, &s, cfg);
+                    }
+                    PORT_EXIT => break Outcome::Exited(v as i32),
+                    PORT_CHECKPOINT => checkpoints.push(Checkpoint {
+                        id: v,
+                        at: t0.elapsed(),
+                        region_rss: mapping_rss(handle.region_host_addr()).unwrap_or(0),
+                        stats: handle.stats(),
+                    }),
+                    _ => break Outcome::Refused(format!("write to unknown I/O port {port:#x}")),
+                }
+            }
+            Ok(VcpuExit::IoIn(port, data)) => {
+                if port != PORT_ARG {
+                    break Outcome::Refused(format!("read from unknown I/O port {port:#x}"));
+                }
+                let bytes = cfg.arg.to_le_bytes();
+                let n = data.len().min(4);
+                data[..n].copy_from_slice(&bytes[..n]);
+            }
+            Ok(VcpuExit::MmioRead(addr, _)) | Ok(VcpuExit::MmioWrite(addr, _)) => {
+                break Outcome::Refused(format!(
+                    "access to unmapped guest-physical address {addr:#x}"
+                ));
+            }
+            Ok(VcpuExit::Shutdown) => {
+                let rip = vm.vcpu().get_regs().map(|r| r.rip).unwrap_or(0);
+                break Outcome::Crashed(format!("exception at rip {rip:#x} (shutdown exit)"));
+            }
+            Ok(VcpuExit::Hlt) => break Outcome::Crashed("hlt".into()),
+            Ok(other) => break Outcome::Refused(format!("unexpected exit {other:?}")),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+            Err(e) => break Outcome::Refused(format!("KVM_RUN failed: {e}")),
+        }
+    };
+    let elapsed = t0.elapsed();
+    let _ = tx.send(Watch::Done);
+    let _ = dog.join();
+    if !partial.is_empty() {
+        emit(&mut output, &mut partial, "\n", cfg);
+    }
+    let stats = handle.stats();
+    let region_rss = mapping_rss(handle.region_host_addr()).unwrap_or(0);
+    // The VM (and its memslot over the region) goes before the region itself.
+    drop(vm);
+    drop(handle);
+    Ok(RunReport { outcome, output, checkpoints, stats, region_rss, elapsed })
+}
+
+fn le_u32(data: &[u8]) -> u32 {
+    let mut b = [0u8; 4];
+    let n = data.len().min(4);
+    b[..n].copy_from_slice(&data[..n]);
+    u32::from_le_bytes(b)
+}
+
+fn read_cstr(mem: &vm_memory::GuestMemoryMmap, gpa: u64) -> String {
+    if gpa >= BOOT_SIZE {
+        return format!("<debug string at {gpa:#x} outside boot memory>\n");
+    }
+    let mut buf = vec![0u8; (BOOT_SIZE - gpa).min(1024) as usize];
+    if mem.read_slice(&mut buf, GuestAddress(gpa)).is_err() {
+        return format!("<unreadable debug string at {gpa:#x}>\n");
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+fn emit(output: &mut Vec<String>, partial: &mut String, s: &str, cfg: &RunConfig) {
+    partial.push_str(s);
+    while let Some(i) = partial.find('\n') {
+        let line: String = partial.drain(..=i).collect();
+        let line = line.trim_end().to_string();
+        if cfg.echo {
+            println!("[{}] {line}", cfg.name);
+        }
+        if output.len() < MAX_OUTPUT_LINES {
+            output.push(line);
+        }
+    }
+    if partial.len() > 4096 {
+        let line = std::mem::take(partial);
+        if output.len() < MAX_OUTPUT_LINES {
+            output.push(line);
+        }
+    }
+}
