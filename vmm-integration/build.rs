@@ -5,12 +5,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn run(cmd: &mut Command) {
-    let st = cmd.status().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let st = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(st.success(), "guest build step failed: {cmd:?}");
 }
 
 fn main() {
-    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("../guest-driver-c");
+    let root =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("../guest-driver-c");
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
     let cc = std::env::var("MEMOUT_GUEST_CC").unwrap_or_else(|_| "gcc".into());
     let objcopy = std::env::var("MEMOUT_GUEST_OBJCOPY").unwrap_or_else(|_| "objcopy".into());
@@ -34,11 +37,26 @@ fn main() {
         let bin = out.join(format!("{name}.bin"));
         run(Command::new(&cc)
             .args([
-                "-std=gnu11", "-O2", "-g", "-Wall", "-Wextra", "-Werror", "-ffreestanding",
-                "-nostdlib", "-nostartfiles", "-static", "-fno-pic", "-no-pie", "-mno-red-zone",
-                "-mgeneral-regs-only", "-fno-stack-protector", "-fno-asynchronous-unwind-tables",
-                "-fcf-protection=none", "-fno-tree-loop-distribute-patterns",
-                "-Wl,--build-id=none", "-Wl,-z,noexecstack",
+                "-std=gnu11",
+                "-O2",
+                "-g",
+                "-Wall",
+                "-Wextra",
+                "-Werror",
+                "-ffreestanding",
+                "-nostdlib",
+                "-nostartfiles",
+                "-static",
+                "-fno-pic",
+                "-no-pie",
+                "-mno-red-zone",
+                "-mgeneral-regs-only",
+                "-fno-stack-protector",
+                "-fno-asynchronous-unwind-tables",
+                "-fcf-protection=none",
+                "-fno-tree-loop-distribute-patterns",
+                "-Wl,--build-id=none",
+                "-Wl,-z,noexecstack",
             ])
             .arg("-I")
             .arg(root.join("include"))
@@ -48,7 +66,10 @@ fn main() {
             .arg(g)
             .arg("-o")
             .arg(&elf));
-        run(Command::new(&objcopy).args(["-O", "binary"]).arg(&elf).arg(&bin));
+        run(Command::new(&objcopy)
+            .args(["-O", "binary"])
+            .arg(&elf)
+            .arg(&bin));
         list += &format!("    ({name:?}, include_bytes!({:?})),\n", path_str(&bin));
     }
     std::fs::write(

@@ -268,23 +268,54 @@ macro_rules! le_codec {
 }
 
 le_codec!(InfoPage {
-    magic: u64, abi_version: u32, features: u32, ring_gpa: u64, ring_slots: u32,
-    reserved0: u32, region_gpa: u64, region_size: u64, quota_pages: u64, fastpath_gpa: u64,
+    magic: u64,
+    abi_version: u32,
+    features: u32,
+    ring_gpa: u64,
+    ring_slots: u32,
+    reserved0: u32,
+    region_gpa: u64,
+    region_size: u64,
+    quota_pages: u64,
+    fastpath_gpa: u64,
     reserved: [u64; 8],
 });
 le_codec!(RingHeader {
-    magic: u32, abi_version: u16, slots: u16, req_prod: u32, req_cons: u32, rsp_prod: u32,
-    ring_status: u32, host_msg_prod: u32, host_msg_cons: u32, quota_pages: u64,
+    magic: u32,
+    abi_version: u16,
+    slots: u16,
+    req_prod: u32,
+    req_cons: u32,
+    rsp_prod: u32,
+    ring_status: u32,
+    host_msg_prod: u32,
+    host_msg_cons: u32,
+    quota_pages: u64,
     reserved: [u64; 3],
 });
 le_codec!(Descriptor {
-    opcode: u16, flags: u16, tag: u32, status: u32, nr_extents: u32, pages: u64,
-    extents_gpa: u64, arg0: u64, arg1: u64, reserved: [u64; 2],
+    opcode: u16,
+    flags: u16,
+    tag: u32,
+    status: u32,
+    nr_extents: u32,
+    pages: u64,
+    extents_gpa: u64,
+    arg0: u64,
+    arg1: u64,
+    reserved: [u64; 2],
 });
-le_codec!(Extent { gpa: u64, pages: u64 });
+le_codec!(Extent {
+    gpa: u64,
+    pages: u64
+});
 le_codec!(GuestStats {
-    quota_pages: u64, allocated_pages: u64, resident_pages: u64, faults: u64,
-    freed_pages: u64, reserved: [u64; 3],
+    quota_pages: u64,
+    allocated_pages: u64,
+    resident_pages: u64,
+    faults: u64,
+    freed_pages: u64,
+    reserved: [u64; 3],
 });
 
 impl Descriptor {
@@ -352,7 +383,12 @@ mod tests {
 
     #[test]
     fn result_encoding_covers_only_host_fields() {
-        let d = Descriptor { status: 6, nr_extents: 3, pages: 0x1122, ..Default::default() };
+        let d = Descriptor {
+            status: 6,
+            nr_extents: 3,
+            pages: 0x1122,
+            ..Default::default()
+        };
         let (off, bytes) = d.encode_result();
         assert_eq!(off, 8);
         assert_eq!(&bytes[0..4], &6u32.to_le_bytes());

@@ -11,7 +11,10 @@ use std::process::Command;
 fn expectations() -> Vec<(&'static str, u64)> {
     macro_rules! off {
         ($c:literal, $r:ty, $f:ident) => {
-            (concat!("offsetof(struct ", $c, ", ", stringify!($f), ")"), offset_of!($r, $f) as u64)
+            (
+                concat!("offsetof(struct ", $c, ", ", stringify!($f), ")"),
+                offset_of!($r, $f) as u64,
+            )
         };
     }
     vec![
@@ -27,7 +30,10 @@ fn expectations() -> Vec<(&'static str, u64)> {
         off!("memout_info", InfoPage, quota_pages),
         off!("memout_info", InfoPage, fastpath_gpa),
         off!("memout_info", InfoPage, reserved),
-        ("sizeof(struct memout_ring_header)", size_of::<RingHeader>() as u64),
+        (
+            "sizeof(struct memout_ring_header)",
+            size_of::<RingHeader>() as u64,
+        ),
         off!("memout_ring_header", RingHeader, magic),
         off!("memout_ring_header", RingHeader, abi_version),
         off!("memout_ring_header", RingHeader, slots),
@@ -53,7 +59,10 @@ fn expectations() -> Vec<(&'static str, u64)> {
         ("sizeof(struct memout_extent)", size_of::<Extent>() as u64),
         off!("memout_extent", Extent, gpa),
         off!("memout_extent", Extent, pages),
-        ("sizeof(struct memout_stats)", size_of::<GuestStats>() as u64),
+        (
+            "sizeof(struct memout_stats)",
+            size_of::<GuestStats>() as u64,
+        ),
         off!("memout_stats", GuestStats, quota_pages),
         off!("memout_stats", GuestStats, allocated_pages),
         off!("memout_stats", GuestStats, resident_pages),
@@ -131,6 +140,10 @@ fn c_header_matches_rust_layout() {
             other => mismatches.push(format!("{expr}: C {other:?} vs Rust {rust}")),
         }
     }
-    assert!(mismatches.is_empty(), "ABI mismatches:\n{}", mismatches.join("\n"));
+    assert!(
+        mismatches.is_empty(),
+        "ABI mismatches:\n{}",
+        mismatches.join("\n")
+    );
     assert_eq!(c_values.len(), exp.len());
 }

@@ -1,7 +1,8 @@
 /* A hostile guest: each mode (the run argument) attacks the host through the ABI and checks
  * that the host answers with an error status and hands out nothing. Exit 0 means every
  * answer was the expected refusal; the host-side test also checks the host's own counters.
- * Modes 7 and 8 touch frames the guest does not hold: the host must stop the run. */
+ * Modes 7 and 8 touch frames the guest does not hold: the host must stop the run.
+ * Mode 10 spins forever: the VMM's time limit must end the run. */
 #include "common.h"
 
 static struct memout_extent ext[8];
@@ -170,6 +171,9 @@ int guest_main(void)
         rt_puts("malicious: read of a freed frame went through\n");
         return 31;
     }
+    case 10: /* never ends: the VMM's time limit must stop it */
+        for (;;)
+            __asm__ volatile("pause");
     default:
         rt_printf("malicious: unknown mode %u\n", mode);
         return 2;

@@ -47,7 +47,9 @@ impl ExtentSet {
 
     /// Runs in address order.
     pub fn iter(&self) -> impl Iterator<Item = Run> + '_ {
-        self.by_start.iter().map(|(&s, &l)| Run { start: s, len: l })
+        self.by_start
+            .iter()
+            .map(|(&s, &l)| Run { start: s, len: l })
     }
 
     fn put(&mut self, start: u64, len: u64) {
@@ -93,7 +95,11 @@ impl ExtentSet {
         }
         assert!(!self.overlaps(r), "insert of overlapping run {r:?}");
         let (mut start, mut end) = (r.start, r.end());
-        if let Some(prev) = self.by_start.range(..start).next_back().map(|(&s, &l)| (s, l))
+        if let Some(prev) = self
+            .by_start
+            .range(..start)
+            .next_back()
+            .map(|(&s, &l)| (s, l))
             && prev.0 + prev.1 == start
         {
             self.take(prev.0);
@@ -144,13 +150,19 @@ impl ExtentSet {
 
     /// The last run that starts before `frame` (for a frame outside the set: the run below it).
     pub fn last_before(&self, frame: u64) -> Option<Run> {
-        self.by_start.range(..frame).next_back().map(|(&s, &l)| Run { start: s, len: l })
+        self.by_start
+            .range(..frame)
+            .next_back()
+            .map(|(&s, &l)| Run { start: s, len: l })
     }
 
     /// The first run that starts after `frame`.
     pub fn first_after(&self, frame: u64) -> Option<Run> {
         let from = frame.checked_add(1)?;
-        self.by_start.range(from..).next().map(|(&s, &l)| Run { start: s, len: l })
+        self.by_start
+            .range(from..)
+            .next()
+            .map(|(&s, &l)| Run { start: s, len: l })
     }
 
     /// The `k` longest runs, longest first.

@@ -63,8 +63,16 @@ impl FrameAllocator {
             return Err(Error::QuotaAboveRegion { quota, frames });
         }
         let mut free = ExtentSet::new();
-        free.insert(Run { start: 0, len: frames });
-        Ok(Self { frames, quota, free, releasing: ExtentSet::new() })
+        free.insert(Run {
+            start: 0,
+            len: frames,
+        });
+        Ok(Self {
+            frames,
+            quota,
+            free,
+            releasing: ExtentSet::new(),
+        })
     }
 
     /// Frames in the region.
@@ -91,7 +99,10 @@ impl FrameAllocator {
     /// refused until the guest is back under it.
     pub fn set_quota(&mut self, quota: u64) -> Result<()> {
         if quota > self.frames {
-            return Err(Error::QuotaAboveRegion { quota, frames: self.frames });
+            return Err(Error::QuotaAboveRegion {
+                quota,
+                frames: self.frames,
+            });
         }
         self.quota = quota;
         Ok(())
@@ -114,7 +125,10 @@ impl FrameAllocator {
         let after = |s: &ExtentSet| s.first_after(frame).map(|r| r.start).unwrap_or(self.frames);
         let start = before(&self.free).max(before(&self.releasing));
         let end = after(&self.free).min(after(&self.releasing));
-        Some(Run { start, len: end - start })
+        Some(Run {
+            start,
+            len: end - start,
+        })
     }
 
     /// Grants `wanted` frames in at most `max_runs` runs. With `partial`, grants as much as fits
@@ -124,7 +138,11 @@ impl FrameAllocator {
         let room = self.quota.saturating_sub(self.allocated());
         let target = if partial { wanted.min(room) } else { wanted };
         if target > room {
-            return Err(Error::Quota { allocated: self.allocated(), wanted, quota: self.quota });
+            return Err(Error::Quota {
+                allocated: self.allocated(),
+                wanted,
+                quota: self.quota,
+            });
         }
         if target == 0 || max_runs == 0 {
             return if partial || target == 0 {
@@ -134,13 +152,19 @@ impl FrameAllocator {
             };
         }
         let picks: Vec<Run> = if let Some(fit) = self.free.best_fit(target) {
-            vec![Run { start: fit.start, len: target }]
+            vec![Run {
+                start: fit.start,
+                len: target,
+            }]
         } else {
             let mut left = target;
             let mut v = Vec::new();
             for r in self.free.longest_k(max_runs) {
                 let take = r.len.min(left);
-                v.push(Run { start: r.start, len: take });
+                v.push(Run {
+                    start: r.start,
+                    len: take,
+                });
                 left -= take;
                 if left == 0 {
                     break;
@@ -200,7 +224,14 @@ mod tests {
         assert_eq!(g, vec![Run { start: 0, len: 64 }]);
         assert_eq!(a.allocated(), 64);
         assert!(matches!(a.allocate(37, 4, false), Err(Error::Quota { .. })));
-        assert_eq!(a.allocate(37, 4, true).unwrap().iter().map(|r| r.len).sum::<u64>(), 36);
+        assert_eq!(
+            a.allocate(37, 4, true)
+                .unwrap()
+                .iter()
+                .map(|r| r.len)
+                .sum::<u64>(),
+            36
+        );
         assert_eq!(a.allocated(), 100);
         assert_eq!(a.allocate(1, 1, true).unwrap(), vec![]);
     }
@@ -213,18 +244,30 @@ mod tests {
         assert_eq!(a.begin_release(&bad), Err(Error::NotOwned(bad[1])));
         let dup = [Run { start: 0, len: 8 }, Run { start: 4, len: 2 }];
         assert_eq!(a.begin_release(&dup), Err(Error::Invalid(dup[1])));
-        assert_eq!(a.begin_release(&[Run { start: 60, len: 8 }]), Err(Error::Invalid(Run { start: 60, len: 8 })));
+        assert_eq!(
+            a.begin_release(&[Run { start: 60, len: 8 }]),
+            Err(Error::Invalid(Run { start: 60, len: 8 }))
+        );
         assert_eq!(a.allocated(), 16);
         let ok = [Run { start: 0, len: 8 }];
         assert_eq!(a.begin_release(&ok), Ok(8));
         assert!(!a.is_allocated(3));
         assert_eq!(a.allocated_run(9), Some(Run { start: 8, len: 8 }));
         // Releasing frames cannot be granted again until the release ends.
-        assert_eq!(a.allocate(48, 1, false).unwrap(), vec![Run { start: 16, len: 48 }]);
-        assert!(matches!(a.allocate(8, 4, false), Err(Error::Quota { .. } | Error::NoMemory { .. })));
+        assert_eq!(
+            a.allocate(48, 1, false).unwrap(),
+            vec![Run { start: 16, len: 48 }]
+        );
+        assert!(matches!(
+            a.allocate(8, 4, false),
+            Err(Error::Quota { .. } | Error::NoMemory { .. })
+        ));
         a.finish_release(&ok);
         assert_eq!(a.allocated(), 56);
-        assert_eq!(a.allocate(8, 1, false).unwrap(), vec![Run { start: 0, len: 8 }]);
+        assert_eq!(
+            a.allocate(8, 1, false).unwrap(),
+            vec![Run { start: 0, len: 8 }]
+        );
     }
 
     #[test]
@@ -235,7 +278,13 @@ mod tests {
             a.begin_release(&[Run { start: s, len: 2 }]).unwrap();
             a.finish_release(&[Run { start: s, len: 2 }]);
         }
-        assert_eq!(a.allocate(8, 3, false), Err(Error::NoMemory { wanted: 8, max_runs: 3 }));
+        assert_eq!(
+            a.allocate(8, 3, false),
+            Err(Error::NoMemory {
+                wanted: 8,
+                max_runs: 3
+            })
+        );
         assert_eq!(a.allocate(8, 4, false).unwrap().len(), 4);
     }
 

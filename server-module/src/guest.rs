@@ -5,6 +5,7 @@
 use crate::extents::Run;
 use crate::frames::{self, FrameAllocator};
 use crate::host_mem::HostRegion;
+use crate::log_limit::LogLimiter;
 use crate::populate::PopulatePolicy;
 use crate::resident::ResidentMap;
 use crate::stats::{GuestCounters, GuestStatsSnapshot};
@@ -103,6 +104,7 @@ pub struct GuestCore {
     on_fatal: Option<FatalNotifier>,
     zero: Arc<ZeroChunk>,
     span: tracing::Span,
+    log_limit: LogLimiter,
 }
 
 impl GuestCore {
@@ -114,13 +116,18 @@ impl GuestCore {
             region: p.region,
             region_gpa: p.region_gpa,
             uffd: p.uffd,
-            state: Mutex::new(State { alloc: p.alloc, resident, hello: false }),
+            state: Mutex::new(State {
+                alloc: p.alloc,
+                resident,
+                hello: false,
+            }),
             counters: GuestCounters::default(),
             policy: Mutex::new(p.policy),
             fatal: Mutex::new(None),
             on_fatal: p.on_fatal,
             zero: p.zero,
             span,
+            log_limit: LogLimiter::default(),
         }
     }
 
@@ -152,6 +159,11 @@ impl GuestCore {
 
     pub(crate) fn uffd(&self) -> &GuestUffd {
         &self.uffd
+    }
+
+    /// The budget for log lines this guest can trigger.
+    pub(crate) fn log_limit(&self) -> &LogLimiter {
+        &self.log_limit
     }
 
     pub(crate) fn counters(&self) -> &GuestCounters {
@@ -200,20 +212,35 @@ impl GuestCore {
         }
         let start = off / PAGE_SIZE;
         let frames = self.region.size() as u64 / PAGE_SIZE;
-        (start.checked_add(e.pages)? <= frames).then_some(Run { start, len: e.pages })
+        (start.checked_add(e.pages)? <= frames).then_some(Run {
+            start,
+            len: e.pages,
+        })
     }
 
     fn extent_of(&self, r: Run) -> Extent {
-        Extent { gpa: self.region_gpa + r.start * PAGE_SIZE, pages: r.len }
+        Extent {
+            gpa: self.region_gpa + r.start * PAGE_SIZE,
+            pages: r.len,
+        }
     }
 
     /// Grants `pages` frames in at most `max_extents` extents (see
     /// [`FrameAllocator::allocate`]).
-    pub fn alloc(&self, pages: u64, max_extents: usize, partial: bool) -> Result<Vec<Extent>, Status> {
-        let runs = self.state().alloc.allocate(pages, max_extents, partial).map_err(|e| match e {
-            frames::Error::Quota { .. } => Status::Quota,
-            _ => Status::NoMemory,
-        })?;
+    pub fn alloc(
+        &self,
+        pages: u64,
+        max_extents: usize,
+        partial: bool,
+    ) -> Result<Vec<Extent>, Status> {
+        let runs = self
+            .state()
+            .alloc
+            .allocate(pages, max_extents, partial)
+            .map_err(|e| match e {
+                frames::Error::Quota { .. } => Status::Quota,
+                _ => Status::NoMemory,
+            })?;
         Ok(runs.into_iter().map(|r| self.extent_of(r)).collect())
     }
 
@@ -251,7 +278,9 @@ impl GuestCore {
         }
         self.state().alloc.finish_release(runs);
         self.counters.freed_pages.fetch_add(pages, Relaxed);
-        self.counters.bytes_returned.fetch_add(was_resident * PAGE_SIZE, Relaxed);
+        self.counters
+            .bytes_returned
+            .fetch_add(was_resident * PAGE_SIZE, Relaxed);
         Ok(pages)
     }
 
@@ -259,9 +288,13 @@ impl GuestCore {
     pub(crate) fn note_removed(&self, start: usize, end: usize) {
         let base = self.region.addr();
         let lo = start.max(base).saturating_sub(base) as u64 / PAGE_SIZE;
-        let hi = (end.min(base + self.region.size()).saturating_sub(base) as u64).div_ceil(PAGE_SIZE);
+        let hi =
+            (end.min(base + self.region.size()).saturating_sub(base) as u64).div_ceil(PAGE_SIZE);
         if hi > lo {
-            self.state().resident.clear(Run { start: lo, len: hi - lo });
+            self.state().resident.clear(Run {
+                start: lo,
+                len: hi - lo,
+            });
         }
     }
 
@@ -297,7 +330,9 @@ impl GuestCore {
         }
         drop(st);
         self.counters.faults.fetch_add(1, Relaxed);
-        self.counters.populate_latency.record(t0.elapsed().as_nanos() as u64);
+        self.counters
+            .populate_latency
+            .record(t0.elapsed().as_nanos() as u64);
         Resolution::Served
     }
 
@@ -319,17 +354,25 @@ impl GuestCore {
         while f < hole.end() {
             let pages = (hole.end() - f).min(self.zero.pages);
             let dst = base + (f * PAGE_SIZE) as usize;
-            match self.uffd.copy(self.zero.ptr(), dst, (pages * PAGE_SIZE) as usize) {
+            match self
+                .uffd
+                .copy(self.zero.ptr(), dst, (pages * PAGE_SIZE) as usize)
+            {
                 Ok(CopyOutcome::Copied(n)) if n >= PAGE_SIZE as usize => {
                     let done = n as u64 / PAGE_SIZE;
-                    st.resident.set(Run { start: f, len: done });
+                    st.resident.set(Run {
+                        start: f,
+                        len: done,
+                    });
                     self.counters.populated_pages.fetch_add(done, Relaxed);
                     f += done;
                 }
                 Ok(CopyOutcome::Copied(_)) | Ok(CopyOutcome::Retry) => return Ok(false),
                 Ok(CopyOutcome::AlreadyPopulated) => {
                     st.resident.set(Run { start: f, len: 1 });
-                    self.uffd.wake(dst, PAGE_SIZE as usize).map_err(|_| libc::EIO)?;
+                    self.uffd
+                        .wake(dst, PAGE_SIZE as usize)
+                        .map_err(|_| libc::EIO)?;
                     f += 1;
                 }
                 Err(crate::uffd::Error::Populate { errno, .. }) => return Err(errno),

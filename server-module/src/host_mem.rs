@@ -58,9 +58,15 @@ impl HostRegion {
             )
         };
         if p == libc::MAP_FAILED {
-            return Err(Error::Map { size, source: std::io::Error::last_os_error() });
+            return Err(Error::Map {
+                size,
+                source: std::io::Error::last_os_error(),
+            });
         }
-        let region = Self { addr: p as usize, size };
+        let region = Self {
+            addr: p as usize,
+            size,
+        };
         region.advise(0, size, libc::MADV_NOHUGEPAGE, "MADV_NOHUGEPAGE")?;
         Ok(region)
     }
@@ -82,13 +88,21 @@ impl HostRegion {
     }
 
     fn advise(&self, offset: usize, len: usize, advice: i32, name: &'static str) -> Result<()> {
-        assert!(offset.checked_add(len).is_some_and(|e| e <= self.size), "range outside region");
+        assert!(
+            offset.checked_add(len).is_some_and(|e| e <= self.size),
+            "range outside region"
+        );
         let addr = self.addr + offset;
         // SAFETY: the range lies inside our own mapping (asserted above). The advice values used
         // here only drop or re-tag anonymous pages; nothing in Rust holds references into them.
         let r = unsafe { libc::madvise(addr as *mut libc::c_void, len, advice) };
         if r != 0 {
-            return Err(Error::Madvise { advice: name, addr, len, source: std::io::Error::last_os_error() });
+            return Err(Error::Madvise {
+                advice: name,
+                addr,
+                len,
+                source: std::io::Error::last_os_error(),
+            });
         }
         Ok(())
     }

@@ -26,6 +26,7 @@ pub mod fault_handler;
 pub mod frames;
 pub mod guest;
 pub mod host_mem;
+pub mod log_limit;
 pub mod populate;
 pub mod resident;
 pub mod rpc;

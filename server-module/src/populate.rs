@@ -48,12 +48,18 @@ impl PopulatePolicy {
     pub fn window(&self, frame: u64, granted: Run) -> Run {
         debug_assert!(granted.start <= frame && frame < granted.end());
         match *self {
-            Self::PerPage => Run { start: frame, len: 1 },
+            Self::PerPage => Run {
+                start: frame,
+                len: 1,
+            },
             Self::FaultAround { chunk_pages } => {
                 let c = chunk_pages.max(1);
                 let lo = (frame / c * c).max(granted.start);
                 let hi = (frame / c * c + c).min(granted.end());
-                Run { start: lo, len: hi - lo }
+                Run {
+                    start: lo,
+                    len: hi - lo,
+                }
             }
         }
     }

@@ -13,7 +13,11 @@ pub struct ResidentMap {
 impl ResidentMap {
     /// All `frames` non-resident. Costs `frames / 8` bytes (128 KiB per 4 GiB).
     pub fn new(frames: u64) -> Self {
-        Self { words: vec![0; frames.div_ceil(64) as usize], frames, count: 0 }
+        Self {
+            words: vec![0; frames.div_ceil(64) as usize],
+            frames,
+            count: 0,
+        }
     }
 
     /// Resident frames.
@@ -44,13 +48,21 @@ impl ResidentMap {
             let w = (f / 64) as usize;
             let lo = f % 64;
             let hi = (end - (f - lo)).min(64);
-            let mask = if hi - lo == 64 { u64::MAX } else { ((1u64 << (hi - lo)) - 1) << lo };
+            let mask = if hi - lo == 64 {
+                u64::MAX
+            } else {
+                ((1u64 << (hi - lo)) - 1) << lo
+            };
             let before = self.words[w];
             self.words[w] = if on { before | mask } else { before & !mask };
             changed += (before ^ self.words[w]).count_ones() as u64;
             f = f - lo + hi;
         }
-        if on { self.count += changed } else { self.count -= changed }
+        if on {
+            self.count += changed
+        } else {
+            self.count -= changed
+        }
         changed
     }
 
@@ -62,14 +74,20 @@ impl ResidentMap {
             match (self.get(f), start) {
                 (false, None) => start = Some(f),
                 (true, Some(s)) => {
-                    out.push(Run { start: s, len: f - s });
+                    out.push(Run {
+                        start: s,
+                        len: f - s,
+                    });
                     start = None;
                 }
                 _ => {}
             }
         }
         if let Some(s) = start {
-            out.push(Run { start: s, len: window.end().min(self.frames) - s });
+            out.push(Run {
+                start: s,
+                len: window.end().min(self.frames) - s,
+            });
         }
         out
     }

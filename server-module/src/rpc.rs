@@ -7,7 +7,6 @@
 //! the outsourced region on a guest's behalf, so a request can never make a host thread block
 //! on the guest's own userfaultfd.
 
-use crate::extents::Run;
 use crate::guest::GuestCore;
 use memout_protocol::ring::{
     ABI_VERSION, ALLOC_PARTIAL, Descriptor, Extent, GuestStats, Opcode, RING_HOST_INDICES_OFFSET,
@@ -30,11 +29,17 @@ pub struct RingCursor {
 impl RingCursor {
     /// A cursor for a ring of `slots` descriptors at `ring_gpa`.
     pub fn new(ring_gpa: u64, slots: u32) -> Self {
-        Self { ring_gpa, slots, cons: 0 }
+        Self {
+            ring_gpa,
+            slots,
+            cons: 0,
+        }
     }
 
     fn slot_gpa(&self, index: u32) -> u64 {
-        self.ring_gpa + RingHeader::SIZE as u64 + (index % self.slots) as u64 * Descriptor::SIZE as u64
+        self.ring_gpa
+            + RingHeader::SIZE as u64
+            + (index % self.slots) as u64 * Descriptor::SIZE as u64
     }
 }
 
@@ -48,15 +53,32 @@ pub struct DoorbellOutcome {
 }
 
 /// Processes every request posted since the last doorbell.
-pub fn process_doorbell(core: &GuestCore, mem: &GuestMemoryMmap, cur: &mut RingCursor) -> DoorbellOutcome {
+pub fn process_doorbell(
+    core: &GuestCore,
+    mem: &GuestMemoryMmap,
+    cur: &mut RingCursor,
+) -> DoorbellOutcome {
     core.counters().doorbells.fetch_add(1, Relaxed);
     let mut prod_bytes = [0u8; 4];
-    if mem.read_slice(&mut prod_bytes, GuestAddress(cur.ring_gpa + RING_REQ_PROD_OFFSET as u64)).is_err() {
-        return DoorbellOutcome { processed: 0, ring_status: Status::BadPointer };
+    if mem
+        .read_slice(
+            &mut prod_bytes,
+            GuestAddress(cur.ring_gpa + RING_REQ_PROD_OFFSET as u64),
+        )
+        .is_err()
+    {
+        return DoorbellOutcome {
+            processed: 0,
+            ring_status: Status::BadPointer,
+        };
     }
     let prod = u32::from_le_bytes(prod_bytes);
     let pending = prod.wrapping_sub(cur.cons);
-    let ring_status = if pending > cur.slots { Status::RingIndex } else { Status::Ok };
+    let ring_status = if pending > cur.slots {
+        Status::RingIndex
+    } else {
+        Status::Ok
+    };
     let mut processed = 0;
     if ring_status == Status::Ok {
         while cur.cons != prod {
@@ -81,18 +103,26 @@ pub fn process_doorbell(core: &GuestCore, mem: &GuestMemoryMmap, cur: &mut RingC
             processed += 1;
         }
     } else {
-        tracing::warn!(parent: core.span(), prod, cons = cur.cons, "ring index out of range");
+        if let Some(suppressed) = core.log_limit().allow() {
+            tracing::warn!(parent: core.span(), prod, cons = cur.cons, suppressed, "ring index out of range");
+        }
     }
     let mut idx = [0u8; 12];
     idx[0..4].copy_from_slice(&cur.cons.to_le_bytes());
     idx[4..8].copy_from_slice(&cur.cons.to_le_bytes());
     idx[8..12].copy_from_slice(&(ring_status as u32).to_le_bytes());
-    let _ = mem.write_slice(&idx, GuestAddress(cur.ring_gpa + RING_HOST_INDICES_OFFSET as u64));
+    let _ = mem.write_slice(
+        &idx,
+        GuestAddress(cur.ring_gpa + RING_HOST_INDICES_OFFSET as u64),
+    );
     let _ = mem.write_slice(
         &core.quota().to_le_bytes(),
         GuestAddress(cur.ring_gpa + RING_QUOTA_OFFSET as u64),
     );
-    DoorbellOutcome { processed, ring_status }
+    DoorbellOutcome {
+        processed,
+        ring_status,
+    }
 }
 
 fn handle(core: &GuestCore, mem: &GuestMemoryMmap, d: &mut Descriptor) {
@@ -107,8 +137,10 @@ fn handle(core: &GuestCore, mem: &GuestMemoryMmap, d: &mut Descriptor) {
     d.status = match result {
         Ok(()) => Status::Ok as u32,
         Err(s) => {
-            if s != Status::Quota {
-                tracing::debug!(parent: core.span(), opcode = d.opcode, status = s.name(), "request refused");
+            if s != Status::Quota
+                && let Some(suppressed) = core.log_limit().allow()
+            {
+                tracing::debug!(parent: core.span(), opcode = d.opcode, status = s.name(), suppressed, "request refused");
             }
             s as u32
         }
@@ -176,15 +208,19 @@ fn free(core: &GuestCore, mem: &GuestMemoryMmap, d: &mut Descriptor) -> Result<(
     let bytes = extent_list_len(d)?;
     in_shared(mem, d.extents_gpa, bytes)?;
     let mut buf = vec![0u8; bytes as usize];
-    mem.read_slice(&mut buf, GuestAddress(d.extents_gpa)).map_err(|_| Status::BadPointer)?;
+    mem.read_slice(&mut buf, GuestAddress(d.extents_gpa))
+        .map_err(|_| Status::BadPointer)?;
     let mut runs = Vec::with_capacity(d.nr_extents as usize);
     for chunk in buf.chunks_exact(Extent::SIZE) {
         let e = Extent::from_bytes(chunk.try_into().expect("exact chunk"));
-        runs.push(core.run_of(&e).ok_or(if e.gpa % 4096 != 0 || e.pages == 0 {
-            Status::Invalid
-        } else {
-            Status::NotOwned
-        })?);
+        runs.push(
+            core.run_of(&e)
+                .ok_or(if e.gpa % 4096 != 0 || e.pages == 0 {
+                    Status::Invalid
+                } else {
+                    Status::NotOwned
+                })?,
+        );
     }
     d.pages = core.free(&runs)?;
     Ok(())
@@ -204,10 +240,6 @@ fn stats(core: &GuestCore, mem: &GuestMemoryMmap, d: &mut Descriptor) -> Result<
         freed_pages: s.freed_pages,
         reserved: [0; 3],
     };
-    mem.write_slice(&out.to_bytes(), GuestAddress(d.arg0)).map_err(|_| Status::BadPointer)
-}
-
-/// Runs of frames named by a list of extents (used by tests and tools).
-pub fn runs_of(core: &GuestCore, extents: &[Extent]) -> Option<Vec<Run>> {
-    extents.iter().map(|e| core.run_of(e)).collect()
+    mem.write_slice(&out.to_bytes(), GuestAddress(d.arg0))
+        .map_err(|_| Status::BadPointer)
 }

@@ -10,8 +10,7 @@ use crate::stats::GuestStatsSnapshot;
 use crate::uffd::GuestUffd;
 use crate::{fault_handler, host_mem, uffd};
 use memout_protocol::ring::{
-    ABI_VERSION, Descriptor, INFO_MAGIC, INFO_PAGE_GPA, InfoPage, PAGE_SIZE, RING_MAGIC,
-    RingHeader,
+    ABI_VERSION, Descriptor, INFO_MAGIC, INFO_PAGE_GPA, InfoPage, PAGE_SIZE, RING_MAGIC, RingHeader,
 };
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use std::sync::{Arc, Mutex};
@@ -72,7 +71,9 @@ impl ServerBuilder {
                 self.chunk_pages
             )));
         }
-        Ok(Server { zero: Arc::new(ZeroChunk::new(self.chunk_pages)) })
+        Ok(Server {
+            zero: Arc::new(ZeroChunk::new(self.chunk_pages)),
+        })
     }
 }
 
@@ -117,16 +118,25 @@ impl GuestConfig {
     fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
         if self.region_size == 0 || self.region_size % REGION_ALIGN != 0 {
-            return bad(format!("region size {:#x} is not a non-zero multiple of 2 MiB", self.region_size));
+            return bad(format!(
+                "region size {:#x} is not a non-zero multiple of 2 MiB",
+                self.region_size
+            ));
         }
         if self.region_gpa % REGION_ALIGN != 0 {
-            return bad(format!("region base {:#x} is not 2 MiB aligned", self.region_gpa));
+            return bad(format!(
+                "region base {:#x} is not 2 MiB aligned",
+                self.region_gpa
+            ));
         }
         if self.region_gpa.checked_add(self.region_size).is_none() {
             return bad("region wraps the guest-physical address space".into());
         }
         if self.quota_bytes % PAGE_SIZE != 0 {
-            return bad(format!("quota {} is not a multiple of 4 KiB", self.quota_bytes));
+            return bad(format!(
+                "quota {} is not a multiple of 4 KiB",
+                self.quota_bytes
+            ));
         }
         if self.quota_bytes > self.region_size {
             return bad(format!(
@@ -136,16 +146,27 @@ impl GuestConfig {
         }
         let slots = self.channel.ring_slots;
         if !slots.is_power_of_two() || slots > 4096 {
-            return bad(format!("ring slots {slots} is not a power of two in 1..=4096"));
+            return bad(format!(
+                "ring slots {slots} is not a power of two in 1..=4096"
+            ));
         }
         if self.channel.ring_gpa % 64 != 0 {
-            return bad(format!("ring at {:#x} is not 64-byte aligned", self.channel.ring_gpa));
+            return bad(format!(
+                "ring at {:#x} is not 64-byte aligned",
+                self.channel.ring_gpa
+            ));
         }
         let ring_len = RingHeader::SIZE + slots as usize * Descriptor::SIZE;
-        if !self.shared.check_range(GuestAddress(self.channel.ring_gpa), ring_len) {
+        if !self
+            .shared
+            .check_range(GuestAddress(self.channel.ring_gpa), ring_len)
+        {
             return bad("the ring does not lie in shared guest memory".into());
         }
-        if !self.shared.check_range(GuestAddress(INFO_PAGE_GPA), PAGE_SIZE as usize) {
+        if !self
+            .shared
+            .check_range(GuestAddress(INFO_PAGE_GPA), PAGE_SIZE as usize)
+        {
             return bad("the info page does not lie in shared guest memory".into());
         }
         let ring = self.channel.ring_gpa..self.channel.ring_gpa + ring_len as u64;
@@ -200,7 +221,9 @@ impl Server {
         };
         let ring_len = RingHeader::SIZE + cfg.channel.ring_slots as usize * Descriptor::SIZE;
         let write = |bytes: &[u8], gpa: u64| {
-            cfg.shared.write_slice(bytes, GuestAddress(gpa)).map_err(|e| Error::Channel(e.to_string()))
+            cfg.shared
+                .write_slice(bytes, GuestAddress(gpa))
+                .map_err(|e| Error::Channel(e.to_string()))
         };
         write(&vec![0u8; ring_len], cfg.channel.ring_gpa)?;
         write(&header.to_bytes(), cfg.channel.ring_gpa)?;
@@ -226,7 +249,10 @@ impl Server {
         Ok(GuestHandle {
             core,
             shared: cfg.shared,
-            ring: Mutex::new(RingCursor::new(cfg.channel.ring_gpa, cfg.channel.ring_slots)),
+            ring: Mutex::new(RingCursor::new(
+                cfg.channel.ring_gpa,
+                cfg.channel.ring_slots,
+            )),
             stop,
             thread: Some(thread),
         })
@@ -289,9 +315,13 @@ impl GuestHandle {
     /// Changes the quota (bytes, page-aligned, at most the region size).
     pub fn set_quota(&self, bytes: u64) -> Result<()> {
         if bytes % PAGE_SIZE != 0 {
-            return Err(Error::Config(format!("quota {bytes} is not a multiple of 4 KiB")));
+            return Err(Error::Config(format!(
+                "quota {bytes} is not a multiple of 4 KiB"
+            )));
         }
-        self.core.set_quota(bytes / PAGE_SIZE).map_err(|e| Error::Config(e.to_string()))
+        self.core
+            .set_quota(bytes / PAGE_SIZE)
+            .map_err(|e| Error::Config(e.to_string()))
     }
 }
 

@@ -12,7 +12,9 @@ pub struct LatencyHistogram {
 
 impl Default for LatencyHistogram {
     fn default() -> Self {
-        Self { buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect() }
+        Self {
+            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        }
     }
 }
 
@@ -128,7 +130,20 @@ mod tests {
     #[test]
     fn buckets_are_monotonic_and_tight() {
         let mut last = 0;
-        for ns in [0u64, 1, 7, 8, 9, 15, 16, 100, 1000, 65_000, 1 << 40, u64::MAX] {
+        for ns in [
+            0u64,
+            1,
+            7,
+            8,
+            9,
+            15,
+            16,
+            100,
+            1000,
+            65_000,
+            1 << 40,
+            u64::MAX,
+        ] {
             let b = bucket_of(ns);
             assert!(b >= last);
             last = b;

@@ -97,7 +97,10 @@ impl GuestUffd {
         // which refuses anything else with an errno) and reads `len` bytes at `src`, which the
         // caller guarantees are readable. No Rust reference aliases the destination pages: the
         // guest region is accessed from Rust only through raw addresses.
-        let r = unsafe { self.uffd.copy(src.cast(), dst as *mut libc::c_void, len, true) };
+        let r = unsafe {
+            self.uffd
+                .copy(src.cast(), dst as *mut libc::c_void, len, true)
+        };
         match r {
             Ok(n) => Ok(CopyOutcome::Copied(n)),
             // The crate reports EAGAIN as "partially copied" with the kernel's count, which is
@@ -112,10 +115,14 @@ impl GuestUffd {
             Err(userfaultfd::Error::CopyFailed(e)) if e as i32 == libc::EAGAIN => {
                 Ok(CopyOutcome::Retry)
             }
-            Err(userfaultfd::Error::CopyFailed(e)) => {
-                Err(Error::Populate { addr: dst, errno: e as i32 })
-            }
-            Err(other) => Err(Error::Populate { addr: dst, errno: errno_of(&other) }),
+            Err(userfaultfd::Error::CopyFailed(e)) => Err(Error::Populate {
+                addr: dst,
+                errno: e as i32,
+            }),
+            Err(other) => Err(Error::Populate {
+                addr: dst,
+                errno: errno_of(&other),
+            }),
         }
     }
 

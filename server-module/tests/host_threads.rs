@@ -22,7 +22,11 @@ fn uffd_available() -> bool {
 
 fn userfaultfd_usable() -> bool {
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-    Server::builder().build().unwrap().add_guest(config(mem, 2 << 20, None)).is_ok()
+    Server::builder()
+        .build()
+        .unwrap()
+        .add_guest(config(mem, 2 << 20, None))
+        .is_ok()
 }
 
 fn config(shared: GuestMemoryMmap, quota: u64, tx: Option<mpsc::Sender<String>>) -> GuestConfig {
@@ -32,7 +36,10 @@ fn config(shared: GuestMemoryMmap, quota: u64, tx: Option<mpsc::Sender<String>>)
         region_size: 64 << 20,
         quota_bytes: quota,
         policy: PopulatePolicy::default(),
-        channel: ChannelConfig { ring_gpa: RING, ring_slots: 16 },
+        channel: ChannelConfig {
+            ring_gpa: RING,
+            ring_slots: 16,
+        },
         shared,
         on_fatal: tx.map(|tx| {
             Box::new(move |f: &memout_server::GuestFault| {
@@ -40,6 +47,19 @@ fn config(shared: GuestMemoryMmap, quota: u64, tx: Option<mpsc::Sender<String>>)
             }) as memout_server::FatalNotifier
         }),
     }
+}
+
+/// Writes through the host mapping of a granted frame (the test's stand-in for a vCPU).
+fn poke(addr: usize, v: u64) {
+    // SAFETY: callers pass addresses inside the guest's region, in frames granted to it; the
+    // region stays mapped while the handle lives.
+    unsafe { std::ptr::write_volatile(addr as *mut u64, v) }
+}
+
+/// Reads through the host mapping (see [`poke`]).
+fn peek(addr: usize) -> u64 {
+    // SAFETY: as for `poke`.
+    unsafe { std::ptr::read_volatile(addr as *const u64) }
 }
 
 struct Driver {
@@ -50,9 +70,13 @@ struct Driver {
 impl Driver {
     fn submit(&mut self, h: &memout_server::GuestHandle, d: Descriptor) -> Descriptor {
         let slot = RING + RingHeader::SIZE as u64 + (self.prod % 16) as u64 * 64;
-        self.mem.write_slice(&d.to_bytes(), GuestAddress(slot)).unwrap();
+        self.mem
+            .write_slice(&d.to_bytes(), GuestAddress(slot))
+            .unwrap();
         self.prod += 1;
-        self.mem.write_slice(&self.prod.to_le_bytes(), GuestAddress(RING + 8)).unwrap();
+        self.mem
+            .write_slice(&self.prod.to_le_bytes(), GuestAddress(RING + 8))
+            .unwrap();
         h.on_doorbell();
         let mut b = [0u8; 64];
         self.mem.read_slice(&mut b, GuestAddress(slot)).unwrap();
@@ -67,13 +91,44 @@ fn alloc_touch_free_returns_memory() {
     }
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
     let server = Server::builder().build().unwrap();
-    let h = server.add_guest(config(mem.clone(), 32 << 20, None)).unwrap();
-    let mut drv = Driver { mem: mem.clone(), prod: 0 };
-    let no_hello = drv.submit(&h, Descriptor { opcode: 2, pages: 1, nr_extents: 1, extents_gpa: LIST, ..Default::default() });
+    let h = server
+        .add_guest(config(mem.clone(), 32 << 20, None))
+        .unwrap();
+    let mut drv = Driver {
+        mem: mem.clone(),
+        prod: 0,
+    };
+    let no_hello = drv.submit(
+        &h,
+        Descriptor {
+            opcode: 2,
+            pages: 1,
+            nr_extents: 1,
+            extents_gpa: LIST,
+            ..Default::default()
+        },
+    );
     assert_eq!(no_hello.status, Status::NoHello as u32);
-    let hello = drv.submit(&h, Descriptor { opcode: 1, arg0: ABI_VERSION as u64, ..Default::default() });
+    let hello = drv.submit(
+        &h,
+        Descriptor {
+            opcode: 1,
+            arg0: ABI_VERSION as u64,
+            ..Default::default()
+        },
+    );
     assert_eq!((hello.status, hello.arg1), (0, ABI_VERSION as u64));
-    let a = drv.submit(&h, Descriptor { opcode: 2, pages: 4096, nr_extents: 8, extents_gpa: LIST, tag: 77, ..Default::default() });
+    let a = drv.submit(
+        &h,
+        Descriptor {
+            opcode: 2,
+            pages: 4096,
+            nr_extents: 8,
+            extents_gpa: LIST,
+            tag: 77,
+            ..Default::default()
+        },
+    );
     assert_eq!((a.status, a.pages, a.tag), (0, 4096, 77));
     let mut eb = [0u8; 16];
     mem.read_slice(&mut eb, GuestAddress(LIST)).unwrap();
@@ -82,31 +137,73 @@ fn alloc_touch_free_returns_memory() {
     // Touch every page through the host mapping: faults are served by the handler thread.
     let base = h.region_host_addr() + (e.gpa - REGION_GPA) as usize;
     for p in 0..4096usize {
-        // SAFETY: (test) the pages lie in the guest's region, granted above.
-        unsafe { std::ptr::write_volatile((base + p * 4096) as *mut u64, p as u64 + 1) };
+        poke(base + p * 4096, p as u64 + 1);
     }
     for p in 0..4096usize {
-        // SAFETY: as above.
-        assert_eq!(unsafe { std::ptr::read_volatile((base + p * 4096) as *const u64) }, p as u64 + 1);
+        assert_eq!(peek(base + p * 4096), p as u64 + 1);
     }
     let s = h.stats();
     assert_eq!(s.allocated_pages, 4096);
     assert_eq!(s.resident_pages, 4096);
-    assert!(s.faults <= 16, "fault-around should need few faults, took {}", s.faults);
+    assert!(
+        s.faults <= 16,
+        "fault-around should need few faults, took {}",
+        s.faults
+    );
     // Quota: 8192 pages total, 4096 used.
-    let q = drv.submit(&h, Descriptor { opcode: 2, pages: 5000, nr_extents: 8, extents_gpa: LIST, ..Default::default() });
+    let q = drv.submit(
+        &h,
+        Descriptor {
+            opcode: 2,
+            pages: 5000,
+            nr_extents: 8,
+            extents_gpa: LIST,
+            ..Default::default()
+        },
+    );
     assert_eq!(q.status, Status::Quota as u32);
     // Free half: memory goes back at once.
-    mem.write_slice(&Extent { gpa: e.gpa, pages: 2048 }.to_bytes(), GuestAddress(LIST)).unwrap();
-    let f = drv.submit(&h, Descriptor { opcode: 3, nr_extents: 1, extents_gpa: LIST, ..Default::default() });
+    mem.write_slice(
+        &Extent {
+            gpa: e.gpa,
+            pages: 2048,
+        }
+        .to_bytes(),
+        GuestAddress(LIST),
+    )
+    .unwrap();
+    let f = drv.submit(
+        &h,
+        Descriptor {
+            opcode: 3,
+            nr_extents: 1,
+            extents_gpa: LIST,
+            ..Default::default()
+        },
+    );
     assert_eq!((f.status, f.pages), (0, 2048));
     let s = h.stats();
     assert_eq!((s.allocated_pages, s.resident_pages), (2048, 2048));
     assert_eq!(s.bytes_returned, 2048 * 4096);
     // Double free is refused and changes nothing.
-    let f2 = drv.submit(&h, Descriptor { opcode: 3, nr_extents: 1, extents_gpa: LIST, ..Default::default() });
+    let f2 = drv.submit(
+        &h,
+        Descriptor {
+            opcode: 3,
+            nr_extents: 1,
+            extents_gpa: LIST,
+            ..Default::default()
+        },
+    );
     assert_eq!(f2.status, Status::NotOwned as u32);
-    let st = drv.submit(&h, Descriptor { opcode: 4, arg0: STATS, ..Default::default() });
+    let st = drv.submit(
+        &h,
+        Descriptor {
+            opcode: 4,
+            arg0: STATS,
+            ..Default::default()
+        },
+    );
     assert_eq!(st.status, 0);
     let mut sb = [0u8; 64];
     mem.read_slice(&mut sb, GuestAddress(STATS)).unwrap();
@@ -129,8 +226,13 @@ fn touching_an_unowned_frame_gets_no_memory() {
         // SAFETY: (test) address in the registered region; this thread is left blocked.
         unsafe { std::ptr::read_volatile(addr as *const u8) };
     });
-    let msg = rx.recv_timeout(std::time::Duration::from_secs(10)).expect("guest stopped");
-    assert!(msg.contains(&format!("{:#x}", REGION_GPA + 5 * 4096)), "{msg}");
+    let msg = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("guest stopped");
+    assert!(
+        msg.contains(&format!("{:#x}", REGION_GPA + 5 * 4096)),
+        "{msg}"
+    );
     assert_eq!(h.stats().resident_pages, 0);
     assert!(h.fatal_error().is_some());
     std::mem::forget(h); // the blocked thread still references the region

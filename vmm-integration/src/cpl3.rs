@@ -37,12 +37,15 @@ const SEL_USER_CODE: u16 = 0x20 | 3;
 /// every range in `ranges`, and a GDT with DPL-3 code and data segments.
 pub fn write_tables(mem: &GuestMemoryMmap, ranges: &[(u64, u64)]) -> Result<()> {
     let w = |v: u64, gpa: u64| {
-        mem.write_obj(v, GuestAddress(gpa)).map_err(|e| Error::Write(e.to_string()))
+        mem.write_obj(v, GuestAddress(gpa))
+            .map_err(|e| Error::Write(e.to_string()))
     };
     w(PDPT | PTE_P_RW_US, PML4)?;
     let mut gibs: Vec<u64> = vec![0];
     for &(start, size) in std::iter::once(&(0, BOOT_SIZE)).chain(ranges) {
-        let end = start.checked_add(size).ok_or(Error::TooHigh { end: u64::MAX })?;
+        let end = start
+            .checked_add(size)
+            .ok_or(Error::TooHigh { end: u64::MAX })?;
         if end > MAX_GPA {
             return Err(Error::TooHigh { end });
         }
@@ -58,11 +61,17 @@ pub fn write_tables(mem: &GuestMemoryMmap, ranges: &[(u64, u64)]) -> Result<()> 
             let e = (g << 30) | (j << 21) | PDE_2M;
             table[(j * 8) as usize..(j * 8 + 8) as usize].copy_from_slice(&e.to_le_bytes());
         }
-        mem.write_slice(&table, GuestAddress(pd)).map_err(|e| Error::Write(e.to_string()))?;
+        mem.write_slice(&table, GuestAddress(pd))
+            .map_err(|e| Error::Write(e.to_string()))?;
     }
     // null, kernel code, kernel data, user data (0x18), user code 64-bit (0x20)
-    let gdt: [u64; 5] =
-        [0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff, 0x00cf_f300_0000_ffff, 0x00af_fb00_0000_ffff];
+    let gdt: [u64; 5] = [
+        0,
+        0x00af_9b00_0000_ffff,
+        0x00cf_9300_0000_ffff,
+        0x00cf_f300_0000_ffff,
+        0x00af_fb00_0000_ffff,
+    ];
     for (i, d) in gdt.iter().enumerate() {
         w(*d, GDT + 8 * i as u64)?;
     }
@@ -101,5 +110,10 @@ pub fn sregs(mut s: kvm_sregs) -> kvm_sregs {
 
 /// General registers: entry point, stack, RFLAGS with IOPL=3.
 pub fn regs(entry: u64) -> kvm_regs {
-    kvm_regs { rip: entry, rsp: STACK_TOP, rflags: 0x3002, ..Default::default() }
+    kvm_regs {
+        rip: entry,
+        rsp: STACK_TOP,
+        rflags: 0x3002,
+        ..Default::default()
+    }
 }

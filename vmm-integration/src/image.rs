@@ -56,13 +56,20 @@ fn u64_at(b: &[u8], off: usize) -> u64 {
 impl GuestImage {
     /// Reads and validates an image file.
     pub fn from_file(path: &std::path::Path) -> Result<Self> {
-        let meta = std::fs::metadata(path)
-            .map_err(|e| Error::Read { path: path.display().to_string(), reason: e.to_string() })?;
+        let meta = std::fs::metadata(path).map_err(|e| Error::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
         if meta.len() > IMAGE_LIMIT - IMAGE_BASE {
-            return Err(Error::TooLarge { needed: meta.len(), limit: IMAGE_LIMIT - IMAGE_BASE });
+            return Err(Error::TooLarge {
+                needed: meta.len(),
+                limit: IMAGE_LIMIT - IMAGE_BASE,
+            });
         }
-        let bytes = std::fs::read(path)
-            .map_err(|e| Error::Read { path: path.display().to_string(), reason: e.to_string() })?;
+        let bytes = std::fs::read(path).map_err(|e| Error::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
         Self::parse(bytes)
     }
 
@@ -78,21 +85,37 @@ impl GuestImage {
         if u32::from_le_bytes(bytes[8..12].try_into().unwrap()) != 1 {
             return bad("unsupported header version");
         }
-        let (entry, load, end, bss_end) =
-            (u64_at(&bytes, 16), u64_at(&bytes, 24), u64_at(&bytes, 32), u64_at(&bytes, 40));
+        let (entry, load, end, bss_end) = (
+            u64_at(&bytes, 16),
+            u64_at(&bytes, 24),
+            u64_at(&bytes, 32),
+            u64_at(&bytes, 40),
+        );
         if load != IMAGE_BASE {
-            return Err(Error::Invalid(format!("load address {load:#x} is not {IMAGE_BASE:#x}")));
+            return Err(Error::Invalid(format!(
+                "load address {load:#x} is not {IMAGE_BASE:#x}"
+            )));
         }
         if end < load || bss_end < end || (bytes.len() as u64) > end - load {
             return bad("inconsistent image sizes");
         }
         if bss_end > IMAGE_LIMIT {
-            return Err(Error::TooLarge { needed: bss_end - load, limit: IMAGE_LIMIT - IMAGE_BASE });
+            return Err(Error::TooLarge {
+                needed: bss_end - load,
+                limit: IMAGE_LIMIT - IMAGE_BASE,
+            });
         }
         if entry < load + HEADER_SIZE as u64 || entry >= end {
-            return Err(Error::Invalid(format!("entry point {entry:#x} outside the image")));
+            return Err(Error::Invalid(format!(
+                "entry point {entry:#x} outside the image"
+            )));
         }
-        Ok(Self { bytes, load_addr: load, entry, bss_end })
+        Ok(Self {
+            bytes,
+            load_addr: load,
+            entry,
+            bss_end,
+        })
     }
 }
 
@@ -113,20 +136,51 @@ mod tests {
 
     #[test]
     fn accepts_a_sane_image() {
-        let img = GuestImage::parse(header(IMAGE_BASE + 64, IMAGE_BASE + 256, IMAGE_BASE + 4096, 256)).unwrap();
+        let img = GuestImage::parse(header(
+            IMAGE_BASE + 64,
+            IMAGE_BASE + 256,
+            IMAGE_BASE + 4096,
+            256,
+        ))
+        .unwrap();
         assert_eq!(img.entry, IMAGE_BASE + 64);
     }
 
     #[test]
     fn refuses_bad_images() {
-        assert!(matches!(GuestImage::parse(vec![0; 10]), Err(Error::Invalid(_))));
-        assert!(matches!(GuestImage::parse(vec![0; 100]), Err(Error::Invalid(_))));
+        assert!(matches!(
+            GuestImage::parse(vec![0; 10]),
+            Err(Error::Invalid(_))
+        ));
+        assert!(matches!(
+            GuestImage::parse(vec![0; 100]),
+            Err(Error::Invalid(_))
+        ));
         let mut v = header(IMAGE_BASE + 64, IMAGE_BASE + 256, IMAGE_BASE + 4096, 256);
         v[8] = 2;
         assert!(matches!(GuestImage::parse(v), Err(Error::Invalid(_))));
-        assert!(matches!(GuestImage::parse(header(IMAGE_BASE, IMAGE_BASE + 256, IMAGE_BASE + 256, 256)), Err(Error::Invalid(_))));
-        assert!(matches!(GuestImage::parse(header(IMAGE_BASE + 64, IMAGE_BASE + 128, IMAGE_BASE + 256, 256)), Err(Error::Invalid(_))));
-        assert!(matches!(GuestImage::parse(header(IMAGE_BASE + 64, IMAGE_BASE + 256, IMAGE_LIMIT + 1, 256)), Err(Error::TooLarge { .. })));
+        assert!(matches!(
+            GuestImage::parse(header(IMAGE_BASE, IMAGE_BASE + 256, IMAGE_BASE + 256, 256)),
+            Err(Error::Invalid(_))
+        ));
+        assert!(matches!(
+            GuestImage::parse(header(
+                IMAGE_BASE + 64,
+                IMAGE_BASE + 128,
+                IMAGE_BASE + 256,
+                256
+            )),
+            Err(Error::Invalid(_))
+        ));
+        assert!(matches!(
+            GuestImage::parse(header(
+                IMAGE_BASE + 64,
+                IMAGE_BASE + 256,
+                IMAGE_LIMIT + 1,
+                256
+            )),
+            Err(Error::TooLarge { .. })
+        ));
     }
 
     #[test]

@@ -10,7 +10,11 @@ use std::time::Duration;
 mod cli_size;
 
 #[derive(Parser)]
-#[command(name = "memout", version, about = "Outsource a KVM guest's memory management to the host")]
+#[command(
+    name = "memout",
+    version,
+    about = "Outsource a KVM guest's memory management to the host"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -71,7 +75,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Demo { json } => demo(json),
-        Cmd::Run { image, region, quota, policy, arg, timeout } => load(&image).and_then(|img| {
+        Cmd::Run {
+            image,
+            region,
+            quota,
+            policy,
+            arg,
+            timeout,
+        } => load(&image).and_then(|img| {
             let cfg = RunConfig {
                 name: "guest".into(),
                 region_size: region,
@@ -83,7 +94,11 @@ fn main() -> ExitCode {
             };
             let report = run(&img, &cfg)?;
             print_stats(&report);
-            if report.passed() { Ok(()) } else { Err(report.outcome.to_string()) }
+            if report.passed() {
+                Ok(())
+            } else {
+                Err(report.outcome.to_string())
+            }
         }),
         Cmd::Guests => {
             for (name, bytes) in memout_vmm::images::ALL {
@@ -130,11 +145,24 @@ fn print_stats(r: &RunReport) {
 
 fn demo(json: bool) -> Result<(), String> {
     let img = load("demo")?;
-    let cfg = RunConfig { name: "demo".into(), quota_bytes: 256 << 20, echo: !json, ..Default::default() };
+    let cfg = RunConfig {
+        name: "demo".into(),
+        quota_bytes: 256 << 20,
+        echo: !json,
+        ..Default::default()
+    };
     let r = run(&img, &cfg)?;
-    const STEPS: [&str; 4] = ["start", "64 MiB written", "32 MiB freed", "32 MiB re-allocated"];
+    const STEPS: [&str; 4] = [
+        "start",
+        "64 MiB written",
+        "32 MiB freed",
+        "32 MiB re-allocated",
+    ];
     if !json {
-        println!("\n{:<22} {:>9} {:>12} {:>12} {:>12} {:>8}", "step", "time ms", "host RSS MiB", "allocated", "resident", "faults");
+        println!(
+            "\n{:<22} {:>9} {:>12} {:>12} {:>12} {:>8}",
+            "step", "time ms", "host RSS MiB", "allocated", "resident", "faults"
+        );
         for c in &r.checkpoints {
             println!(
                 "{:<22} {:>9.2} {:>12.1} {:>12.1} {:>12.1} {:>8}",
@@ -148,7 +176,12 @@ fn demo(json: bool) -> Result<(), String> {
         }
         print_stats(&r);
     }
-    let rss = |id: u32| r.checkpoints.iter().find(|c| c.id == id).map(|c| c.region_rss);
+    let rss = |id: u32| {
+        r.checkpoints
+            .iter()
+            .find(|c| c.id == id)
+            .map(|c| c.region_rss)
+    };
     let (before, after) = (rss(1), rss(2));
     if json {
         let v = serde_json::json!({
@@ -163,7 +196,11 @@ fn demo(json: bool) -> Result<(), String> {
         });
         println!("{v}");
     } else if let (Some(b), Some(a)) = (before, after) {
-        println!("host RSS of the outsourced region: {:.1} MiB before the free, {:.1} MiB after", mib(b), mib(a));
+        println!(
+            "host RSS of the outsourced region: {:.1} MiB before the free, {:.1} MiB after",
+            mib(b),
+            mib(a)
+        );
     }
     if !r.passed() {
         return Err(r.outcome.to_string());

@@ -10,7 +10,9 @@ use crate::vm::{self, GuestVm};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use kvm_ioctls::VcpuExit;
 use memout_protocol::ring::{PORT_DEBUG_STR, PORT_DOORBELL, PORT_EXIT};
-use memout_server::{ChannelConfig, GuestConfig, GuestFault, GuestStatsSnapshot, PopulatePolicy, Server};
+use memout_server::{
+    ChannelConfig, GuestConfig, GuestFault, GuestStatsSnapshot, PopulatePolicy, Server,
+};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::time::{Duration, Instant};
@@ -181,7 +183,10 @@ pub fn run_guest(server: &Server, image: &GuestImage, cfg: &RunConfig) -> Result
         region_size: cfg.region_size,
         quota_bytes: cfg.quota_bytes,
         policy: cfg.policy,
-        channel: ChannelConfig { ring_gpa: RING, ring_slots: RING_SLOTS },
+        channel: ChannelConfig {
+            ring_gpa: RING,
+            ring_slots: RING_SLOTS,
+        },
         shared: vm.boot().clone(),
         on_fatal: Some(Box::new(move |_| {
             let _ = fatal_tx.send(Watch::Kick);
@@ -269,7 +274,14 @@ pub fn run_guest(server: &Server, image: &GuestImage, cfg: &RunConfig) -> Result
     // The VM (and its memslot over the region) goes before the region itself.
     drop(vm);
     drop(handle);
-    Ok(RunReport { outcome, output, checkpoints, stats, region_rss, elapsed })
+    Ok(RunReport {
+        outcome,
+        output,
+        checkpoints,
+        stats,
+        region_rss,
+        elapsed,
+    })
 }
 
 fn le_u32(data: &[u8]) -> u32 {

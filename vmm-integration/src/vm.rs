@@ -57,17 +57,26 @@ impl GuestVm {
     pub fn new() -> Result<Self> {
         let kvm_fd = Kvm::new().map_err(Error::NoKvm)?;
         let vm = kvm_fd.create_vm().map_err(kvm("KVM_CREATE_VM"))?;
-        vm.set_tss_address(0xfffb_d000).map_err(kvm("KVM_SET_TSS_ADDR"))?;
+        vm.set_tss_address(0xfffb_d000)
+            .map_err(kvm("KVM_SET_TSS_ADDR"))?;
         let boot = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), BOOT_SIZE as usize)])
             .map_err(|e| Error::BootMemory(e.to_string()))?;
-        let mut this = Self { _kvm: kvm_fd, vcpu: vm.create_vcpu(0).map_err(kvm("KVM_CREATE_VCPU"))?, vm, boot, next_slot: 0 };
+        let mut this = Self {
+            _kvm: kvm_fd,
+            vcpu: vm.create_vcpu(0).map_err(kvm("KVM_CREATE_VCPU"))?,
+            vm,
+            boot,
+            next_slot: 0,
+        };
         let host = this.boot.iter().next().expect("one region").as_ptr() as usize;
         this.map(0, BOOT_SIZE, host)?;
         let cpuid = this
             ._kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm("KVM_GET_SUPPORTED_CPUID"))?;
-        this.vcpu.set_cpuid2(&cpuid).map_err(kvm("KVM_SET_CPUID2"))?;
+        this.vcpu
+            .set_cpuid2(&cpuid)
+            .map_err(kvm("KVM_SET_CPUID2"))?;
         Ok(this)
     }
 
@@ -90,7 +99,8 @@ impl GuestVm {
         };
         // SAFETY: the host range is a live mapping of `size` bytes (boot memory owned by
         // `self`, or a region the caller keeps alive longer than the VM, as documented).
-        unsafe { self.vm.set_user_memory_region(region) }.map_err(kvm("KVM_SET_USER_MEMORY_REGION"))?;
+        unsafe { self.vm.set_user_memory_region(region) }
+            .map_err(kvm("KVM_SET_USER_MEMORY_REGION"))?;
         self.next_slot += 1;
         Ok(())
     }
@@ -100,8 +110,12 @@ impl GuestVm {
     pub fn setup_cpl3(&self, entry: u64, ranges: &[(u64, u64)]) -> Result<()> {
         cpl3::write_tables(&self.boot, ranges)?;
         let sregs = self.vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
-        self.vcpu.set_sregs(&cpl3::sregs(sregs)).map_err(kvm("KVM_SET_SREGS"))?;
-        self.vcpu.set_regs(&cpl3::regs(entry)).map_err(kvm("KVM_SET_REGS"))?;
+        self.vcpu
+            .set_sregs(&cpl3::sregs(sregs))
+            .map_err(kvm("KVM_SET_SREGS"))?;
+        self.vcpu
+            .set_regs(&cpl3::regs(entry))
+            .map_err(kvm("KVM_SET_REGS"))?;
         Ok(())
     }
 

@@ -1,0 +1,29 @@
+# The two set-up-free commands of the README: `make demo` and `make test`.
+# Both install what a fresh Debian machine with a Rust toolchain and gcc lacks (libclang-dev,
+# needed by the userfaultfd crate's bindgen), then build with cargo.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: deps demo test
+
+deps:
+	@if ! dpkg -s libclang-dev >/dev/null 2>&1; then \
+	    echo "memout: installing libclang-dev (needed to build the userfaultfd crate)"; \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq libclang-dev; \
+	fi
+	@command -v gcc >/dev/null || { echo "memout: gcc is required to build the guest programs"; exit 1; }
+
+demo: deps
+	$(CARGO) run --release -q -p memout-vmm --bin memout -- demo
+
+test: deps
+	@if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then \
+	    export MEMOUT_REQUIRE_KVM=1; \
+	else \
+	    echo "################################################################"; \
+	    echo "SKIPPED: no /dev/kvm -- KVM guest tests will be skipped, not run"; \
+	    echo "################################################################"; \
+	fi; \
+	$(CARGO) test --workspace

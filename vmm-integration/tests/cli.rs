@@ -1,0 +1,74 @@
+//! The `memout` binary: bad images and arguments get clear errors, not panics.
+
+use std::process::Command;
+
+fn memout(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_memout"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn assert_clean_failure(args: &[&str], needle: &str) {
+    let (code, _, err) = memout(args);
+    assert_ne!(code, 0, "{args:?} succeeded");
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    assert!(
+        err.contains(needle),
+        "{args:?}: expected {needle:?} in: {err}"
+    );
+}
+
+#[test]
+fn missing_image() {
+    assert_clean_failure(
+        &["run", "/nonexistent/guest.bin"],
+        "cannot read guest image /nonexistent/guest.bin",
+    );
+}
+
+#[test]
+fn invalid_and_oversized_images() {
+    let dir = std::env::temp_dir().join(format!("memout-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let junk = dir.join("junk.bin");
+    std::fs::write(
+        &junk,
+        b"this is not a guest image at all, just some bytes here",
+    )
+    .unwrap();
+    assert_clean_failure(&["run", junk.to_str().unwrap()], "not a memout guest image");
+    let empty = dir.join("empty.bin");
+    std::fs::write(&empty, b"").unwrap();
+    assert_clean_failure(
+        &["run", empty.to_str().unwrap()],
+        "not a memout guest image",
+    );
+    let big = dir.join("big.bin");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    assert_clean_failure(&["run", big.to_str().unwrap()], "image area holds");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_arguments() {
+    assert_clean_failure(&["run", "demo", "--quota", "12Q"], "unknown size suffix");
+    assert_clean_failure(&["run", "demo", "--policy", "nope"], "unknown policy");
+    assert_clean_failure(&["run", "demo", "--quota", "8G", "--region", "4G"], "quota");
+    assert_clean_failure(&["run", "demo", "--region", "3M"], "2 MiB");
+}
+
+#[test]
+fn lists_built_in_guests() {
+    let (code, out, _) = memout(&["guests"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("demo") && out.contains("malicious"), "{out}");
+}
