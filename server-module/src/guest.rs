@@ -2,7 +2,8 @@
 //! the operations the ring and the fault handler call. Shared (in an `Arc`) between the guest's
 //! handle, used on the VMM's vCPU thread, and its fault-handler thread.
 
-use crate::extents::Run;
+use crate::eager::EagerQueue;
+use crate::extents::{ExtentSet, Run};
 use crate::frames::{self, FrameAllocator};
 use crate::host_mem::HostRegion;
 use crate::log_limit::LogLimiter;
@@ -12,7 +13,7 @@ use crate::stats::{GuestCounters, GuestStatsSnapshot};
 use crate::uffd::{CopyOutcome, GuestUffd};
 use memout_protocol::ring::{Extent, PAGE_SIZE, Status};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Instant;
 use thiserror::Error;
 
@@ -53,6 +54,13 @@ pub enum Resolution {
     Retry,
 }
 
+/// How a fill ended.
+enum Fill {
+    Done,
+    Retry,
+    Failed(i32),
+}
+
 /// A zero-filled, page-aligned source buffer for UFFDIO_COPY, shared by all guests.
 pub struct ZeroChunk {
     buf: Box<[u8]>,
@@ -76,7 +84,16 @@ impl ZeroChunk {
 struct State {
     alloc: FrameAllocator,
     resident: ResidentMap,
+    /// Runs claimed by a populator and being copied right now (not yet resident).
+    inflight: ExtentSet,
     hello: bool,
+}
+
+/// Who populated a run (for per-policy statistics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Populator {
+    Fault,
+    Eager,
 }
 
 /// What [`GuestCore::new`] is built from.
@@ -89,6 +106,7 @@ pub(crate) struct GuestParts {
     pub policy: PopulatePolicy,
     pub on_fatal: Option<FatalNotifier>,
     pub zero: Arc<ZeroChunk>,
+    pub eager: EagerQueue,
 }
 
 /// One guest, as the server sees it.
@@ -98,17 +116,24 @@ pub struct GuestCore {
     region_gpa: u64,
     uffd: GuestUffd,
     state: Mutex<State>,
+    settled: Condvar,
     counters: GuestCounters,
     policy: Mutex<PopulatePolicy>,
     fatal: Mutex<Option<GuestFault>>,
     on_fatal: Option<FatalNotifier>,
     zero: Arc<ZeroChunk>,
+    eager: EagerQueue,
+    me: Weak<GuestCore>,
     span: tracing::Span,
     log_limit: LogLimiter,
 }
 
 impl GuestCore {
-    pub(crate) fn new(p: GuestParts) -> Self {
+    pub(crate) fn new(p: GuestParts) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self::build(p, me.clone()))
+    }
+
+    fn build(p: GuestParts, me: Weak<GuestCore>) -> Self {
         let span = tracing::info_span!("guest", name = %p.name);
         let resident = ResidentMap::new(p.alloc.frames());
         Self {
@@ -119,13 +144,17 @@ impl GuestCore {
             state: Mutex::new(State {
                 alloc: p.alloc,
                 resident,
+                inflight: ExtentSet::new(),
                 hello: false,
             }),
+            settled: Condvar::new(),
             counters: GuestCounters::default(),
             policy: Mutex::new(p.policy),
             fatal: Mutex::new(None),
             on_fatal: p.on_fatal,
             zero: p.zero,
+            eager: p.eager,
+            me,
             span,
             log_limit: LogLimiter::default(),
         }
@@ -241,6 +270,11 @@ impl GuestCore {
                 frames::Error::Quota { .. } => Status::Quota,
                 _ => Status::NoMemory,
             })?;
+        if self.policy() == PopulatePolicy::Eager {
+            for r in &runs {
+                self.eager.submit(&self.me, *r);
+            }
+        }
         Ok(runs.into_iter().map(|r| self.extent_of(r)).collect())
     }
 
@@ -262,6 +296,12 @@ impl GuestCore {
                 frames::Error::NotOwned(_) => Status::NotOwned,
                 _ => Status::Invalid,
             })?;
+            // A copy already under way on these frames must land before they are dropped, or
+            // it would back a frame that is no longer the guest's. Releasing frames cannot be
+            // claimed again, so this wait ends.
+            while runs.iter().any(|&r| st.inflight.overlaps(r)) {
+                st = self.settled.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
             let was: u64 = runs.iter().map(|&r| st.resident.clear(r)).sum();
             (pages, was)
         };
@@ -304,36 +344,57 @@ impl GuestCore {
         let base = self.region.addr();
         let frame = (addr.wrapping_sub(base) as u64) / PAGE_SIZE;
         let gpa = self.region_gpa + frame * PAGE_SIZE;
-        let mut st = self.state();
-        let Some(granted) = st.alloc.allocated_run(frame) else {
-            drop(st);
-            self.counters.violations.fetch_add(1, Relaxed);
-            self.stop(GuestFault::Unowned { gpa });
-            return Resolution::Refused;
-        };
         let page_addr = base + (frame * PAGE_SIZE) as usize;
-        if st.resident.get(frame) {
-            drop(st);
-            return self.wake_or_stop(page_addr, gpa);
-        }
-        let window = self.policy().window(frame, granted);
-        for hole in st.resident.holes(window) {
-            match self.populate(&mut st, hole) {
-                Ok(true) => {}
-                Ok(false) => return Resolution::Retry,
-                Err(errno) => {
-                    drop(st);
-                    self.stop(GuestFault::HostPopulate { gpa, errno });
-                    return Resolution::Refused;
-                }
+        let mut st = self.state();
+        let claims = loop {
+            let Some(granted) = st.alloc.allocated_run(frame) else {
+                drop(st);
+                self.counters.violations.fetch_add(1, Relaxed);
+                self.stop(GuestFault::Unowned { gpa });
+                return Resolution::Refused;
+            };
+            if st.resident.get(frame) {
+                drop(st);
+                return self.wake_or_stop(page_addr, gpa);
+            }
+            if st.inflight.containing(frame).is_none() {
+                break self.claim(&mut st, self.policy().fault_window(frame, granted));
+            }
+            // Another populator is copying this frame; its copy wakes the faulting thread, but
+            // wait for it to settle in case it failed and the frame is still missing.
+            st = self.settled.wait(st).unwrap_or_else(|p| p.into_inner());
+        };
+        drop(st);
+        match self.fill(&claims, Populator::Fault) {
+            Fill::Done => {
+                self.counters.faults.fetch_add(1, Relaxed);
+                self.counters
+                    .populate_latency
+                    .record(t0.elapsed().as_nanos() as u64);
+                Resolution::Served
+            }
+            Fill::Retry => Resolution::Retry,
+            Fill::Failed(errno) => {
+                self.stop(GuestFault::HostPopulate { gpa, errno });
+                Resolution::Refused
             }
         }
-        drop(st);
-        self.counters.faults.fetch_add(1, Relaxed);
-        self.counters
-            .populate_latency
-            .record(t0.elapsed().as_nanos() as u64);
-        Resolution::Served
+    }
+
+    /// Eagerly populates `run` if it is still granted (called by the eager workers).
+    pub(crate) fn populate_eagerly(&self, run: Run) {
+        let claims = {
+            let mut st = self.state();
+            match st.alloc.allocated_run(run.start) {
+                Some(g) if g.end() >= run.end() => self.claim(&mut st, run),
+                _ => return, // freed meanwhile
+            }
+        };
+        if let Fill::Failed(errno) = self.fill(&claims, Populator::Eager) {
+            let gpa = self.region_gpa + run.start * PAGE_SIZE;
+            self.stop(GuestFault::HostPopulate { gpa, errno });
+        }
+        // Retry: leave it; a fault on those frames populates them.
     }
 
     fn wake_or_stop(&self, page_addr: usize, gpa: u64) -> Resolution {
@@ -346,40 +407,104 @@ impl GuestCore {
         }
     }
 
-    /// Fills `hole` (non-resident, granted frames) from the zero chunk. `Ok(false)`: retry
-    /// after reading events. `Err(errno)`: the host cannot back it.
-    fn populate(&self, st: &mut State, hole: Run) -> Result<bool, i32> {
-        let base = self.region.addr();
-        let mut f = hole.start;
-        while f < hole.end() {
-            let pages = (hole.end() - f).min(self.zero.pages);
-            let dst = base + (f * PAGE_SIZE) as usize;
-            match self
-                .uffd
-                .copy(self.zero.ptr(), dst, (pages * PAGE_SIZE) as usize)
-            {
-                Ok(CopyOutcome::Copied(n)) if n >= PAGE_SIZE as usize => {
-                    let done = n as u64 / PAGE_SIZE;
-                    st.resident.set(Run {
-                        start: f,
-                        len: done,
-                    });
-                    self.counters.populated_pages.fetch_add(done, Relaxed);
-                    f += done;
+    /// Claims the holes of `window` that are neither resident nor being populated.
+    fn claim(&self, st: &mut State, window: Run) -> Vec<Run> {
+        let mut claims = Vec::new();
+        for hole in st.resident.holes(window) {
+            // Split each hole around runs another populator holds.
+            let mut f = hole.start;
+            while f < hole.end() {
+                if let Some(busy) = st.inflight.containing(f) {
+                    f = busy.end();
+                    continue;
                 }
-                Ok(CopyOutcome::Copied(_)) | Ok(CopyOutcome::Retry) => return Ok(false),
-                Ok(CopyOutcome::AlreadyPopulated) => {
-                    st.resident.set(Run { start: f, len: 1 });
-                    self.uffd
-                        .wake(dst, PAGE_SIZE as usize)
-                        .map_err(|_| libc::EIO)?;
-                    f += 1;
-                }
-                Err(crate::uffd::Error::Populate { errno, .. }) => return Err(errno),
-                Err(_) => return Err(libc::EIO),
+                let next_busy = st.inflight.first_after(f).map_or(hole.end(), |b| b.start);
+                let r = Run {
+                    start: f,
+                    len: next_busy.min(hole.end()) - f,
+                };
+                claims.push(r);
+                f = r.end();
             }
         }
-        Ok(true)
+        for r in &claims {
+            st.inflight.insert(*r);
+        }
+        claims
+    }
+
+    /// Copies zeroes into claimed runs without holding the lock, then settles them (what was
+    /// copied becomes resident, the rest is released for someone else to claim), and only then
+    /// wakes the faulting threads, so the resident count is exact whenever the guest runs.
+    fn fill(&self, claims: &[Run], who: Populator) -> Fill {
+        let base = self.region.addr();
+        let mut outcome = Fill::Done;
+        let mut done: Vec<Run> = Vec::new();
+        'claims: for &c in claims {
+            let mut f = c.start;
+            while f < c.end() {
+                let pages = (c.end() - f).min(self.zero.pages);
+                let dst = base + (f * PAGE_SIZE) as usize;
+                let step =
+                    match self
+                        .uffd
+                        .copy(self.zero.ptr(), dst, (pages * PAGE_SIZE) as usize, false)
+                    {
+                        Ok(CopyOutcome::Copied(n)) if n >= PAGE_SIZE as usize => {
+                            n as u64 / PAGE_SIZE
+                        }
+                        Ok(CopyOutcome::AlreadyPopulated) => {
+                            match self.uffd.wake(dst, PAGE_SIZE as usize) {
+                                Ok(()) => 1,
+                                Err(_) => {
+                                    outcome = Fill::Failed(libc::EIO);
+                                    break 'claims;
+                                }
+                            }
+                        }
+                        Ok(CopyOutcome::Copied(_)) | Ok(CopyOutcome::Retry) => {
+                            outcome = Fill::Retry;
+                            break 'claims;
+                        }
+                        Err(crate::uffd::Error::Populate { errno, .. }) => {
+                            outcome = Fill::Failed(errno);
+                            break 'claims;
+                        }
+                        Err(_) => {
+                            outcome = Fill::Failed(libc::EIO);
+                            break 'claims;
+                        }
+                    };
+                done.push(Run {
+                    start: f,
+                    len: step,
+                });
+                f += step;
+            }
+        }
+        let populated: u64 = done.iter().map(|r| r.len).sum();
+        {
+            let mut st = self.state();
+            for r in claims {
+                st.inflight.remove(*r);
+            }
+            for r in &done {
+                st.resident.set(*r);
+            }
+        }
+        self.settled.notify_all();
+        for r in &done {
+            let addr = base + (r.start * PAGE_SIZE) as usize;
+            if self.uffd.wake(addr, (r.len * PAGE_SIZE) as usize).is_err() {
+                outcome = Fill::Failed(libc::EIO);
+            }
+        }
+        let counter = match who {
+            Populator::Fault => &self.counters.populated_pages,
+            Populator::Eager => &self.counters.populated_eager_pages,
+        };
+        counter.fetch_add(populated, Relaxed);
+        outcome
     }
 
     /// Stops the guest: records the first fault and notifies the VMM.
@@ -412,6 +537,7 @@ impl GuestCore {
             request_errors: c.request_errors.load(Relaxed),
             faults: c.faults.load(Relaxed),
             populated_pages: c.populated_pages.load(Relaxed),
+            populated_eager_pages: c.populated_eager_pages.load(Relaxed),
             freed_pages: c.freed_pages.load(Relaxed),
             bytes_returned: c.bytes_returned.load(Relaxed),
             violations: c.violations.load(Relaxed),

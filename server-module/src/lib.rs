@@ -21,6 +21,7 @@
 //! [`fault_handler`] and [`rpc`] do the work; [`server`] is the API.
 #![deny(missing_docs)]
 
+pub mod eager;
 pub mod extents;
 pub mod fault_handler;
 pub mod frames;

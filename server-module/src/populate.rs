@@ -2,7 +2,9 @@
 //!
 //! The host knows what the guest was granted, so it need not wait for one fault per page:
 //! fault-around fills the whole aligned chunk around the fault, clipped to the granted run the
-//! fault lies in (never beyond it, so no frame the guest does not hold is ever backed).
+//! fault lies in (never beyond it, so no frame the guest does not hold is ever backed); eager
+//! also queues every granted run to the eager workers at ALLOC time, so the second core fills
+//! memory ahead of the guest.
 
 use crate::extents::Run;
 
@@ -17,6 +19,9 @@ pub enum PopulatePolicy {
         /// Chunk size in frames (a power of two; 512 = 2 MiB).
         chunk_pages: u64,
     },
+    /// Fill granted runs on worker threads as soon as they are granted (in 2 MiB chunks);
+    /// faults the workers have not reached yet are served with fault-around.
+    Eager,
 }
 
 impl Default for PopulatePolicy {
@@ -31,6 +36,7 @@ impl PopulatePolicy {
         match self {
             Self::PerPage => "per-page",
             Self::FaultAround { .. } => "fault-around",
+            Self::Eager => "eager",
         }
     }
 
@@ -39,19 +45,28 @@ impl PopulatePolicy {
         match s {
             "per-page" => Some(Self::PerPage),
             "fault-around" => Some(Self::default()),
+            "eager" => Some(Self::Eager),
             _ => None,
         }
     }
 
+    /// All policies, for experiments that compare them.
+    pub const ALL: [PopulatePolicy; 3] = [
+        Self::PerPage,
+        Self::FaultAround { chunk_pages: 512 },
+        Self::Eager,
+    ];
+
     /// The frames to consider populating for a fault on `frame`, which lies in the granted run
     /// `granted`.
-    pub fn window(&self, frame: u64, granted: Run) -> Run {
+    pub fn fault_window(&self, frame: u64, granted: Run) -> Run {
         debug_assert!(granted.start <= frame && frame < granted.end());
         match *self {
             Self::PerPage => Run {
                 start: frame,
                 len: 1,
             },
+            Self::Eager => Self::default().fault_window(frame, granted),
             Self::FaultAround { chunk_pages } => {
                 let c = chunk_pages.max(1);
                 let lo = (frame / c * c).max(granted.start);
@@ -75,18 +90,18 @@ mod tests {
         fn window_stays_inside_grant_and_covers_fault(start in 0u64..5000, len in 1u64..5000, off in 0u64..5000, c in 0u32..11) {
             let granted = Run { start, len };
             let frame = start + off % len;
-            for p in [PopulatePolicy::PerPage, PopulatePolicy::FaultAround { chunk_pages: 1 << c }] {
-                let w = p.window(frame, granted);
+            for p in [PopulatePolicy::PerPage, PopulatePolicy::Eager, PopulatePolicy::FaultAround { chunk_pages: 1 << c }] {
+                let w = p.fault_window(frame, granted);
                 prop_assert!(w.start >= granted.start && w.end() <= granted.end());
                 prop_assert!(w.start <= frame && frame < w.end());
-                prop_assert!(w.len <= 1 << c);
+                prop_assert!(w.len <= (1 << c).max(512));
             }
         }
     }
 
     #[test]
     fn names_roundtrip() {
-        for p in [PopulatePolicy::PerPage, PopulatePolicy::default()] {
+        for p in PopulatePolicy::ALL {
             assert_eq!(PopulatePolicy::parse(p.name()), Some(p));
         }
         assert_eq!(PopulatePolicy::parse("eager-ish"), None);

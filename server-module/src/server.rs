@@ -1,6 +1,7 @@
 //! The embedding API: a [`Server`] serves many guests; [`Server::add_guest`] turns a
 //! [`GuestConfig`] into a [`GuestHandle`] the VMM calls on doorbell exits.
 
+use crate::eager::{self, EagerQueue};
 use crate::frames::FrameAllocator;
 use crate::guest::{FatalNotifier, GuestCore, GuestFault, GuestParts, ZeroChunk};
 use crate::host_mem::HostRegion;
@@ -48,11 +49,15 @@ pub type Result<T> = std::result::Result<T, Error>;
 #[derive(Debug, Clone)]
 pub struct ServerBuilder {
     chunk_pages: u64,
+    eager_workers: usize,
 }
 
 impl Default for ServerBuilder {
     fn default() -> Self {
-        Self { chunk_pages: 512 }
+        Self {
+            chunk_pages: 512,
+            eager_workers: 1,
+        }
     }
 }
 
@@ -60,6 +65,13 @@ impl ServerBuilder {
     /// Largest single populate copy in pages (default 512 = 2 MiB).
     pub fn copy_chunk_pages(mut self, pages: u64) -> Self {
         self.chunk_pages = pages;
+        self
+    }
+
+    /// Threads that populate memory ahead of guests under [`PopulatePolicy::Eager`]
+    /// (default 1: on a two-core host, one core runs the guest, the other fills ahead of it).
+    pub fn eager_workers(mut self, n: usize) -> Self {
+        self.eager_workers = n;
         self
     }
 
@@ -71,8 +83,17 @@ impl ServerBuilder {
                 self.chunk_pages
             )));
         }
+        if self.eager_workers == 0 || self.eager_workers > 64 {
+            return Err(Error::Config(format!(
+                "{} eager workers is outside 1..=64",
+                self.eager_workers
+            )));
+        }
+        let eager = eager::start(self.eager_workers, self.chunk_pages)
+            .map_err(|e| Error::Spawn(e.to_string()))?;
         Ok(Server {
             zero: Arc::new(ZeroChunk::new(self.chunk_pages)),
+            eager,
         })
     }
 }
@@ -80,6 +101,7 @@ impl ServerBuilder {
 /// The memout host server: owns the frame allocators of all its guests.
 pub struct Server {
     zero: Arc<ZeroChunk>,
+    eager: EagerQueue,
 }
 
 /// Where the guest↔host channel lives in guest memory.
@@ -228,7 +250,7 @@ impl Server {
         write(&vec![0u8; ring_len], cfg.channel.ring_gpa)?;
         write(&header.to_bytes(), cfg.channel.ring_gpa)?;
         write(&info.to_bytes(), INFO_PAGE_GPA)?;
-        let core = Arc::new(GuestCore::new(GuestParts {
+        let core = GuestCore::new(GuestParts {
             name: cfg.name,
             region,
             region_gpa: cfg.region_gpa,
@@ -237,7 +259,8 @@ impl Server {
             policy: cfg.policy,
             on_fatal: cfg.on_fatal,
             zero: self.zero.clone(),
-        }));
+            eager: self.eager.clone(),
+        });
         let stop = Arc::new(
             EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC)
                 .map_err(|e| Error::Spawn(e.to_string()))?,

@@ -80,6 +80,8 @@ pub struct GuestCounters {
     pub faults: AtomicU64,
     /// Pages populated by the fault handler.
     pub populated_pages: AtomicU64,
+    /// Pages populated ahead of the guest by the eager workers.
+    pub populated_eager_pages: AtomicU64,
     /// Frames freed by the guest.
     pub freed_pages: AtomicU64,
     /// Bytes returned to the host (dropped host pages that were resident).
@@ -107,8 +109,10 @@ pub struct GuestStatsSnapshot {
     pub request_errors: u64,
     /// Faults served.
     pub faults: u64,
-    /// Pages populated.
+    /// Pages populated on faults.
     pub populated_pages: u64,
+    /// Pages populated eagerly (ahead of the guest).
+    pub populated_eager_pages: u64,
     /// Frames freed by the guest.
     pub freed_pages: u64,
     /// Bytes of host memory returned.

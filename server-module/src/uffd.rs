@@ -89,17 +89,18 @@ impl GuestUffd {
         self.uffd.read_events(buf).map_err(Error::Read)
     }
 
-    /// Atomically fills `[dst, dst + len)` from `src` and wakes faulting threads on it.
+    /// Atomically fills `[dst, dst + len)` from `src`; with `wake`, also wakes threads faulting
+    /// on it (without, call [`wake`](Self::wake) once the caller's bookkeeping is done).
     ///
     /// `dst` must lie in the registered range; `src` must be readable for `len` bytes.
-    pub fn copy(&self, src: *const u8, dst: usize, len: usize) -> Result<CopyOutcome> {
+    pub fn copy(&self, src: *const u8, dst: usize, len: usize, wake: bool) -> Result<CopyOutcome> {
         // SAFETY: UFFDIO_COPY only writes into the registered range (checked by the kernel,
         // which refuses anything else with an errno) and reads `len` bytes at `src`, which the
         // caller guarantees are readable. No Rust reference aliases the destination pages: the
         // guest region is accessed from Rust only through raw addresses.
         let r = unsafe {
             self.uffd
-                .copy(src.cast(), dst as *mut libc::c_void, len, true)
+                .copy(src.cast(), dst as *mut libc::c_void, len, wake)
         };
         match r {
             Ok(n) => Ok(CopyOutcome::Copied(n)),
