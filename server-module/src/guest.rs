@@ -54,6 +54,18 @@ pub enum Resolution {
     Retry,
 }
 
+/// Merges sorted, disjoint runs that touch.
+fn coalesce(sorted: Vec<Run>) -> Vec<Run> {
+    let mut out: Vec<Run> = Vec::with_capacity(sorted.len());
+    for r in sorted {
+        match out.last_mut() {
+            Some(last) if last.end() == r.start => last.len += r.len,
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
 /// How a fill ended.
 enum Fill {
     Done,
@@ -290,7 +302,7 @@ impl GuestCore {
     /// The guest gives `runs` back: validated all or nothing, then the host pages are dropped
     /// at once, then the frames become free. Returns the number of frames freed.
     pub fn free(&self, runs: &[Run]) -> Result<u64, Status> {
-        let (pages, was_resident) = {
+        let (pages, to_drop) = {
             let mut st = self.state();
             let pages = st.alloc.begin_release(runs).map_err(|e| match e {
                 frames::Error::NotOwned(_) => Status::NotOwned,
@@ -302,13 +314,20 @@ impl GuestCore {
             while runs.iter().any(|&r| st.inflight.overlaps(r)) {
                 st = self.settled.wait(st).unwrap_or_else(|p| p.into_inner());
             }
-            let was: u64 = runs.iter().map(|&r| st.resident.clear(r)).sum();
-            (pages, was)
+            // Only frames with a host page need dropping: in MISSING mode every host page of
+            // the region is one memout copied in, so the resident map is exact. Coalesce the
+            // runs so adjacent frees cost one madvise (and one REMOVE event) between them.
+            let mut present: Vec<Run> = runs.iter().flat_map(|&r| st.resident.present(r)).collect();
+            for r in &present {
+                st.resident.clear(*r);
+            }
+            present.sort_unstable();
+            (pages, coalesce(present))
         };
         // Dropped outside the lock: with REMOVE events enabled, madvise waits until the fault
         // thread has read the event, and that thread may need the lock. The frames are in the
         // releasing state meanwhile, so nothing can grant or populate them.
-        for r in runs {
+        for r in &to_drop {
             if let Err(e) = self
                 .region
                 .discard((r.start * PAGE_SIZE) as usize, (r.len * PAGE_SIZE) as usize)
@@ -316,6 +335,7 @@ impl GuestCore {
                 tracing::error!(parent: &self.span, "dropping freed frames: {e}");
             }
         }
+        let was_resident: u64 = to_drop.iter().map(|r| r.len).sum();
         self.state().alloc.finish_release(runs);
         self.counters.freed_pages.fetch_add(pages, Relaxed);
         self.counters

@@ -66,30 +66,59 @@ impl ResidentMap {
         changed
     }
 
-    /// Maximal runs of non-resident frames inside `window`, in address order.
-    pub fn holes(&self, window: Run) -> Vec<Run> {
+    /// Maximal runs of resident frames inside `window`, in address order.
+    pub fn present(&self, window: Run) -> Vec<Run> {
         let mut out = Vec::new();
-        let mut start = None;
-        for f in window.start..window.end().min(self.frames) {
-            match (self.get(f), start) {
-                (false, None) => start = Some(f),
-                (true, Some(s)) => {
-                    out.push(Run {
-                        start: s,
-                        len: f - s,
-                    });
-                    start = None;
-                }
-                _ => {}
+        let mut f = window.start;
+        for h in self.holes(window) {
+            if h.start > f {
+                out.push(Run {
+                    start: f,
+                    len: h.start - f,
+                });
             }
+            f = h.end();
         }
-        if let Some(s) = start {
+        let end = window.end().min(self.frames);
+        if end > f {
             out.push(Run {
-                start: s,
-                len: window.end().min(self.frames) - s,
+                start: f,
+                len: end - f,
             });
         }
         out
+    }
+
+    /// Maximal runs of non-resident frames inside `window`, in address order.
+    pub fn holes(&self, window: Run) -> Vec<Run> {
+        let end = window.end().min(self.frames);
+        let mut out = Vec::new();
+        let mut f = window.start;
+        while let Some(s) = self.next_with(f, end, false) {
+            let e = self.next_with(s, end, true).unwrap_or(end);
+            out.push(Run {
+                start: s,
+                len: e - s,
+            });
+            f = e;
+        }
+        out
+    }
+
+    /// The first frame in `[from, end)` whose bit equals `bit`, scanning a word at a time.
+    fn next_with(&self, from: u64, end: u64, bit: bool) -> Option<u64> {
+        let mut f = from;
+        while f < end {
+            let w = (f / 64) as usize;
+            let word = if bit { self.words[w] } else { !self.words[w] };
+            let masked = word & (u64::MAX << (f % 64));
+            if masked != 0 {
+                let pos = w as u64 * 64 + masked.trailing_zeros() as u64;
+                return (pos < end).then_some(pos);
+            }
+            f = (w as u64 + 1) * 64;
+        }
+        None
     }
 }
 
@@ -115,6 +144,9 @@ mod tests {
                 let hole_frames: u64 = holes.iter().map(|h| h.len).sum();
                 prop_assert_eq!(hole_frames, 300 - m.count());
                 for h in holes { for f in h.start..h.end() { prop_assert!(!model[f as usize]); } }
+                let present = m.present(Run { start: 0, len: 300 });
+                prop_assert_eq!(present.iter().map(|r| r.len).sum::<u64>(), m.count());
+                for r in present { for f in r.start..r.end() { prop_assert!(model[f as usize]); } }
             }
         }
     }

@@ -13,6 +13,7 @@
 //! region ([`layout`]) and an outsourced region at 4 GiB served by `memout-server`.
 #![deny(missing_docs)]
 
+pub mod bench;
 pub mod cpl3;
 pub mod image;
 pub mod layout;

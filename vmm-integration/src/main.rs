@@ -48,6 +48,20 @@ enum Cmd {
         #[arg(long, default_value_t = 120)]
         timeout: u64,
     },
+    /// Measure memout against its baseline in the same run (populate, rpc, shrink).
+    Bench {
+        /// Scenario: populate, rpc or shrink.
+        scenario: String,
+        /// Size in MiB (populate: 256, shrink: 1024).
+        #[arg(long)]
+        mib: Option<u64>,
+        /// Measured rounds per side, after one warm-up round.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Print one JSON object as the last line of stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the built-in guest images.
     Guests,
 }
@@ -91,6 +105,7 @@ fn main() -> ExitCode {
                 arg,
                 timeout: Duration::from_secs(timeout),
                 echo: true,
+                ..Default::default()
             };
             let report = run(&img, &cfg)?;
             print_stats(&report);
@@ -100,6 +115,12 @@ fn main() -> ExitCode {
                 Err(report.outcome.to_string())
             }
         }),
+        Cmd::Bench {
+            scenario,
+            mib,
+            rounds,
+            json,
+        } => bench(&scenario, mib, rounds, json),
         Cmd::Guests => {
             for (name, bytes) in memout_vmm::images::ALL {
                 println!("{name:<12} {:>8} bytes", bytes.len());
@@ -209,4 +230,32 @@ fn demo(json: bool) -> Result<(), String> {
         (Some(b), Some(a)) if a < b => Ok(()),
         _ => Err("host RSS did not drop after the guest freed memory".into()),
     }
+}
+
+fn bench(scenario: &str, mib: Option<u64>, rounds: usize, json: bool) -> Result<(), String> {
+    use memout_vmm::bench;
+    if rounds == 0 || rounds > 1000 {
+        return Err(format!("--rounds {rounds} is outside 1..=1000"));
+    }
+    if mib.is_some_and(|m| m == 0 || m > 64 << 10) {
+        return Err("--mib must be in 1..=65536".into());
+    }
+    if !memout_vmm::vm::kvm_available() {
+        return Err("SKIPPED: no /dev/kvm: benchmarks need KVM".into());
+    }
+    let opts = bench::BenchOpts { mib, rounds };
+    let result = match scenario {
+        "populate" => bench::populate(&opts),
+        "rpc" => bench::rpc(&opts),
+        "shrink" => bench::shrink(&opts),
+        other => Err(format!(
+            "unknown scenario {other:?} (populate, rpc, shrink)"
+        )),
+    }?;
+    if json {
+        println!("{}", result.to_json());
+    } else {
+        result.print_table();
+    }
+    Ok(())
 }

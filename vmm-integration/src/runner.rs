@@ -10,8 +10,9 @@ use crate::vm::{self, GuestVm};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use kvm_ioctls::VcpuExit;
 use memout_protocol::ring::{PORT_DEBUG_STR, PORT_DOORBELL, PORT_EXIT};
+use memout_server::host_mem::HostRegion;
 use memout_server::{
-    ChannelConfig, GuestConfig, GuestFault, GuestStatsSnapshot, PopulatePolicy, Server,
+    ChannelConfig, GuestConfig, GuestFault, GuestHandle, GuestStatsSnapshot, PopulatePolicy, Server,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
@@ -60,6 +61,69 @@ pub struct RunConfig {
     pub timeout: Duration,
     /// Print guest output lines to stdout as they arrive.
     pub echo: bool,
+    /// What backs the region.
+    pub backing: Backing,
+}
+
+/// What backs the guest's region at `REGION_GPA`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backing {
+    /// memout: the server allocates frames and backs them with userfaultfd.
+    Memout,
+    /// A plain anonymous memslot (kernel demand paging), no memout server: the baseline of
+    /// benchmarks. With `discard_at_exit`, the runner times `MADV_DONTNEED` of the whole region
+    /// after the guest exits.
+    Plain {
+        /// Time a discard of the region after the guest exits.
+        discard_at_exit: bool,
+    },
+}
+
+/// A timed `MADV_DONTNEED` of the plain region (see [`Backing::Plain`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Discard {
+    /// How long the madvise took.
+    pub elapsed: Duration,
+    /// Region RSS before.
+    pub rss_before: u64,
+    /// Region RSS after.
+    pub rss_after: u64,
+}
+
+/// The region's owner for one run.
+enum Backend {
+    Memout(GuestHandle),
+    Plain(HostRegion),
+}
+
+impl Backend {
+    fn host_addr(&self) -> usize {
+        match self {
+            Self::Memout(h) => h.region_host_addr(),
+            Self::Plain(r) => r.addr(),
+        }
+    }
+
+    fn size(&self) -> u64 {
+        match self {
+            Self::Memout(h) => h.region_size(),
+            Self::Plain(r) => r.size() as u64,
+        }
+    }
+
+    fn stats(&self) -> GuestStatsSnapshot {
+        match self {
+            Self::Memout(h) => h.stats(),
+            Self::Plain(_) => GuestStatsSnapshot::default(),
+        }
+    }
+
+    fn fatal_error(&self) -> Option<GuestFault> {
+        match self {
+            Self::Memout(h) => h.fatal_error(),
+            Self::Plain(_) => None,
+        }
+    }
 }
 
 impl Default for RunConfig {
@@ -72,6 +136,7 @@ impl Default for RunConfig {
             arg: 0,
             timeout: Duration::from_secs(120),
             echo: false,
+            backing: Backing::Memout,
         }
     }
 }
@@ -108,7 +173,7 @@ impl std::fmt::Display for Outcome {
 pub struct Checkpoint {
     /// The value the guest wrote.
     pub id: u32,
-    /// Host time since the vCPU first ran.
+    /// Host time since the vCPU first ran, less the time the harness spent on checkpoints.
     pub at: Duration,
     /// Host RSS of the outsourced region.
     pub region_rss: u64,
@@ -131,6 +196,16 @@ pub struct RunReport {
     pub region_rss: u64,
     /// Wall time of the vCPU loop.
     pub elapsed: Duration,
+    /// The timed discard, for [`Backing::Plain`] with `discard_at_exit`.
+    pub discard: Option<Discard>,
+}
+
+impl RunReport {
+    /// Host time between checkpoints `a` and `b`, if both were recorded.
+    pub fn between(&self, a: u32, b: u32) -> Option<Duration> {
+        let at = |id| self.checkpoints.iter().find(|c| c.id == id).map(|c| c.at);
+        Some(at(b)?.saturating_sub(at(a)?))
+    }
 }
 
 impl RunReport {
@@ -177,23 +252,28 @@ pub fn run_guest(server: &Server, image: &GuestImage, cfg: &RunConfig) -> Result
         .map_err(|e| Error::Load(e.to_string()))?;
     let (tx, rx): (Sender<Watch>, Receiver<Watch>) = crossbeam_channel::unbounded();
     let fatal_tx = tx.clone();
-    let handle = server.add_guest(GuestConfig {
-        name: cfg.name.clone(),
-        region_gpa: REGION_GPA,
-        region_size: cfg.region_size,
-        quota_bytes: cfg.quota_bytes,
-        policy: cfg.policy,
-        channel: ChannelConfig {
-            ring_gpa: RING,
-            ring_slots: RING_SLOTS,
-        },
-        shared: vm.boot().clone(),
-        on_fatal: Some(Box::new(move |_| {
-            let _ = fatal_tx.send(Watch::Kick);
-        })),
-    })?;
-    vm.map(REGION_GPA, handle.region_size(), handle.region_host_addr())?;
-    vm.setup_cpl3(image.entry, &[(REGION_GPA, handle.region_size())])?;
+    let backend = match cfg.backing {
+        Backing::Memout => Backend::Memout(server.add_guest(GuestConfig {
+            name: cfg.name.clone(),
+            region_gpa: REGION_GPA,
+            region_size: cfg.region_size,
+            quota_bytes: cfg.quota_bytes,
+            policy: cfg.policy,
+            channel: ChannelConfig {
+                ring_gpa: RING,
+                ring_slots: RING_SLOTS,
+            },
+            shared: vm.boot().clone(),
+            on_fatal: Some(Box::new(move |_| {
+                let _ = fatal_tx.send(Watch::Kick);
+            })),
+        })?),
+        Backing::Plain { .. } => Backend::Plain(
+            HostRegion::new(cfg.region_size as usize).map_err(|e| Error::Load(e.to_string()))?,
+        ),
+    };
+    vm.map(REGION_GPA, backend.size(), backend.host_addr())?;
+    vm.setup_cpl3(image.entry, &[(REGION_GPA, backend.size())])?;
 
     let kick = Arc::new(Kick::default());
     kick.register_current_thread();
@@ -210,9 +290,10 @@ pub fn run_guest(server: &Server, image: &GuestImage, cfg: &RunConfig) -> Result
     let mut partial = String::new();
     let mut checkpoints = Vec::new();
     let t0 = Instant::now();
+    let mut harness = Duration::ZERO;
     let outcome = loop {
         if kick.requested() {
-            break match handle.fatal_error() {
+            break match backend.fatal_error() {
                 Some(f) => Outcome::Stopped(f),
                 None if timed_out.load(SeqCst) => Outcome::TimedOut(cfg.timeout),
                 None => Outcome::Refused("stopped".into()),
@@ -223,20 +304,35 @@ pub fn run_guest(server: &Server, image: &GuestImage, cfg: &RunConfig) -> Result
             Ok(VcpuExit::IoOut(port, data)) => {
                 let v = le_u32(data);
                 match port {
-                    PORT_DOORBELL => {
-                        handle.on_doorbell();
-                    }
+                    PORT_DOORBELL => match &backend {
+                        Backend::Memout(h) => {
+                            h.on_doorbell();
+                        }
+                        Backend::Plain(_) => {
+                            break Outcome::Refused(
+                                "doorbell rung but this run has no memout server".into(),
+                            );
+                        }
+                    },
                     PORT_DEBUG_STR => {
                         let s = read_cstr(vm.boot(), v as u64);
                         emit(&mut output, &mut partial, &s, cfg);
                     }
                     PORT_EXIT => break Outcome::Exited(v as i32),
-                    PORT_CHECKPOINT => checkpoints.push(Checkpoint {
-                        id: v,
-                        at: t0.elapsed(),
-                        region_rss: mapping_rss(handle.region_host_addr()).unwrap_or(0),
-                        stats: handle.stats(),
-                    }),
+                    PORT_CHECKPOINT => {
+                        // The guest's timeline excludes the harness's own work (reading smaps
+                        // can take milliseconds), so intervals between checkpoints measure
+                        // only the guest and memout.
+                        let at = t0.elapsed().saturating_sub(harness);
+                        let t = Instant::now();
+                        checkpoints.push(Checkpoint {
+                            id: v,
+                            at,
+                            region_rss: mapping_rss(backend.host_addr()).unwrap_or(0),
+                            stats: backend.stats(),
+                        });
+                        harness += t.elapsed();
+                    }
                     _ => break Outcome::Refused(format!("write to unknown I/O port {port:#x}")),
                 }
             }
@@ -269,11 +365,31 @@ pub fn run_guest(server: &Server, image: &GuestImage, cfg: &RunConfig) -> Result
     if !partial.is_empty() {
         emit(&mut output, &mut partial, "\n", cfg);
     }
-    let stats = handle.stats();
-    let region_rss = mapping_rss(handle.region_host_addr()).unwrap_or(0);
+    let stats = backend.stats();
+    let region_rss = mapping_rss(backend.host_addr()).unwrap_or(0);
+    let discard = match (&backend, cfg.backing) {
+        (
+            Backend::Plain(r),
+            Backing::Plain {
+                discard_at_exit: true,
+            },
+        ) => {
+            let t = Instant::now();
+            r.discard(0, r.size())
+                .map_err(|e| Error::Load(e.to_string()))?;
+            let elapsed = t.elapsed();
+            let rss_after = mapping_rss(r.addr()).unwrap_or(0);
+            Some(Discard {
+                elapsed,
+                rss_before: region_rss,
+                rss_after,
+            })
+        }
+        _ => None,
+    };
     // The VM (and its memslot over the region) goes before the region itself.
     drop(vm);
-    drop(handle);
+    drop(backend);
     Ok(RunReport {
         outcome,
         output,
@@ -281,6 +397,7 @@ pub fn run_guest(server: &Server, image: &GuestImage, cfg: &RunConfig) -> Result
         stats,
         region_rss,
         elapsed,
+        discard,
     })
 }
 

@@ -1,0 +1,139 @@
+/* Benchmark guest. The run argument is (mode | param << 8); the VMM times the stretch between
+ * checkpoint 1 and checkpoint 2 (host clock, one exit each, ~30 us, included against memout).
+ *   1 populate-memout  param MiB: ALLOC param MiB, first-touch every page
+ *   2 populate-plain   param MiB: first-touch param MiB of a plain memslot (no memout)
+ *   3 rpc-pipelined    param iterations: each doorbell carries FREE(previous page) + ALLOC(1)
+ *   4 rpc-unpipelined  param iterations: ALLOC(1) and FREE(1) with a doorbell each
+ *   5 rpc-batch        param rounds: each doorbell carries FREE(512 single-page extents) +
+ *                      ALLOC(512 pages, up to 512 extents)
+ *   6 doorbell-bare    param iterations: ring the doorbell with nothing posted
+ *   7 shrink-memout    param MiB: ALLOC and touch param MiB, then time one FREE of all of it */
+#include "common.h"
+
+#define REGION_GPA 0x100000000ull /* memout VMM layout; the plain memslot sits there too */
+#define BATCH 512
+
+static struct memout_extent ext[64];
+static struct memout_extent batch_a[BATCH], batch_f[BATCH];
+
+static void touch(uint64_t gpa, uint64_t pages)
+{
+    for (uint64_t p = 0; p < pages; p++)
+        *(volatile uint64_t *)(uintptr_t)(gpa + p * MEMOUT_PAGE_SIZE) = p;
+}
+
+static void init(void)
+{
+    int r = memout_init();
+    CHECK(r == 0, 10, "memout_init: %s\n", memout_status_name(r));
+}
+
+static struct memout_desc alloc_desc(uint64_t pages, struct memout_extent *e, uint32_t cap)
+{
+    struct memout_desc d = {.opcode = MEMOUT_OP_ALLOC, .pages = pages, .nr_extents = cap,
+                            .extents_gpa = (uint64_t)(uintptr_t)e};
+    return d;
+}
+
+static struct memout_desc free_desc(struct memout_extent *e, uint32_t n)
+{
+    struct memout_desc d = {.opcode = MEMOUT_OP_FREE, .nr_extents = n,
+                            .extents_gpa = (uint64_t)(uintptr_t)e};
+    return d;
+}
+
+static void ok2(struct memout_desc *d, int r)
+{
+    CHECK(r == 0 && d[0].status == 0 && d[1].status == 0, 11, "batch failed: %d %u %u\n", r,
+          d[0].status, d[1].status);
+}
+
+int guest_main(void)
+{
+    uint32_t arg = rt_arg(), mode = arg & 0xff, param = arg >> 8;
+    uint64_t pages = (uint64_t)param * 256;
+    switch (mode) {
+    case 1: {
+        init();
+        struct memout_extent_list l = {.capacity = 64, .ext = ext};
+        rt_checkpoint(1);
+        int r = memout_alloc(pages, &l);
+        CHECK(r == 0, 12, "alloc: %s\n", memout_status_name(r));
+        for (uint32_t i = 0; i < l.count; i++)
+            touch(ext[i].gpa, ext[i].pages);
+        rt_checkpoint(2);
+        break;
+    }
+    case 2:
+        rt_checkpoint(1);
+        touch(REGION_GPA, pages);
+        rt_checkpoint(2);
+        break;
+    case 3: {
+        init();
+        struct memout_extent_list l = {.capacity = 1, .ext = &ext[0]};
+        CHECK(memout_alloc(1, &l) == 0, 13, "first alloc\n");
+        rt_checkpoint(1);
+        for (uint32_t i = 0; i < param; i++) {
+            ext[1] = ext[0]; /* free the page we hold, allocate the next in one doorbell */
+            struct memout_desc d[2] = {free_desc(&ext[1], 1), alloc_desc(1, &ext[0], 1)};
+            ok2(d, memout_submit(d, 2));
+        }
+        rt_checkpoint(2);
+        break;
+    }
+    case 4: {
+        init();
+        struct memout_extent_list l = {.capacity = 1, .ext = ext};
+        rt_checkpoint(1);
+        for (uint32_t i = 0; i < param; i++) {
+            CHECK(memout_alloc(1, &l) == 0, 14, "alloc\n");
+            CHECK(memout_free(&l) == 0, 15, "free\n");
+        }
+        rt_checkpoint(2);
+        break;
+    }
+    case 5: {
+        init();
+        struct memout_desc a = alloc_desc(BATCH, batch_a, BATCH);
+        CHECK(memout_submit(&a, 1) == 0 && a.status == 0, 16, "first batch\n");
+        rt_checkpoint(1);
+        for (uint32_t i = 0; i < param; i++) {
+            uint32_t n = 0; /* free what we hold one page per extent, as scattered frees are */
+            for (uint32_t e = 0; e < a.nr_extents; e++)
+                for (uint64_t p = 0; p < batch_a[e].pages && n < BATCH; p++) {
+                    batch_f[n].gpa = batch_a[e].gpa + p * MEMOUT_PAGE_SIZE;
+                    batch_f[n++].pages = 1;
+                }
+            struct memout_desc d[2] = {free_desc(batch_f, n), alloc_desc(BATCH, batch_a, BATCH)};
+            ok2(d, memout_submit(d, 2));
+            a = d[1];
+        }
+        rt_checkpoint(2);
+        break;
+    }
+    case 6:
+        init();
+        rt_checkpoint(1);
+        for (uint32_t i = 0; i < param; i++)
+            rt_out32(MEMOUT_PORT_DOORBELL, 0);
+        rt_checkpoint(2);
+        break;
+    case 7: {
+        init();
+        struct memout_extent_list l = {.capacity = 64, .ext = ext};
+        CHECK(memout_alloc(pages, &l) == 0, 17, "alloc\n");
+        for (uint32_t i = 0; i < l.count; i++)
+            touch(ext[i].gpa, ext[i].pages);
+        rt_checkpoint(1);
+        int r = memout_free(&l);
+        rt_checkpoint(2);
+        CHECK(r == 0, 18, "free: %s\n", memout_status_name(r));
+        break;
+    }
+    default:
+        rt_printf("bench: unknown mode %u\n", mode);
+        return 2;
+    }
+    return 0;
+}

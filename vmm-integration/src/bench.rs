@@ -1,0 +1,407 @@
+//! `memout bench <scenario>`: memout and its baseline measured side by side in one process.
+//!
+//! Method (BRIEF §4): one warm-up round of every side (discarded; on this host the first touch
+//! of never-used host memory is several times slower), then rounds that alternate the sides
+//! (A B A B …), reporting medians and `ratio` = memout ÷ baseline. Each round is a fresh VM.
+//! Times are host-clock intervals between two guest checkpoints (one exit each, counted
+//! against memout), except the shrink baseline, which times the host's madvise alone.
+
+use crate::image::GuestImage;
+use crate::runner::{Backing, RunConfig, RunReport, run_guest};
+use indicatif::{ProgressBar, ProgressStyle};
+use memout_server::{PopulatePolicy, Server};
+use serde_json::{Map, Value, json};
+use std::time::Duration;
+
+/// Benchmark options from the command line.
+#[derive(Debug, Clone)]
+pub struct BenchOpts {
+    /// Size in MiB (scenario default if `None`).
+    pub mib: Option<u64>,
+    /// Measured rounds per side (after the warm-up).
+    pub rounds: usize,
+}
+
+/// One measured quantity: its samples in `unit`.
+#[derive(Debug, Clone)]
+pub struct Series {
+    /// Name (`baseline`, `memout/eager`, …).
+    pub name: String,
+    /// Samples, one per round.
+    pub samples: Vec<f64>,
+}
+
+impl Series {
+    /// The median sample.
+    pub fn median(&self) -> f64 {
+        let mut v = self.samples.clone();
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        }
+    }
+}
+
+/// A ratio of two medians and the target it is held to.
+#[derive(Debug, Clone)]
+pub struct Ratio {
+    /// Name.
+    pub name: String,
+    /// memout median ÷ baseline median.
+    pub value: f64,
+    /// Target: the ratio must be at most this (`None`: reported only).
+    pub target_max: Option<f64>,
+}
+
+/// What a scenario measured.
+#[derive(Debug, Clone)]
+pub struct BenchResult {
+    /// Scenario name.
+    pub scenario: &'static str,
+    /// Unit of every series.
+    pub unit: &'static str,
+    /// Measured rounds per side.
+    pub rounds: usize,
+    /// Every series.
+    pub series: Vec<Series>,
+    /// Ratios; the first is the headline `ratio`.
+    pub ratios: Vec<Ratio>,
+    /// Scenario-specific facts (sizes, RSS checks).
+    pub extra: Map<String, Value>,
+}
+
+impl BenchResult {
+    /// The JSON object printed by `--json`.
+    pub fn to_json(&self) -> Value {
+        let medians: Map<String, Value> = self
+            .series
+            .iter()
+            .map(|s| (s.name.clone(), json!(s.median())))
+            .collect();
+        let samples: Map<String, Value> = self
+            .series
+            .iter()
+            .map(|s| (s.name.clone(), json!(s.samples)))
+            .collect();
+        let ratios: Map<String, Value> = self
+            .ratios
+            .iter()
+            .map(|r| (r.name.clone(), json!(r.value)))
+            .collect();
+        let targets: Map<String, Value> = self
+            .ratios
+            .iter()
+            .filter_map(|r| {
+                r.target_max
+                    .map(|t| (r.name.clone(), json!({"max": t, "met": r.value <= t})))
+            })
+            .collect();
+        json!({
+            "scenario": self.scenario,
+            "unit": self.unit,
+            "rounds": self.rounds,
+            "ratio": self.ratios.first().map(|r| r.value),
+            "medians": medians,
+            "ratios": ratios,
+            "targets": targets,
+            "samples": samples,
+            "extra": self.extra,
+        })
+    }
+
+    /// A table for people.
+    pub fn print_table(&self) {
+        println!(
+            "\nscenario {} ({} rounds after warm-up, medians)",
+            self.scenario, self.rounds
+        );
+        println!("{:<28} {:>14}", "series", format!("median {}", self.unit));
+        for s in &self.series {
+            println!("{:<28} {:>14.3}", s.name, s.median());
+        }
+        println!(
+            "\n{:<36} {:>9} {:>9} {:>6}",
+            "ratio (memout ÷ baseline)", "value", "target", "met"
+        );
+        for r in &self.ratios {
+            let (t, met) = match r.target_max {
+                Some(t) => (format!("≤ {t}"), if r.value <= t { "yes" } else { "NO" }),
+                None => ("-".into(), ""),
+            };
+            println!("{:<36} {:>9.3} {:>9} {:>6}", r.name, r.value, t, met);
+        }
+        for (k, v) in &self.extra {
+            println!("{k}: {v}");
+        }
+    }
+}
+
+/// One side of a comparison: how to run it and what to read from the report.
+struct Side {
+    name: String,
+    cfg: RunConfig,
+    measure: fn(&RunReport) -> Option<f64>,
+}
+
+fn bench_image() -> Result<GuestImage, String> {
+    let bytes = crate::images::get("bench").ok_or("bench guest image missing")?;
+    GuestImage::parse(bytes.to_vec()).map_err(|e| e.to_string())
+}
+
+fn cfg(name: &str, mode: u32, param: u32, quota_mib: u64, backing: Backing) -> RunConfig {
+    RunConfig {
+        name: name.into(),
+        arg: mode | (param << 8),
+        quota_bytes: quota_mib << 20,
+        timeout: Duration::from_secs(300),
+        backing,
+        ..Default::default()
+    }
+}
+
+fn ms_between_checkpoints(r: &RunReport) -> Option<f64> {
+    r.between(1, 2).map(|d| d.as_secs_f64() * 1e3)
+}
+
+/// Runs every side once as warm-up, then `rounds` alternating rounds. `keep` sees each report.
+fn measure(
+    sides: &[Side],
+    rounds: usize,
+    mut keep: impl FnMut(&str, &RunReport),
+) -> Result<Vec<Series>, String> {
+    let server = Server::builder().build().map_err(|e| e.to_string())?;
+    let image = bench_image()?;
+    let bar = ProgressBar::new(((rounds + 1) * sides.len()) as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg:<24} [{bar:30}] {pos}/{len} {elapsed}")
+            .expect("valid template"),
+    );
+    let mut series: Vec<Series> = sides
+        .iter()
+        .map(|s| Series {
+            name: s.name.clone(),
+            samples: Vec::new(),
+        })
+        .collect();
+    for round in 0..=rounds {
+        for (i, side) in sides.iter().enumerate() {
+            bar.set_message(side.name.clone());
+            let report = run_guest(&server, &image, &side.cfg).map_err(|e| e.to_string())?;
+            if !report.passed() {
+                return Err(format!(
+                    "{}: {}\n{}",
+                    side.name,
+                    report.outcome,
+                    report.output.join("\n")
+                ));
+            }
+            let v =
+                (side.measure)(&report).ok_or_else(|| format!("{}: no measurement", side.name))?;
+            if round > 0 {
+                series[i].samples.push(v);
+                keep(&side.name, &report);
+            }
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    Ok(series)
+}
+
+fn ratio(series: &[Series], num: &str, den: &str, name: &str, target_max: Option<f64>) -> Ratio {
+    let m = |n: &str| {
+        series
+            .iter()
+            .find(|s| s.name == n)
+            .map_or(f64::NAN, Series::median)
+    };
+    Ratio {
+        name: name.into(),
+        value: m(num) / m(den),
+        target_max,
+    }
+}
+
+/// `populate`: a guest first-touches N MiB it got from memout, under each policy, vs the same
+/// guest first-touching N MiB of a plain anonymous memslot.
+pub fn populate(o: &BenchOpts) -> Result<BenchResult, String> {
+    let mib = o.mib.unwrap_or(256);
+    let mut sides = vec![Side {
+        name: "baseline (kernel demand paging)".into(),
+        cfg: cfg(
+            "populate-plain",
+            2,
+            mib as u32,
+            mib,
+            Backing::Plain {
+                discard_at_exit: false,
+            },
+        ),
+        measure: ms_between_checkpoints,
+    }];
+    for p in PopulatePolicy::ALL {
+        let mut c = cfg("populate-memout", 1, mib as u32, mib, Backing::Memout);
+        c.policy = p;
+        sides.push(Side {
+            name: format!("memout/{}", p.name()),
+            cfg: c,
+            measure: ms_between_checkpoints,
+        });
+    }
+    let series = measure(&sides, o.rounds, |_, _| {})?;
+    let base = sides[0].name.clone();
+    let mut ratios: Vec<Ratio> = PopulatePolicy::ALL
+        .iter()
+        .map(|p| {
+            ratio(
+                &series,
+                &format!("memout/{}", p.name()),
+                &base,
+                p.name(),
+                Some(0.6),
+            )
+        })
+        .collect();
+    // Headline: the best policy (the target asks that one policy reach it).
+    ratios.sort_by(|a, b| a.value.total_cmp(&b.value));
+    let mut extra = Map::new();
+    extra.insert("mib".into(), json!(mib));
+    extra.insert("best_policy".into(), json!(ratios[0].name));
+    Ok(BenchResult {
+        scenario: "populate",
+        unit: "ms",
+        rounds: o.rounds,
+        series,
+        ratios,
+        extra,
+    })
+}
+
+/// `rpc`: ALLOC+FREE of one page per doorbell (pipelined: the FREE of the page held and the
+/// ALLOC of the next travel in one doorbell), unpipelined (a doorbell each), and 512 pages per
+/// doorbell, vs a bare doorbell exit with nothing posted.
+pub fn rpc(o: &BenchOpts) -> Result<BenchResult, String> {
+    const ITERS: u32 = 2000;
+    const BATCH_ROUNDS: u32 = 200;
+    let sides = vec![
+        Side {
+            name: "bare doorbell exit".into(),
+            cfg: cfg("rpc-bare", 6, ITERS, 64, Backing::Memout),
+            measure: |r| ms_between_checkpoints(r).map(|ms| ms * 1e3 / ITERS as f64),
+        },
+        Side {
+            name: "alloc+free 1 page, 1 doorbell".into(),
+            cfg: cfg("rpc-pipelined", 3, ITERS, 64, Backing::Memout),
+            measure: |r| ms_between_checkpoints(r).map(|ms| ms * 1e3 / ITERS as f64),
+        },
+        Side {
+            name: "alloc+free 1 page, 2 doorbells".into(),
+            cfg: cfg("rpc-unpipelined", 4, ITERS, 64, Backing::Memout),
+            measure: |r| ms_between_checkpoints(r).map(|ms| ms * 1e3 / ITERS as f64),
+        },
+        Side {
+            name: "alloc+free per page, 512/doorbell".into(),
+            cfg: cfg("rpc-batch", 5, BATCH_ROUNDS, 64, Backing::Memout),
+            measure: |r| ms_between_checkpoints(r).map(|ms| ms * 1e3 / (BATCH_ROUNDS * 512) as f64),
+        },
+    ];
+    let series = measure(&sides, o.rounds, |_, _| {})?;
+    let b = "bare doorbell exit";
+    let ratios = vec![
+        ratio(
+            &series,
+            "alloc+free 1 page, 1 doorbell",
+            b,
+            "alloc+free (1 doorbell)",
+            Some(1.3),
+        ),
+        ratio(
+            &series,
+            "alloc+free per page, 512/doorbell",
+            b,
+            "batched per page",
+            Some(0.1),
+        ),
+        ratio(
+            &series,
+            "alloc+free 1 page, 2 doorbells",
+            b,
+            "alloc+free (2 doorbells)",
+            None,
+        ),
+    ];
+    let mut extra = Map::new();
+    extra.insert("iterations".into(), json!(ITERS));
+    extra.insert("batch_pages_per_doorbell".into(), json!(512));
+    Ok(BenchResult {
+        scenario: "rpc",
+        unit: "us per op",
+        rounds: o.rounds,
+        series,
+        ratios,
+        extra,
+    })
+}
+
+/// `shrink`: return N MiB (default 1 GiB) a guest held and touched, by one FREE through the
+/// ring, vs `madvise(MADV_DONTNEED)` of the same amount of touched plain guest memory.
+pub fn shrink(o: &BenchOpts) -> Result<BenchResult, String> {
+    let mib = o.mib.unwrap_or(1024);
+    let sides = vec![
+        Side {
+            name: "baseline madvise(DONTNEED)".into(),
+            cfg: cfg(
+                "shrink-plain",
+                2,
+                mib as u32,
+                mib,
+                Backing::Plain {
+                    discard_at_exit: true,
+                },
+            ),
+            measure: |r| r.discard.map(|d| d.elapsed.as_secs_f64() * 1e3),
+        },
+        Side {
+            name: "memout FREE".into(),
+            cfg: cfg("shrink-memout", 7, mib as u32, mib, Backing::Memout),
+            measure: ms_between_checkpoints,
+        },
+    ];
+    let mut worst_left: f64 = 0.0;
+    let series = measure(&sides, o.rounds, |name, r| {
+        if name == "memout FREE" {
+            let rss = |id| {
+                r.checkpoints
+                    .iter()
+                    .find(|c| c.id == id)
+                    .map_or(0, |c| c.region_rss)
+            };
+            let before = rss(1).max(1);
+            worst_left = worst_left.max(rss(2) as f64 / before as f64);
+        }
+    })?;
+    let ratios = vec![ratio(
+        &series,
+        "memout FREE",
+        "baseline madvise(DONTNEED)",
+        "shrink",
+        Some(1.25),
+    )];
+    let mut extra = Map::new();
+    extra.insert("mib".into(), json!(mib));
+    extra.insert("rss_gone_fraction_worst".into(), json!(1.0 - worst_left));
+    extra.insert(
+        "rss_gone_target_met".into(),
+        json!(1.0 - worst_left >= 0.99),
+    );
+    Ok(BenchResult {
+        scenario: "shrink",
+        unit: "ms",
+        rounds: o.rounds,
+        series,
+        ratios,
+        extra,
+    })
+}
