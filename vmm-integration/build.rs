@@ -57,6 +57,7 @@ fn main() {
                 "-fno-tree-loop-distribute-patterns",
                 "-Wl,--build-id=none",
                 "-Wl,-z,noexecstack",
+                "-Wl,--no-warn-rwx-segments",
             ])
             .arg("-I")
             .arg(root.join("include"))

@@ -2,7 +2,7 @@
  * that the host answers with an error status and hands out nothing. Exit 0 means every
  * answer was the expected refusal; the host-side test also checks the host's own counters.
  * Modes 7 and 8 touch frames the guest does not hold: the host must stop the run.
- * Mode 10 spins forever: the VMM's time limit must end the run. */
+ * Mode 10 spins forever: the VMM's time limit must end the run. Mode 11 floods the doorbell. */
 #include "common.h"
 
 static struct memout_extent ext[8];
@@ -170,6 +170,19 @@ int guest_main(void)
         (void)*p;
         rt_puts("malicious: read of a freed frame went through\n");
         return 31;
+    }
+    case 11: { /* flood the doorbell with full batches of garbage while others run */
+        struct memout_desc d[64];
+        for (int round = 0; round < 3000; round++) {
+            for (int j = 0; j < 64; j++) {
+                uint64_t *w = (uint64_t *)&d[j];
+                for (int k = 0; k < 8; k++)
+                    w[k] = rt_rand(&rng);
+            }
+            memout_submit(d, 64);
+        }
+        expect_nothing_held();
+        break;
     }
     case 10: /* never ends: the VMM's time limit must stop it */
         for (;;)
