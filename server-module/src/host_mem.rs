@@ -39,6 +39,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 pub struct HostRegion {
     addr: usize,
     size: usize,
+    owned: bool,
 }
 
 impl HostRegion {
@@ -66,9 +67,23 @@ impl HostRegion {
         let region = Self {
             addr: p as usize,
             size,
+            owned: true,
         };
         region.advise(0, size, libc::MADV_NOHUGEPAGE, "MADV_NOHUGEPAGE")?;
         Ok(region)
+    }
+
+    /// Wraps memory the caller mapped (it is not unmapped on drop).
+    ///
+    /// # Safety
+    /// `[addr, addr + size)` must be a private anonymous read-write mapping that stays mapped,
+    /// and is not accessed through Rust references, for as long as the returned value lives.
+    pub unsafe fn borrowed(addr: usize, size: usize) -> Self {
+        Self {
+            addr,
+            size,
+            owned: false,
+        }
     }
 
     /// Host address of the first byte.
@@ -110,6 +125,9 @@ impl HostRegion {
 
 impl Drop for HostRegion {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         // SAFETY: we own this mapping and nothing refers to it once the region is dropped (the
         // server drops the KVM memslot user, the guest handle, first).
         unsafe { libc::munmap(self.addr as *mut libc::c_void, self.size) };

@@ -29,6 +29,7 @@ pub mod guest;
 pub mod host_mem;
 pub mod log_limit;
 pub mod populate;
+pub mod procfs;
 pub mod resident;
 pub mod rpc;
 pub mod server;
@@ -37,5 +38,5 @@ pub mod uffd;
 
 pub use guest::{FatalNotifier, GuestFault};
 pub use populate::PopulatePolicy;
-pub use server::{ChannelConfig, GuestConfig, GuestHandle, Server, ServerBuilder};
+pub use server::{ChannelConfig, GuestConfig, GuestHandle, RegionMemory, Server, ServerBuilder};
 pub use stats::GuestStatsSnapshot;

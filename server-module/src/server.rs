@@ -9,7 +9,7 @@ use crate::populate::PopulatePolicy;
 use crate::rpc::{self, DoorbellOutcome, RingCursor};
 use crate::stats::GuestStatsSnapshot;
 use crate::uffd::GuestUffd;
-use crate::{fault_handler, host_mem, uffd};
+use crate::{fault_handler, host_mem, procfs, uffd};
 use memout_protocol::ring::{
     ABI_VERSION, Descriptor, INFO_MAGIC, INFO_PAGE_GPA, InfoPage, PAGE_SIZE, RING_MAGIC, RingHeader,
 };
@@ -113,6 +113,28 @@ pub struct ChannelConfig {
     pub ring_slots: u32,
 }
 
+/// Where the outsourced region's host memory comes from.
+#[derive(Debug, Clone, Copy, Default)]
+pub enum RegionMemory {
+    /// The server maps it: private, anonymous, `MAP_NORESERVE`, never locked.
+    #[default]
+    Allocate,
+    /// The VMM mapped it (e.g. a `vm_memory::GuestRegionMmap`); see [`RegionMemory::existing`].
+    Existing(usize),
+}
+
+impl RegionMemory {
+    /// Memory the VMM already mapped at `host_addr` (`region_size` bytes). The server checks
+    /// that it is private, anonymous, writable and not locked, and refuses it otherwise.
+    ///
+    /// # Safety
+    /// The mapping must stay mapped, and must not be accessed through Rust references, for as
+    /// long as the [`GuestHandle`] lives; the server does not unmap it.
+    pub unsafe fn existing(host_addr: usize) -> Self {
+        Self::Existing(host_addr)
+    }
+}
+
 /// Everything the server needs to serve one guest.
 pub struct GuestConfig {
     /// Name for logs and tools.
@@ -125,6 +147,8 @@ pub struct GuestConfig {
     pub quota_bytes: u64,
     /// Population policy.
     pub policy: PopulatePolicy,
+    /// Host memory behind the region.
+    pub memory: RegionMemory,
     /// The ring.
     pub channel: ChannelConfig,
     /// Guest memory the server may read and write for the guest (the VMM's boot region): the
@@ -221,7 +245,25 @@ impl Server {
         let frames = cfg.region_size / PAGE_SIZE;
         let alloc = FrameAllocator::new(frames, cfg.quota_bytes / PAGE_SIZE)
             .map_err(|e| Error::Config(e.to_string()))?;
-        let region = HostRegion::new(cfg.region_size as usize)?;
+        let region = match cfg.memory {
+            RegionMemory::Allocate => HostRegion::new(cfg.region_size as usize)?,
+            RegionMemory::Existing(addr) => {
+                if addr as u64 % PAGE_SIZE != 0 {
+                    return Err(Error::Config(format!(
+                        "region memory at {addr:#x} is not page-aligned"
+                    )));
+                }
+                // SAFETY: the caller promised this when it built `RegionMemory::existing`; the
+                // checks below refuse memory of the wrong kind before anything uses it.
+                unsafe { HostRegion::borrowed(addr, cfg.region_size as usize) }
+            }
+        };
+        // Never locked, private, anonymous: checked against what the kernel says, for the
+        // server's own mapping too (an mlockall(MCL_FUTURE) in the process would lock it).
+        let maps = procfs::vmas().map_err(|e| Error::Config(format!("reading smaps: {e}")))?;
+        if let Some(why) = procfs::unsuitable(&maps, region.addr(), region.size()) {
+            return Err(Error::Config(why));
+        }
         let uffd = GuestUffd::new(region.addr(), region.size())?;
         let info = InfoPage {
             magic: INFO_MAGIC,

@@ -36,6 +36,7 @@ fn config(shared: GuestMemoryMmap, quota: u64, tx: Option<mpsc::Sender<String>>)
         region_size: 64 << 20,
         quota_bytes: quota,
         policy: PopulatePolicy::default(),
+        memory: memout_server::RegionMemory::Allocate,
         channel: ChannelConfig {
             ring_gpa: RING,
             ring_slots: 16,

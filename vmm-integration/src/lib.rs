@@ -17,7 +17,7 @@ pub mod bench;
 pub mod cpl3;
 pub mod image;
 pub mod layout;
-pub mod procfs;
+
 pub mod runner;
 pub mod vcpu_kick;
 pub mod vm;

@@ -240,18 +240,21 @@ fn bench(scenario: &str, mib: Option<u64>, rounds: usize, json: bool) -> Result<
     if mib.is_some_and(|m| m == 0 || m > 64 << 10) {
         return Err("--mib must be in 1..=65536".into());
     }
+    type Scenario = fn(&bench::BenchOpts) -> Result<bench::BenchResult, String>;
+    let run: Scenario = match scenario {
+        "populate" => bench::populate,
+        "rpc" => bench::rpc,
+        "shrink" => bench::shrink,
+        other => {
+            return Err(format!(
+                "unknown scenario {other:?} (populate, rpc, shrink)"
+            ));
+        }
+    };
     if !memout_vmm::vm::kvm_available() {
         return Err("SKIPPED: no /dev/kvm: benchmarks need KVM".into());
     }
-    let opts = bench::BenchOpts { mib, rounds };
-    let result = match scenario {
-        "populate" => bench::populate(&opts),
-        "rpc" => bench::rpc(&opts),
-        "shrink" => bench::shrink(&opts),
-        other => Err(format!(
-            "unknown scenario {other:?} (populate, rpc, shrink)"
-        )),
-    }?;
+    let result = run(&bench::BenchOpts { mib, rounds })?;
     if json {
         println!("{}", result.to_json());
     } else {

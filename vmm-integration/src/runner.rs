@@ -4,13 +4,13 @@
 
 use crate::image::GuestImage;
 use crate::layout::{BOOT_SIZE, REGION_GPA, RING, RING_SLOTS};
-use crate::procfs::mapping_rss;
 use crate::vcpu_kick::Kick;
 use crate::vm::{self, GuestVm};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use kvm_ioctls::VcpuExit;
 use memout_protocol::ring::{PORT_DEBUG_STR, PORT_DOORBELL, PORT_EXIT};
 use memout_server::host_mem::HostRegion;
+use memout_server::procfs::mapping_rss;
 use memout_server::{
     ChannelConfig, GuestConfig, GuestFault, GuestHandle, GuestStatsSnapshot, PopulatePolicy, Server,
 };
@@ -259,6 +259,7 @@ pub fn run_guest(server: &Server, image: &GuestImage, cfg: &RunConfig) -> Result
             region_size: cfg.region_size,
             quota_bytes: cfg.quota_bytes,
             policy: cfg.policy,
+            memory: memout_server::RegionMemory::Allocate,
             channel: ChannelConfig {
                 ring_gpa: RING,
                 ring_slots: RING_SLOTS,

@@ -72,3 +72,29 @@ fn lists_built_in_guests() {
     assert_eq!(code, 0);
     assert!(out.contains("demo") && out.contains("malicious"), "{out}");
 }
+
+#[test]
+fn bench_rpc_reports_json_with_ratios() {
+    if std::fs::metadata("/dev/kvm").is_err() {
+        eprintln!("SKIPPED: no /dev/kvm (bench json)");
+        return;
+    }
+    let (code, out, err) = memout(&["bench", "rpc", "--rounds", "1", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let last = out.lines().last().expect("output");
+    let v: serde_json::Value = serde_json::from_str(last).expect("last line is JSON");
+    assert_eq!(v["scenario"], "rpc");
+    assert_eq!(v["unit"], "us per op");
+    let bare = v["medians"]["bare doorbell exit"].as_f64().unwrap();
+    assert!(bare > 0.1 && bare < 10_000.0, "{v}");
+    let ratio = v["ratio"].as_f64().unwrap();
+    assert!(ratio.is_finite() && ratio > 0.0, "{v}");
+    assert!(v["targets"]["alloc+free (1 doorbell)"]["met"].is_boolean());
+}
+
+#[test]
+fn bench_rejects_unknown_scenarios_and_bad_rounds() {
+    assert_clean_failure(&["bench", "teleport"], "unknown scenario");
+    assert_clean_failure(&["bench", "rpc", "--rounds", "0"], "--rounds");
+    assert_clean_failure(&["bench", "populate", "--mib", "0"], "--mib");
+}

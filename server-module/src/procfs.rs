@@ -1,0 +1,150 @@
+//! What the kernel says about this process's mappings (`/proc/self/smaps`): resident size of a
+//! mapping, and whether memory handed to the server is private, anonymous and unlocked.
+
+/// One mapping (VMA) as smaps describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vma {
+    /// First byte.
+    pub start: usize,
+    /// One past the last byte.
+    pub end: usize,
+    /// Permissions, e.g. `rw-p` (`p` private, `s` shared).
+    pub perms: String,
+    /// Backing path or tag (empty for anonymous memory).
+    pub path: String,
+    /// Resident bytes.
+    pub rss: u64,
+    /// `VmFlags` mnemonics (`lo` = locked, `sh` = shared, …).
+    pub flags: Vec<String>,
+}
+
+/// Parses smaps text.
+pub fn parse_smaps(text: &str) -> Vec<Vma> {
+    let mut out: Vec<Vma> = Vec::new();
+    for line in text.lines() {
+        let mut parts = line.split_whitespace();
+        let first = parts.next().unwrap_or("");
+        if let Some((a, b)) = first.split_once('-')
+            && let (Ok(start), Ok(end)) =
+                (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+        {
+            let perms = parts.next().unwrap_or("").to_string();
+            let path = parts.nth(3).unwrap_or("").to_string();
+            out.push(Vma {
+                start,
+                end,
+                perms,
+                path,
+                rss: 0,
+                flags: Vec::new(),
+            });
+        } else if let Some(v) = line.strip_prefix("Rss:")
+            && let Some(vma) = out.last_mut()
+        {
+            vma.rss = v
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .unwrap_or(0)
+                * 1024;
+        } else if let Some(v) = line.strip_prefix("VmFlags:")
+            && let Some(vma) = out.last_mut()
+        {
+            vma.flags = v.split_whitespace().map(str::to_string).collect();
+        }
+    }
+    out
+}
+
+/// The mappings of this process.
+pub fn vmas() -> std::io::Result<Vec<Vma>> {
+    Ok(parse_smaps(&std::fs::read_to_string("/proc/self/smaps")?))
+}
+
+/// Resident bytes of the mapping that starts at `addr`, or `None` if none starts there.
+pub fn mapping_rss(addr: usize) -> Option<u64> {
+    vmas()
+        .ok()?
+        .into_iter()
+        .find(|v| v.start == addr)
+        .map(|v| v.rss)
+}
+
+/// Why memory cannot be outsourced, or `None` if `[addr, addr + len)` is wholly covered by
+/// private, anonymous, writable, unlocked mappings.
+pub fn unsuitable(vmas: &[Vma], addr: usize, len: usize) -> Option<String> {
+    let end = addr.checked_add(len)?;
+    let mut at = addr;
+    for v in vmas.iter().filter(|v| v.end > addr && v.start < end) {
+        if v.start > at {
+            return Some(format!("{at:#x} is not mapped"));
+        }
+        if v.flags.iter().any(|f| f == "lo") {
+            return Some(format!(
+                "mapping at {:#x} is locked (mlock): memout memory must stay pageable",
+                v.start
+            ));
+        }
+        if !v.perms.ends_with('p') || v.flags.iter().any(|f| f == "sh") {
+            return Some(format!(
+                "mapping at {:#x} is shared: memout needs private anonymous memory",
+                v.start
+            ));
+        }
+        if !v.path.is_empty() && !v.path.starts_with("[anon") {
+            return Some(format!(
+                "mapping at {:#x} is backed by {}: memout needs anonymous memory",
+                v.start, v.path
+            ));
+        }
+        if !v.perms.starts_with("rw") {
+            return Some(format!(
+                "mapping at {:#x} is not readable and writable",
+                v.start
+            ));
+        }
+        at = v.end;
+    }
+    (at < end).then(|| format!("{at:#x} is not mapped"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMAPS: &str = "\
+1000-3000 rw-p 00000000 00:00 0 
+Rss:                   8 kB
+VmFlags: rd wr mr mw me ac 
+3000-4000 rw-p 00000000 00:00 0 
+Rss:                   4 kB
+VmFlags: rd wr mr mw me lo ac 
+4000-5000 rw-s 00000000 00:01 12    /dev/zero (deleted)
+Rss:                   0 kB
+VmFlags: rd wr sh mr mw me ms 
+";
+
+    #[test]
+    fn parses_and_judges_mappings() {
+        let v = parse_smaps(SMAPS);
+        assert_eq!(v.len(), 3);
+        assert_eq!((v[0].start, v[0].end, v[0].rss), (0x1000, 0x3000, 8192));
+        assert_eq!(unsuitable(&v, 0x1000, 0x2000), None);
+        assert!(unsuitable(&v, 0x2000, 0x2000).unwrap().contains("locked"));
+        assert!(unsuitable(&v, 0x4000, 0x1000).unwrap().contains("shared"));
+        assert!(
+            unsuitable(&v, 0x8000, 0x1000)
+                .unwrap()
+                .contains("not mapped")
+        );
+        assert!(unsuitable(&v, 0x1000, 0x10000).is_some());
+    }
+
+    #[test]
+    fn reads_the_real_file() {
+        let v = vmas().unwrap();
+        assert!(!v.is_empty());
+        assert_eq!(mapping_rss(v[0].start), Some(v[0].rss));
+    }
+}

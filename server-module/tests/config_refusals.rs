@@ -1,0 +1,227 @@
+//! The embedding API refuses dangerous or inconsistent configurations with clear errors, and
+//! accepts memory the VMM mapped itself when it is of the right kind.
+
+use memout_server::{ChannelConfig, GuestConfig, PopulatePolicy, RegionMemory, Server};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+const GIB: u64 = 1 << 30;
+
+fn base() -> GuestConfig {
+    GuestConfig {
+        name: "cfg".into(),
+        region_gpa: 4 * GIB,
+        region_size: 64 << 20,
+        quota_bytes: 32 << 20,
+        policy: PopulatePolicy::default(),
+        memory: RegionMemory::Allocate,
+        channel: ChannelConfig {
+            ring_gpa: 0x6000,
+            ring_slots: 64,
+        },
+        shared: GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap(),
+        on_fatal: None,
+    }
+}
+
+fn refused(cfg: GuestConfig, needle: &str) {
+    let server = Server::builder().build().unwrap();
+    match server.add_guest(cfg) {
+        Ok(_) => panic!("accepted a configuration that should fail with {needle:?}"),
+        Err(e) => assert!(e.to_string().contains(needle), "{e} (wanted {needle:?})"),
+    }
+}
+
+/// An anonymous mapping for tests; unmapped on drop.
+struct Map(usize, usize);
+
+impl Map {
+    fn new(len: usize, flags: i32) -> Self {
+        // SAFETY: a fresh mapping at a kernel-chosen address.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        Map(p as usize, len)
+    }
+}
+
+/// The test's mappings outlive every guest built over them (each test drops the guest first
+/// or the configuration is refused before the memory is used).
+fn existing(m: &Map, offset: usize) -> RegionMemory {
+    // SAFETY: see above; `Map` unmaps only on drop, after the guest is gone.
+    unsafe { RegionMemory::existing(m.0 + offset) }
+}
+
+impl Drop for Map {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping; the guest using it was dropped before.
+        unsafe { libc::munmap(self.0 as *mut libc::c_void, self.1) };
+    }
+}
+
+#[test]
+fn refuses_bad_geometry() {
+    refused(
+        GuestConfig {
+            quota_bytes: 65 << 20,
+            ..base()
+        },
+        "above the region size",
+    );
+    refused(
+        GuestConfig {
+            quota_bytes: 4097,
+            ..base()
+        },
+        "multiple of 4 KiB",
+    );
+    refused(
+        GuestConfig {
+            region_size: 3 << 20,
+            ..base()
+        },
+        "2 MiB",
+    );
+    refused(
+        GuestConfig {
+            region_size: 0,
+            ..base()
+        },
+        "2 MiB",
+    );
+    refused(
+        GuestConfig {
+            region_gpa: 4 * GIB + 4096,
+            ..base()
+        },
+        "2 MiB aligned",
+    );
+    refused(
+        GuestConfig {
+            region_gpa: (u64::MAX >> 21) << 21,
+            ..base()
+        },
+        "wraps",
+    );
+    refused(
+        GuestConfig {
+            channel: ChannelConfig {
+                ring_gpa: 0x6000,
+                ring_slots: 3,
+            },
+            ..base()
+        },
+        "power of two",
+    );
+    refused(
+        GuestConfig {
+            channel: ChannelConfig {
+                ring_gpa: 0x6008,
+                ring_slots: 64,
+            },
+            ..base()
+        },
+        "64-byte",
+    );
+    refused(
+        GuestConfig {
+            channel: ChannelConfig {
+                ring_gpa: 0xff000,
+                ring_slots: 64,
+            },
+            ..base()
+        },
+        "ring does not lie",
+    );
+    refused(
+        GuestConfig {
+            channel: ChannelConfig {
+                ring_gpa: 0x5000,
+                ring_slots: 1,
+            },
+            ..base()
+        },
+        "overlaps the info page",
+    );
+    refused(
+        GuestConfig {
+            region_gpa: 0,
+            ..base()
+        },
+        "overlaps the outsourced region",
+    );
+    assert!(Server::builder().eager_workers(0).build().is_err());
+    assert!(Server::builder().copy_chunk_pages(0).build().is_err());
+}
+
+#[test]
+fn refuses_locked_shared_or_unmapped_memory() {
+    let len = 64 << 20;
+    let locked = Map::new(len, libc::MAP_PRIVATE);
+    // SAFETY: locking our own fresh mapping.
+    let r = unsafe { libc::mlock(locked.0 as *const libc::c_void, 2 << 20) };
+    if r != 0 {
+        eprintln!("SKIPPED (part): mlock not permitted here");
+    } else {
+        refused(
+            GuestConfig {
+                memory: existing(&locked, 0),
+                ..base()
+            },
+            "locked",
+        );
+    }
+    let shared = Map::new(len, libc::MAP_SHARED);
+    refused(
+        GuestConfig {
+            memory: existing(&shared, 0),
+            ..base()
+        },
+        "shared",
+    );
+    let small = Map::new(4 << 20, libc::MAP_PRIVATE);
+    refused(
+        GuestConfig {
+            memory: existing(&small, 0),
+            ..base()
+        },
+        "not mapped",
+    );
+    refused(
+        GuestConfig {
+            memory: existing(&small, 1),
+            ..base()
+        },
+        "page-aligned",
+    );
+}
+
+#[test]
+fn accepts_and_serves_existing_private_memory() {
+    let mem = Map::new(64 << 20, libc::MAP_PRIVATE | libc::MAP_NORESERVE);
+    let server = Server::builder().build().unwrap();
+    let h = match server.add_guest(GuestConfig {
+        memory: existing(&mem, 0),
+        ..base()
+    }) {
+        Ok(h) => h,
+        Err(e) if e.to_string().contains("userfaultfd") => {
+            eprintln!("SKIPPED: no userfaultfd: {e}");
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(h.region_host_addr(), mem.0);
+    assert_eq!(h.stats().quota_pages, 8192);
+    drop(h);
+    // Still mapped and usable after the handle is gone: the server did not unmap it.
+    // SAFETY: our own mapping, no longer registered with a userfaultfd.
+    unsafe { std::ptr::write_volatile(mem.0 as *mut u64, 7) };
+}
