@@ -136,6 +136,8 @@ pub struct GuestCore {
     zero: Arc<ZeroChunk>,
     eager: EagerQueue,
     me: Weak<GuestCore>,
+    #[cfg(feature = "fault-injection")]
+    inject: crate::inject::PopulateFailure,
     span: tracing::Span,
     log_limit: LogLimiter,
 }
@@ -167,6 +169,8 @@ impl GuestCore {
             zero: p.zero,
             eager: p.eager,
             me,
+            #[cfg(feature = "fault-injection")]
+            inject: Default::default(),
             span,
             log_limit: LogLimiter::default(),
         }
@@ -465,6 +469,11 @@ impl GuestCore {
             while f < c.end() {
                 let pages = (c.end() - f).min(self.zero.pages);
                 let dst = base + (f * PAGE_SIZE) as usize;
+                #[cfg(feature = "fault-injection")]
+                if let Some(errno) = self.inject.take(pages) {
+                    outcome = Fill::Failed(errno);
+                    break 'claims;
+                }
                 let step =
                     match self
                         .uffd
@@ -525,6 +534,12 @@ impl GuestCore {
         };
         counter.fetch_add(populated, Relaxed);
         outcome
+    }
+
+    /// Test hook: see [`crate::inject::PopulateFailure`].
+    #[cfg(feature = "fault-injection")]
+    pub fn inject(&self) -> &crate::inject::PopulateFailure {
+        &self.inject
     }
 
     /// Stops the guest: records the first fault and notifies the VMM.

@@ -27,6 +27,8 @@ pub mod fault_handler;
 pub mod frames;
 pub mod guest;
 pub mod host_mem;
+#[cfg(feature = "fault-injection")]
+pub mod inject;
 pub mod log_limit;
 pub mod populate;
 pub mod procfs;

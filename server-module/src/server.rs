@@ -372,6 +372,13 @@ impl GuestHandle {
         self.core.fatal()
     }
 
+    /// Test hook (feature `fault-injection`): after `pages` more pages are populated, populate
+    /// fails with `errno`, as a real UFFDIO_COPY failure (e.g. ENOMEM) would.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_populate_failure(&self, pages: u64, errno: i32) {
+        self.core.inject().arm(pages, errno);
+    }
+
     /// Changes the population policy.
     pub fn set_policy(&self, p: PopulatePolicy) {
         self.core.set_policy(p);

@@ -63,6 +63,18 @@ pub struct RunConfig {
     pub echo: bool,
     /// What backs the region.
     pub backing: Backing,
+    /// Called with the guest's handle before the vCPU first runs (memout backing only).
+    pub setup: Option<GuestSetup>,
+}
+
+/// A hook that sees the guest's handle before it runs (tests use it to inject faults).
+#[derive(Clone)]
+pub struct GuestSetup(pub Arc<dyn Fn(&GuestHandle) + Send + Sync>);
+
+impl std::fmt::Debug for GuestSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GuestSetup(..)")
+    }
 }
 
 /// What backs the guest's region at `REGION_GPA`.
@@ -137,6 +149,7 @@ impl Default for RunConfig {
             timeout: Duration::from_secs(120),
             echo: false,
             backing: Backing::Memout,
+            setup: None,
         }
     }
 }
@@ -273,6 +286,9 @@ pub fn run_guest(server: &Server, image: &GuestImage, cfg: &RunConfig) -> Result
             HostRegion::new(cfg.region_size as usize).map_err(|e| Error::Load(e.to_string()))?,
         ),
     };
+    if let (Backend::Memout(h), Some(setup)) = (&backend, &cfg.setup) {
+        (setup.0)(h);
+    }
     vm.map(REGION_GPA, backend.size(), backend.host_addr())?;
     vm.setup_cpl3(image.entry, &[(REGION_GPA, backend.size())])?;
 
