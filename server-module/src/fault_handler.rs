@@ -1,6 +1,6 @@
 //! The fault-handler thread of one guest: waits on the guest's userfaultfd and a stop
-//! eventfd, serves missing-page faults through [`GuestCore::resolve_fault`] and tracks REMOVE
-//! events. One thread per guest, so a slow populate for one guest never delays another.
+//! eventfd, serves missing-page faults through [`GuestCore::resolve_fault`], and passes
+//! write-protect faults (writes during an eviction) to [`GuestCore::resolve_wp_fault`]. One thread per guest, so a slow populate for one guest never delays another.
 
 use crate::guest::{GuestCore, Resolution};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use userfaultfd::{Event, EventBuffer};
+use userfaultfd::{Event, EventBuffer, FaultKind};
 
 /// Starts the handler thread; it runs until `stop` is signalled.
 pub fn spawn(core: Arc<GuestCore>, stop: Arc<EventFd>) -> std::io::Result<JoinHandle<()>> {
@@ -21,7 +21,7 @@ pub fn spawn(core: Arc<GuestCore>, stop: Arc<EventFd>) -> std::io::Result<JoinHa
 fn run(core: &GuestCore, stop: &EventFd) {
     let _span = core.span().clone().entered();
     let mut buf = EventBuffer::new(64);
-    let mut pending: VecDeque<usize> = VecDeque::new();
+    let mut pending: VecDeque<Fault> = VecDeque::new();
     loop {
         let (uffd_ready, stop_ready) = {
             let mut fds = [
@@ -52,9 +52,16 @@ fn run(core: &GuestCore, stop: &EventFd) {
                 return;
             }
             let mut retry = false;
-            while let Some(addr) = pending.pop_front() {
+            while let Some(fault) = pending.pop_front() {
+                let addr = match fault {
+                    Fault::WriteProtect(addr) => {
+                        core.resolve_wp_fault(addr);
+                        continue;
+                    }
+                    Fault::Missing(addr) => addr,
+                };
                 if core.resolve_fault(addr) == Resolution::Retry {
-                    pending.push_front(addr);
+                    pending.push_front(fault);
                     retry = true;
                     break;
                 }
@@ -66,8 +73,14 @@ fn run(core: &GuestCore, stop: &EventFd) {
     }
 }
 
-/// Reads pending events; queues faults, applies REMOVE. `false` if the uffd broke.
-fn drain(core: &GuestCore, buf: &mut EventBuffer, pending: &mut VecDeque<usize>) -> bool {
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    Missing(usize),
+    WriteProtect(usize),
+}
+
+/// Reads pending events and queues the faults. `false` if the uffd broke.
+fn drain(core: &GuestCore, buf: &mut EventBuffer, pending: &mut VecDeque<Fault>) -> bool {
     let events = match core.uffd().read_events(buf) {
         Ok(ev) => ev,
         Err(e) => {
@@ -77,8 +90,12 @@ fn drain(core: &GuestCore, buf: &mut EventBuffer, pending: &mut VecDeque<usize>)
     };
     for ev in events {
         match ev {
-            Ok(Event::Pagefault { addr, .. }) => pending.push_back(addr as usize),
-            Ok(Event::Remove { start, end }) => core.note_removed(start as usize, end as usize),
+            Ok(Event::Pagefault {
+                kind: FaultKind::WriteProtected,
+                addr,
+                ..
+            }) => pending.push_back(Fault::WriteProtect(addr as usize)),
+            Ok(Event::Pagefault { addr, .. }) => pending.push_back(Fault::Missing(addr as usize)),
             Ok(other) => tracing::debug!("ignoring userfaultfd event {other:?}"),
             Err(e) => tracing::warn!("bad userfaultfd event: {e}"),
         }

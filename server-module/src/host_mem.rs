@@ -123,6 +123,89 @@ impl HostRegion {
     }
 }
 
+impl HostRegion {
+    /// The bytes of `[offset, offset + len)`.
+    ///
+    /// # Safety
+    /// Nothing may write the range while the slice lives: memout write-protects guest pages
+    /// (userfaultfd) before reading them for eviction. The pages must be populated, or the read
+    /// faults to the region's userfaultfd.
+    pub unsafe fn bytes(&self, offset: usize, len: usize) -> &[u8] {
+        assert!(
+            offset.checked_add(len).is_some_and(|e| e <= self.size),
+            "range outside region"
+        );
+        // SAFETY: inside our mapping (asserted); stability is the caller's promise.
+        unsafe { std::slice::from_raw_parts((self.addr + offset) as *const u8, len) }
+    }
+
+    /// Asks the kernel to swap out `[offset, offset + len)` now (`MADV_PAGEOUT`).
+    pub fn page_out(&self, offset: usize, len: usize) -> Result<()> {
+        self.advise(offset, len, libc::MADV_PAGEOUT, "MADV_PAGEOUT")
+    }
+}
+
+/// A page-aligned buffer owned by memout (for O_DIRECT I/O).
+#[derive(Debug)]
+pub struct AlignedBuf {
+    region: HostRegion,
+}
+
+impl AlignedBuf {
+    /// A zeroed buffer of `len` bytes (rounded up to whole pages).
+    pub fn new(len: usize) -> Result<Self> {
+        let len = len.div_ceil(4096).max(1) * 4096;
+        let p = {
+            // SAFETY: a fresh anonymous mapping at a kernel-chosen address.
+            unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            }
+        };
+        if p == libc::MAP_FAILED {
+            return Err(Error::Map {
+                size: len,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(Self {
+            region: HostRegion {
+                addr: p as usize,
+                size: len,
+                owned: true,
+            },
+        })
+    }
+
+    /// The buffer.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: we own the mapping exclusively; `&self` excludes writers.
+        unsafe { std::slice::from_raw_parts(self.region.addr as *const u8, self.region.size) }
+    }
+
+    /// The buffer, writable.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: we own the mapping exclusively; `&mut self` excludes other access.
+        unsafe { std::slice::from_raw_parts_mut(self.region.addr as *mut u8, self.region.size) }
+    }
+
+    /// Its length.
+    pub fn len(&self) -> usize {
+        self.region.size
+    }
+
+    /// True if empty (never: at least one page).
+    pub fn is_empty(&self) -> bool {
+        self.region.size == 0
+    }
+}
+
 impl Drop for HostRegion {
     fn drop(&mut self) {
         if !self.owned {

@@ -21,7 +21,9 @@
 //! [`fault_handler`] and [`rpc`] do the work; [`server`] is the API.
 #![deny(missing_docs)]
 
+pub mod cold;
 pub mod eager;
+pub mod evicted;
 pub mod extents;
 pub mod fault_handler;
 pub mod frames;
@@ -35,10 +37,13 @@ pub mod procfs;
 pub mod resident;
 pub mod rpc;
 pub mod server;
+pub mod slots;
 pub mod stats;
+pub mod store;
 pub mod uffd;
 
-pub use guest::{FatalNotifier, GuestFault};
+pub use guest::{EvictError, Eviction, FatalNotifier, GuestFault};
 pub use populate::PopulatePolicy;
 pub use server::{ChannelConfig, GuestConfig, GuestHandle, RegionMemory, Server, ServerBuilder};
 pub use stats::GuestStatsSnapshot;
+pub use store::{BackingStore, FileStore};

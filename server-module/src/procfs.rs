@@ -14,6 +14,8 @@ pub struct Vma {
     pub path: String,
     /// Resident bytes.
     pub rss: u64,
+    /// Bytes swapped out by the kernel.
+    pub swap: u64,
     /// `VmFlags` mnemonics (`lo` = locked, `sh` = shared, …).
     pub flags: Vec<String>,
 }
@@ -36,12 +38,23 @@ pub fn parse_smaps(text: &str) -> Vec<Vma> {
                 perms,
                 path,
                 rss: 0,
+                swap: 0,
                 flags: Vec::new(),
             });
         } else if let Some(v) = line.strip_prefix("Rss:")
             && let Some(vma) = out.last_mut()
         {
             vma.rss = v
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .unwrap_or(0)
+                * 1024;
+        } else if let Some(v) = line.strip_prefix("Swap:")
+            && let Some(vma) = out.last_mut()
+        {
+            vma.swap = v
                 .trim()
                 .trim_end_matches("kB")
                 .trim()

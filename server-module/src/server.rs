@@ -3,7 +3,9 @@
 
 use crate::eager::{self, EagerQueue};
 use crate::frames::FrameAllocator;
-use crate::guest::{FatalNotifier, GuestCore, GuestFault, GuestParts, ZeroChunk};
+use crate::guest::{
+    EvictError, Eviction, FatalNotifier, GuestCore, GuestFault, GuestParts, ZeroChunk,
+};
 use crate::host_mem::HostRegion;
 use crate::populate::PopulatePolicy;
 use crate::rpc::{self, DoorbellOutcome, RingCursor};
@@ -149,6 +151,11 @@ pub struct GuestConfig {
     pub policy: PopulatePolicy,
     /// Host memory behind the region.
     pub memory: RegionMemory,
+    /// Where evicted memory goes (default: no eviction).
+    pub eviction: Eviction,
+    /// Resident budget in bytes (page-aligned): above it, the server evicts cold frames.
+    /// Needs `eviction`.
+    pub resident_budget_bytes: Option<u64>,
     /// The ring.
     pub channel: ChannelConfig,
     /// Guest memory the server may read and write for the guest (the VMM's boot region): the
@@ -189,6 +196,18 @@ impl GuestConfig {
                 "quota {} bytes is above the region size {} bytes",
                 self.quota_bytes, self.region_size
             ));
+        }
+        if let Some(b) = self.resident_budget_bytes {
+            if matches!(self.eviction, Eviction::None) {
+                return bad(
+                    "a resident budget needs eviction (a backing store or kernel swap)".into(),
+                );
+            }
+            if b % PAGE_SIZE != 0 || b == 0 {
+                return bad(format!(
+                    "resident budget {b} is not a positive multiple of 4 KiB"
+                ));
+            }
         }
         let slots = self.channel.ring_slots;
         if !slots.is_power_of_two() || slots > 4096 {
@@ -302,6 +321,8 @@ impl Server {
             on_fatal: cfg.on_fatal,
             zero: self.zero.clone(),
             eager: self.eager.clone(),
+            eviction: cfg.eviction,
+            budget_pages: cfg.resident_budget_bytes.map(|b| b / PAGE_SIZE),
         });
         let stop = Arc::new(
             EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC)
@@ -377,6 +398,19 @@ impl GuestHandle {
     #[cfg(feature = "fault-injection")]
     pub fn inject_populate_failure(&self, pages: u64, errno: i32) {
         self.core.inject().arm(pages, errno);
+    }
+
+    /// Evicts up to `bytes` of the guest's coldest memory now; returns the bytes evicted.
+    pub fn evict(&self, bytes: u64) -> std::result::Result<u64, EvictError> {
+        self.core
+            .evict(bytes.div_ceil(PAGE_SIZE))
+            .map(|p| p * PAGE_SIZE)
+    }
+
+    /// Sets (or clears) the resident budget in bytes. Lowering it evicts now; raising it swaps
+    /// evicted memory back in the background, up to the budget.
+    pub fn set_budget(&self, bytes: Option<u64>) -> std::result::Result<(), EvictError> {
+        self.core.set_budget(bytes.map(|b| b / PAGE_SIZE))
     }
 
     /// Changes the population policy.

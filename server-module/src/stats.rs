@@ -90,6 +90,14 @@ pub struct GuestCounters {
     pub violations: AtomicU64,
     /// Populate latency per fault (from reading the event to the wake-up).
     pub populate_latency: LatencyHistogram,
+    /// Pages evicted (to the store, or paged out in kernel mode).
+    pub evicted_pages: AtomicU64,
+    /// Pages swapped back in from the store.
+    pub swapped_in_pages: AtomicU64,
+    /// Evictions that stopped on an error.
+    pub evict_errors: AtomicU64,
+    /// Latency of faults that swapped in from the store.
+    pub swapin_latency: LatencyHistogram,
 }
 
 /// A point-in-time copy of one guest's statistics.
@@ -119,6 +127,30 @@ pub struct GuestStatsSnapshot {
     pub bytes_returned: u64,
     /// Faults refused (frame not held by the guest).
     pub violations: u64,
+    /// Frames whose content is in the store now (kernel mode: the region's swap, per smaps).
+    pub evicted_pages: u64,
+    /// Resident budget in pages, if any.
+    pub budget_pages: Option<u64>,
+    /// Store slots in use.
+    pub store_slots: u64,
+    /// Bytes the store occupies on disk.
+    pub store_bytes: u64,
+    /// Entries in the evicted map (metadata: about 40 bytes each).
+    pub evicted_metadata_entries: u64,
+    /// `none`, `store` or `kernel`.
+    pub eviction_mode: &'static str,
+    /// Pages evicted so far.
+    pub evictions_pages: u64,
+    /// Pages swapped in so far.
+    pub swapins_pages: u64,
+    /// Evictions that stopped on an error.
+    pub evict_errors: u64,
+    /// The last eviction error.
+    pub last_evict_error: Option<String>,
+    /// Median latency of faults that swapped in, ns.
+    pub swapin_p50_ns: u64,
+    /// 99th percentile latency of faults that swapped in, ns.
+    pub swapin_p99_ns: u64,
     /// Median populate latency per fault, ns.
     pub populate_p50_ns: u64,
     /// 99th percentile populate latency per fault, ns.

@@ -3,7 +3,7 @@
 
 use std::os::fd::{AsFd, BorrowedFd};
 use thiserror::Error;
-use userfaultfd::{Event, EventBuffer, FeatureFlags, Uffd, UffdBuilder};
+use userfaultfd::{Event, EventBuffer, IoctlFlags, RegisterMode, Uffd, UffdBuilder};
 
 /// Errors from the userfaultfd wrapper.
 #[derive(Debug, Error)]
@@ -29,6 +29,18 @@ pub enum Error {
         addr: usize,
         /// The raw errno.
         errno: i32,
+    },
+    /// The kernel does not offer write-protection on this range.
+    #[error("userfaultfd write-protect is not available for anonymous memory on this kernel")]
+    NoWriteProtect,
+    /// UFFDIO_WRITEPROTECT failed.
+    #[error("userfaultfd write-protect at {addr:#x} failed: {source}")]
+    WriteProtect {
+        /// Host address.
+        addr: usize,
+        /// Cause.
+        #[source]
+        source: userfaultfd::Error,
     },
     /// Reading events failed.
     #[error("reading userfaultfd events: {0}")]
@@ -60,8 +72,12 @@ pub enum CopyOutcome {
     Retry,
 }
 
-/// A userfaultfd registered over one host range in MISSING mode, with REMOVE events, that also
+/// A userfaultfd registered over one host range in MISSING and write-protect modes, that also
 /// sees faults taken by the kernel on the guest's behalf (KVM), not only user-mode faults.
+///
+/// REMOVE events are deliberately not requested: memout is the only one that drops pages in
+/// its regions, so they would carry no news, and with them every `madvise` would have to wait
+/// until the fault thread read the event — a deadlock when the fault thread itself evicts.
 pub struct GuestUffd {
     uffd: Uffd,
 }
@@ -73,11 +89,18 @@ impl GuestUffd {
             .close_on_exec(true)
             .non_blocking(true)
             .user_mode_only(false)
-            .require_features(FeatureFlags::EVENT_REMOVE)
             .create()
             .map_err(Error::Create)?;
-        uffd.register(addr as *mut libc::c_void, len)
+        let ioctls = uffd
+            .register_with_mode(
+                addr as *mut libc::c_void,
+                len,
+                RegisterMode::MISSING | RegisterMode::WRITE_PROTECT,
+            )
             .map_err(|source| Error::Register { addr, len, source })?;
+        if !ioctls.contains(IoctlFlags::WRITE_PROTECT) {
+            return Err(Error::NoWriteProtect);
+        }
         Ok(Self { uffd })
     }
 
@@ -132,6 +155,22 @@ impl GuestUffd {
         self.uffd
             .wake(addr as *mut libc::c_void, len)
             .map_err(|source| Error::Wake { addr, source })
+    }
+}
+
+impl GuestUffd {
+    /// Write-protects `[addr, addr + len)`: a write there now faults to this userfaultfd.
+    pub fn write_protect(&self, addr: usize, len: usize) -> Result<()> {
+        self.uffd
+            .write_protect(addr as *mut libc::c_void, len)
+            .map_err(|source| Error::WriteProtect { addr, source })
+    }
+
+    /// Lifts write-protection from `[addr, addr + len)` and wakes writers blocked there.
+    pub fn unprotect(&self, addr: usize, len: usize) -> Result<()> {
+        self.uffd
+            .remove_write_protection(addr as *mut libc::c_void, len, true)
+            .map_err(|source| Error::WriteProtect { addr, source })
     }
 }
 

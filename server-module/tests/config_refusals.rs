@@ -14,6 +14,8 @@ fn base() -> GuestConfig {
         quota_bytes: 32 << 20,
         policy: PopulatePolicy::default(),
         memory: RegionMemory::Allocate,
+        eviction: memout_server::Eviction::None,
+        resident_budget_bytes: None,
         channel: ChannelConfig {
             ring_gpa: 0x6000,
             ring_slots: 64,

@@ -37,6 +37,8 @@ fn config(shared: GuestMemoryMmap, quota: u64, tx: Option<mpsc::Sender<String>>)
         quota_bytes: quota,
         policy: PopulatePolicy::default(),
         memory: memout_server::RegionMemory::Allocate,
+        eviction: memout_server::Eviction::None,
+        resident_budget_bytes: None,
         channel: ChannelConfig {
             ring_gpa: RING,
             ring_slots: 16,

@@ -37,6 +37,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         policy: PopulatePolicy::Eager,
         // SAFETY: `ram` lives until the end of main, after `guest` and `vm` are dropped.
         memory: unsafe { RegionMemory::existing(ram.as_ptr() as usize) },
+        eviction: memout_server::Eviction::None,
+        resident_budget_bytes: None,
         channel: ChannelConfig {
             ring_gpa: layout::RING,
             ring_slots: layout::RING_SLOTS,

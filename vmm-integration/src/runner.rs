@@ -24,6 +24,9 @@ use vm_memory::{Bytes, GuestAddress};
 pub const PORT_CHECKPOINT: u16 = 0x520;
 /// Harness port (not memout ABI): `in` returns the run's argument.
 pub const PORT_ARG: u16 = 0x521;
+/// Harness port (not memout ABI): evict everything the guest has resident, now, and record how
+/// long it took (the guest is stopped meanwhile, on this exit).
+pub const PORT_EVICT_ALL: u16 = 0x523;
 /// Lines of guest output kept per run.
 pub const MAX_OUTPUT_LINES: usize = 10_000;
 
@@ -65,6 +68,10 @@ pub struct RunConfig {
     pub backing: Backing,
     /// Called with the guest's handle before the vCPU first runs (memout backing only).
     pub setup: Option<GuestSetup>,
+    /// Where evicted memory goes.
+    pub eviction: memout_server::Eviction,
+    /// Resident budget in bytes.
+    pub budget_bytes: Option<u64>,
 }
 
 /// A hook that sees the guest's handle before it runs (tests use it to inject faults).
@@ -150,6 +157,8 @@ impl Default for RunConfig {
             echo: false,
             backing: Backing::Memout,
             setup: None,
+            eviction: memout_server::Eviction::None,
+            budget_bytes: None,
         }
     }
 }
@@ -211,6 +220,17 @@ pub struct RunReport {
     pub elapsed: Duration,
     /// The timed discard, for [`Backing::Plain`] with `discard_at_exit`.
     pub discard: Option<Discard>,
+    /// Evictions the guest asked for through [`PORT_EVICT_ALL`].
+    pub evictions: Vec<EvictRecord>,
+}
+
+/// One eviction done for [`PORT_EVICT_ALL`].
+#[derive(Debug, Clone)]
+pub struct EvictRecord {
+    /// How long the eviction took.
+    pub took: Duration,
+    /// Bytes evicted, or the error.
+    pub result: std::result::Result<u64, memout_server::EvictError>,
 }
 
 impl RunReport {
@@ -273,6 +293,8 @@ pub fn run_guest(server: &Server, image: &GuestImage, cfg: &RunConfig) -> Result
             quota_bytes: cfg.quota_bytes,
             policy: cfg.policy,
             memory: memout_server::RegionMemory::Allocate,
+            eviction: cfg.eviction.clone(),
+            resident_budget_bytes: cfg.budget_bytes,
             channel: ChannelConfig {
                 ring_gpa: RING,
                 ring_slots: RING_SLOTS,
@@ -306,6 +328,7 @@ pub fn run_guest(server: &Server, image: &GuestImage, cfg: &RunConfig) -> Result
     let mut output = Vec::new();
     let mut partial = String::new();
     let mut checkpoints = Vec::new();
+    let mut evictions = Vec::new();
     let t0 = Instant::now();
     let mut harness = Duration::ZERO;
     let outcome = loop {
@@ -349,6 +372,16 @@ pub fn run_guest(server: &Server, image: &GuestImage, cfg: &RunConfig) -> Result
                             stats: backend.stats(),
                         });
                         harness += t.elapsed();
+                    }
+                    PORT_EVICT_ALL => {
+                        let Backend::Memout(h) = &backend else {
+                            break Outcome::Refused("eviction asked for without memout".into());
+                        };
+                        let t = Instant::now();
+                        let result = h.evict(u64::MAX / 2);
+                        let took = t.elapsed();
+                        harness += took;
+                        evictions.push(EvictRecord { took, result });
                     }
                     _ => break Outcome::Refused(format!("write to unknown I/O port {port:#x}")),
                 }
@@ -415,6 +448,7 @@ pub fn run_guest(server: &Server, image: &GuestImage, cfg: &RunConfig) -> Result
         region_rss,
         elapsed,
         discard,
+        evictions,
     })
 }
 

@@ -1,21 +1,35 @@
-//! One guest's state in the server: its allocator, which frames are resident, its counters, and
-//! the operations the ring and the fault handler call. Shared (in an `Arc`) between the guest's
-//! handle, used on the VMM's vCPU thread, and its fault-handler thread.
+//! One guest's state in the server: its allocator, which frames are resident or evicted, its
+//! counters, and the operations the ring, the fault handler and the operator call. Shared (in
+//! an `Arc`) between the guest's handle, its fault-handler thread and the eager workers.
+//!
+//! - this module: state, ALLOC/FREE, stop, statistics;
+//! - [`fill`]: populate (claim → copy → settle → wake), including swap-in from the store;
+//! - [`evict`]: eviction to the backing store or to kernel swap, and the resident budget.
 
+mod evict;
+mod fill;
+
+pub use evict::{EvictError, Eviction};
+
+use crate::cold::ColdQueue;
 use crate::eager::EagerQueue;
+use crate::evicted::EvictedMap;
 use crate::extents::{ExtentSet, Run};
 use crate::frames::{self, FrameAllocator};
-use crate::host_mem::HostRegion;
+use crate::host_mem::{AlignedBuf, HostRegion};
 use crate::log_limit::LogLimiter;
 use crate::populate::PopulatePolicy;
 use crate::resident::ResidentMap;
+use crate::slots::SlotAllocator;
 use crate::stats::{GuestCounters, GuestStatsSnapshot};
-use crate::uffd::{CopyOutcome, GuestUffd};
+use crate::uffd::GuestUffd;
 use memout_protocol::ring::{Extent, PAGE_SIZE, Status};
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
-use std::time::Instant;
 use thiserror::Error;
+
+/// Frames per chunk: the unit of fault-around, eager population, eviction and read-ahead.
+pub const CHUNK_PAGES: u64 = 512;
 
 /// Why the server stopped a guest. The VMM ends the guest's run with this error.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
@@ -34,6 +48,17 @@ pub enum GuestFault {
         /// errno of the failed populate.
         errno: i32,
     },
+    /// An evicted frame could not be read back from the backing store. The guest is stopped
+    /// rather than given zeroes in place of its data.
+    #[error(
+        "cannot read evicted frame at guest-physical address {gpa:#x} back from the store: {error}"
+    )]
+    SwapIn {
+        /// The frame that could not be restored.
+        gpa: u64,
+        /// The store's error.
+        error: String,
+    },
     /// The userfaultfd itself failed; the guest's faults can no longer be served.
     #[error("userfaultfd failed: {0}")]
     Uffd(String),
@@ -50,7 +75,7 @@ pub enum Resolution {
     Served,
     /// The fault is refused; the guest is stopped (see [`GuestFault`]).
     Refused,
-    /// Mappings are changing (REMOVE events pending): read events, then resolve again.
+    /// Mappings are changing (UFFDIO_COPY said EAGAIN): read events, then resolve again.
     Retry,
 }
 
@@ -71,6 +96,7 @@ enum Fill {
     Done,
     Retry,
     Failed(i32),
+    StoreFailed { frame: u64, error: String },
 }
 
 /// A zero-filled, page-aligned source buffer for UFFDIO_COPY, shared by all guests.
@@ -96,16 +122,15 @@ impl ZeroChunk {
 struct State {
     alloc: FrameAllocator,
     resident: ResidentMap,
-    /// Runs claimed by a populator and being copied right now (not yet resident).
+    /// Runs claimed by a populator or an evictor and being copied right now.
     inflight: ExtentSet,
+    /// Where evicted frames' contents are.
+    evicted: EvictedMap,
+    /// Store slots in use.
+    slots: SlotAllocator,
+    /// Eviction order.
+    cold: ColdQueue,
     hello: bool,
-}
-
-/// Who populated a run (for per-policy statistics).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Populator {
-    Fault,
-    Eager,
 }
 
 /// What [`GuestCore::new`] is built from.
@@ -119,6 +144,8 @@ pub(crate) struct GuestParts {
     pub on_fatal: Option<FatalNotifier>,
     pub zero: Arc<ZeroChunk>,
     pub eager: EagerQueue,
+    pub eviction: Eviction,
+    pub budget_pages: Option<u64>,
 }
 
 /// One guest, as the server sees it.
@@ -135,6 +162,14 @@ pub struct GuestCore {
     on_fatal: Option<FatalNotifier>,
     zero: Arc<ZeroChunk>,
     eager: EagerQueue,
+    eviction: Eviction,
+    /// Resident budget in pages (`u64::MAX`: none).
+    budget: AtomicU64,
+    /// One evictor at a time.
+    evict_lock: Mutex<()>,
+    /// Page-aligned buffers for store I/O, reused.
+    staging: Mutex<Vec<AlignedBuf>>,
+    last_evict_error: Mutex<Option<String>>,
     me: Weak<GuestCore>,
     #[cfg(feature = "fault-injection")]
     inject: crate::inject::PopulateFailure,
@@ -150,6 +185,7 @@ impl GuestCore {
     fn build(p: GuestParts, me: Weak<GuestCore>) -> Self {
         let span = tracing::info_span!("guest", name = %p.name);
         let resident = ResidentMap::new(p.alloc.frames());
+        let capacity = p.eviction.capacity_slots();
         Self {
             name: p.name,
             region: p.region,
@@ -159,6 +195,9 @@ impl GuestCore {
                 alloc: p.alloc,
                 resident,
                 inflight: ExtentSet::new(),
+                evicted: EvictedMap::new(),
+                slots: SlotAllocator::new(capacity),
+                cold: ColdQueue::new(),
                 hello: false,
             }),
             settled: Condvar::new(),
@@ -168,6 +207,11 @@ impl GuestCore {
             on_fatal: p.on_fatal,
             zero: p.zero,
             eager: p.eager,
+            eviction: p.eviction,
+            budget: AtomicU64::new(p.budget_pages.unwrap_or(u64::MAX)),
+            evict_lock: Mutex::new(()),
+            staging: Mutex::new(Vec::new()),
+            last_evict_error: Mutex::new(None),
             me,
             #[cfg(feature = "fault-injection")]
             inject: Default::default(),
@@ -177,8 +221,8 @@ impl GuestCore {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock is a memout bug; the state is still consistent at every
-        // await-free step, so keep serving rather than poisoning every later call.
+        // A panic while holding the lock is a memout bug; the state is consistent between
+        // statements, so keep serving rather than poisoning every later call.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -248,6 +292,14 @@ impl GuestCore {
         self.state().hello = true;
     }
 
+    fn host_addr(&self, frame: u64) -> usize {
+        self.region.addr() + (frame * PAGE_SIZE) as usize
+    }
+
+    fn gpa(&self, frame: u64) -> u64 {
+        self.region_gpa + frame * PAGE_SIZE
+    }
+
     /// Converts a guest extent to a run of frames; `None` if misaligned, empty or outside the
     /// region.
     pub fn run_of(&self, e: &Extent) -> Option<Run> {
@@ -265,7 +317,7 @@ impl GuestCore {
 
     fn extent_of(&self, r: Run) -> Extent {
         Extent {
-            gpa: self.region_gpa + r.start * PAGE_SIZE,
+            gpa: self.gpa(r.start),
             pages: r.len,
         }
     }
@@ -303,34 +355,45 @@ impl GuestCore {
         }
     }
 
-    /// The guest gives `runs` back: validated all or nothing, then the host pages are dropped
-    /// at once, then the frames become free. Returns the number of frames freed.
+    /// The guest gives `runs` back: validated all or nothing; in-flight copies on them are
+    /// waited for; their resident host pages are dropped at once and their store slots freed;
+    /// then the frames become free. Returns the number of frames freed.
     pub fn free(&self, runs: &[Run]) -> Result<u64, Status> {
-        let (pages, to_drop) = {
+        let (pages, to_drop, slots) = {
             let mut st = self.state();
             let pages = st.alloc.begin_release(runs).map_err(|e| match e {
                 frames::Error::NotOwned(_) => Status::NotOwned,
                 _ => Status::Invalid,
             })?;
-            // A copy already under way on these frames must land before they are dropped, or
-            // it would back a frame that is no longer the guest's. Releasing frames cannot be
+            // A copy or eviction under way on these frames must land first, or it would back
+            // (or store) a frame that is no longer the guest's. Releasing frames cannot be
             // claimed again, so this wait ends.
             while runs.iter().any(|&r| st.inflight.overlaps(r)) {
                 st = self.settled.wait(st).unwrap_or_else(|p| p.into_inner());
             }
             // Only frames with a host page need dropping: in MISSING mode every host page of
             // the region is one memout copied in, so the resident map is exact. Coalesce the
-            // runs so adjacent frees cost one madvise (and one REMOVE event) between them.
+            // runs so adjacent frees cost one madvise between them.
             let mut present: Vec<Run> = runs.iter().flat_map(|&r| st.resident.present(r)).collect();
             for r in &present {
                 st.resident.clear(*r);
             }
+            let mut slots = Vec::new();
+            for &r in runs {
+                for p in st.evicted.remove(r) {
+                    if let Some(s) = p.slot {
+                        let slot_run = Run {
+                            start: s,
+                            len: p.frames.len,
+                        };
+                        st.slots.free(slot_run);
+                        slots.push(slot_run);
+                    }
+                }
+            }
             present.sort_unstable();
-            (pages, coalesce(present))
+            (pages, coalesce(present), slots)
         };
-        // Dropped outside the lock: with REMOVE events enabled, madvise waits until the fault
-        // thread has read the event, and that thread may need the lock. The frames are in the
-        // releasing state meanwhile, so nothing can grant or populate them.
         for r in &to_drop {
             if let Err(e) = self
                 .region
@@ -339,207 +402,14 @@ impl GuestCore {
                 tracing::error!(parent: &self.span, "dropping freed frames: {e}");
             }
         }
-        let was_resident: u64 = to_drop.iter().map(|r| r.len).sum();
+        self.eviction.discard_slots(&slots);
         self.state().alloc.finish_release(runs);
+        let was_resident: u64 = to_drop.iter().map(|r| r.len).sum();
         self.counters.freed_pages.fetch_add(pages, Relaxed);
         self.counters
             .bytes_returned
             .fetch_add(was_resident * PAGE_SIZE, Relaxed);
         Ok(pages)
-    }
-
-    /// Host pages in `[start, end)` were dropped (a REMOVE event): they are no longer resident.
-    pub(crate) fn note_removed(&self, start: usize, end: usize) {
-        let base = self.region.addr();
-        let lo = start.max(base).saturating_sub(base) as u64 / PAGE_SIZE;
-        let hi =
-            (end.min(base + self.region.size()).saturating_sub(base) as u64).div_ceil(PAGE_SIZE);
-        if hi > lo {
-            self.state().resident.clear(Run {
-                start: lo,
-                len: hi - lo,
-            });
-        }
-    }
-
-    /// Serves a missing-page fault at host address `addr`.
-    pub(crate) fn resolve_fault(&self, addr: usize) -> Resolution {
-        let t0 = Instant::now();
-        let base = self.region.addr();
-        let frame = (addr.wrapping_sub(base) as u64) / PAGE_SIZE;
-        let gpa = self.region_gpa + frame * PAGE_SIZE;
-        let page_addr = base + (frame * PAGE_SIZE) as usize;
-        let mut st = self.state();
-        let claims = loop {
-            let Some(granted) = st.alloc.allocated_run(frame) else {
-                drop(st);
-                self.counters.violations.fetch_add(1, Relaxed);
-                self.stop(GuestFault::Unowned { gpa });
-                return Resolution::Refused;
-            };
-            if st.resident.get(frame) {
-                drop(st);
-                return self.wake_or_stop(page_addr, gpa);
-            }
-            if st.inflight.containing(frame).is_none() {
-                break self.claim(&mut st, self.policy().fault_window(frame, granted));
-            }
-            // Another populator is copying this frame; its copy wakes the faulting thread, but
-            // wait for it to settle in case it failed and the frame is still missing.
-            st = self.settled.wait(st).unwrap_or_else(|p| p.into_inner());
-        };
-        drop(st);
-        match self.fill(&claims, Populator::Fault) {
-            Fill::Done => {
-                self.counters.faults.fetch_add(1, Relaxed);
-                self.counters
-                    .populate_latency
-                    .record(t0.elapsed().as_nanos() as u64);
-                Resolution::Served
-            }
-            Fill::Retry => Resolution::Retry,
-            Fill::Failed(errno) => {
-                self.stop(GuestFault::HostPopulate { gpa, errno });
-                Resolution::Refused
-            }
-        }
-    }
-
-    /// Eagerly populates `run` if it is still granted (called by the eager workers).
-    pub(crate) fn populate_eagerly(&self, run: Run) {
-        let claims = {
-            let mut st = self.state();
-            match st.alloc.allocated_run(run.start) {
-                Some(g) if g.end() >= run.end() => self.claim(&mut st, run),
-                _ => return, // freed meanwhile
-            }
-        };
-        if let Fill::Failed(errno) = self.fill(&claims, Populator::Eager) {
-            let gpa = self.region_gpa + run.start * PAGE_SIZE;
-            self.stop(GuestFault::HostPopulate { gpa, errno });
-        }
-        // Retry: leave it; a fault on those frames populates them.
-    }
-
-    fn wake_or_stop(&self, page_addr: usize, gpa: u64) -> Resolution {
-        match self.uffd.wake(page_addr, PAGE_SIZE as usize) {
-            Ok(()) => Resolution::Served,
-            Err(e) => {
-                self.stop(GuestFault::Uffd(format!("wake at gpa {gpa:#x}: {e}")));
-                Resolution::Refused
-            }
-        }
-    }
-
-    /// Claims the holes of `window` that are neither resident nor being populated.
-    fn claim(&self, st: &mut State, window: Run) -> Vec<Run> {
-        let mut claims = Vec::new();
-        for hole in st.resident.holes(window) {
-            // Split each hole around runs another populator holds.
-            let mut f = hole.start;
-            while f < hole.end() {
-                if let Some(busy) = st.inflight.containing(f) {
-                    f = busy.end();
-                    continue;
-                }
-                let next_busy = st.inflight.first_after(f).map_or(hole.end(), |b| b.start);
-                let r = Run {
-                    start: f,
-                    len: next_busy.min(hole.end()) - f,
-                };
-                claims.push(r);
-                f = r.end();
-            }
-        }
-        for r in &claims {
-            st.inflight.insert(*r);
-        }
-        claims
-    }
-
-    /// Copies zeroes into claimed runs without holding the lock, then settles them (what was
-    /// copied becomes resident, the rest is released for someone else to claim), and only then
-    /// wakes the faulting threads, so the resident count is exact whenever the guest runs.
-    fn fill(&self, claims: &[Run], who: Populator) -> Fill {
-        let base = self.region.addr();
-        let mut outcome = Fill::Done;
-        let mut done: Vec<Run> = Vec::new();
-        'claims: for &c in claims {
-            let mut f = c.start;
-            while f < c.end() {
-                let pages = (c.end() - f).min(self.zero.pages);
-                let dst = base + (f * PAGE_SIZE) as usize;
-                #[cfg(feature = "fault-injection")]
-                if let Some(errno) = self.inject.take(pages) {
-                    outcome = Fill::Failed(errno);
-                    break 'claims;
-                }
-                let step =
-                    match self
-                        .uffd
-                        .copy(self.zero.ptr(), dst, (pages * PAGE_SIZE) as usize, false)
-                    {
-                        Ok(CopyOutcome::Copied(n)) if n >= PAGE_SIZE as usize => {
-                            n as u64 / PAGE_SIZE
-                        }
-                        Ok(CopyOutcome::AlreadyPopulated) => {
-                            match self.uffd.wake(dst, PAGE_SIZE as usize) {
-                                Ok(()) => 1,
-                                Err(_) => {
-                                    outcome = Fill::Failed(libc::EIO);
-                                    break 'claims;
-                                }
-                            }
-                        }
-                        Ok(CopyOutcome::Copied(_)) | Ok(CopyOutcome::Retry) => {
-                            outcome = Fill::Retry;
-                            break 'claims;
-                        }
-                        Err(crate::uffd::Error::Populate { errno, .. }) => {
-                            outcome = Fill::Failed(errno);
-                            break 'claims;
-                        }
-                        Err(_) => {
-                            outcome = Fill::Failed(libc::EIO);
-                            break 'claims;
-                        }
-                    };
-                done.push(Run {
-                    start: f,
-                    len: step,
-                });
-                f += step;
-            }
-        }
-        let populated: u64 = done.iter().map(|r| r.len).sum();
-        {
-            let mut st = self.state();
-            for r in claims {
-                st.inflight.remove(*r);
-            }
-            for r in &done {
-                st.resident.set(*r);
-            }
-        }
-        self.settled.notify_all();
-        for r in &done {
-            let addr = base + (r.start * PAGE_SIZE) as usize;
-            if self.uffd.wake(addr, (r.len * PAGE_SIZE) as usize).is_err() {
-                outcome = Fill::Failed(libc::EIO);
-            }
-        }
-        let counter = match who {
-            Populator::Fault => &self.counters.populated_pages,
-            Populator::Eager => &self.counters.populated_eager_pages,
-        };
-        counter.fetch_add(populated, Relaxed);
-        outcome
-    }
-
-    /// Test hook: see [`crate::inject::PopulateFailure`].
-    #[cfg(feature = "fault-injection")]
-    pub fn inject(&self) -> &crate::inject::PopulateFailure {
-        &self.inject
     }
 
     /// Stops the guest: records the first fault and notifies the VMM.
@@ -556,17 +426,50 @@ impl GuestCore {
         }
     }
 
+    /// Test hook: see [`crate::inject::PopulateFailure`].
+    #[cfg(feature = "fault-injection")]
+    pub fn inject(&self) -> &crate::inject::PopulateFailure {
+        &self.inject
+    }
+
     /// A consistent snapshot of the guest's statistics.
     pub fn snapshot(&self) -> GuestStatsSnapshot {
-        let (quota, allocated, resident) = {
+        let (quota, allocated, resident, evicted, slots, meta) = {
             let st = self.state();
-            (st.alloc.quota(), st.alloc.allocated(), st.resident.count())
+            (
+                st.alloc.quota(),
+                st.alloc.allocated(),
+                st.resident.count(),
+                st.evicted.total(),
+                st.slots.used(),
+                st.evicted.entries(),
+            )
+        };
+        // In kernel mode the kernel swaps pages in and out behind memout's back: report what
+        // it says about the region instead of memout's own view.
+        let (resident, evicted) = match self.eviction {
+            Eviction::Kernel => {
+                let vma = crate::procfs::vmas()
+                    .ok()
+                    .and_then(|v| v.into_iter().find(|m| m.start == self.region.addr()));
+                vma.map_or((resident, evicted), |m| {
+                    (m.rss / PAGE_SIZE, m.swap / PAGE_SIZE)
+                })
+            }
+            _ => (resident, evicted),
         };
         let c = &self.counters;
+        let budget = self.budget.load(Relaxed);
         GuestStatsSnapshot {
             quota_pages: quota,
             allocated_pages: allocated,
             resident_pages: resident,
+            evicted_pages: evicted,
+            budget_pages: (budget != u64::MAX).then_some(budget),
+            store_slots: slots,
+            store_bytes: self.eviction.bytes_on_disk(),
+            evicted_metadata_entries: meta as u64,
+            eviction_mode: self.eviction.name(),
             doorbells: c.doorbells.load(Relaxed),
             requests: c.requests.load(Relaxed),
             request_errors: c.request_errors.load(Relaxed),
@@ -576,8 +479,18 @@ impl GuestCore {
             freed_pages: c.freed_pages.load(Relaxed),
             bytes_returned: c.bytes_returned.load(Relaxed),
             violations: c.violations.load(Relaxed),
+            evictions_pages: c.evicted_pages.load(Relaxed),
+            swapins_pages: c.swapped_in_pages.load(Relaxed),
+            evict_errors: c.evict_errors.load(Relaxed),
+            last_evict_error: self
+                .last_evict_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
             populate_p50_ns: c.populate_latency.quantile(0.5),
             populate_p99_ns: c.populate_latency.quantile(0.99),
+            swapin_p50_ns: c.swapin_latency.quantile(0.5),
+            swapin_p99_ns: c.swapin_latency.quantile(0.99),
             policy: self.policy().name(),
         }
     }

@@ -1,0 +1,431 @@
+//! Eviction: moving a guest's cold memory out of host RAM, to memout's backing store or to the
+//! kernel's swap, and keeping a guest under its resident budget.
+//!
+//! Store mode, for each run of the coldest chunk: write-protect it (userfaultfd), write its
+//! non-zero pages to the store, drop the host pages, settle, wake. A guest write during that
+//! window blocks on the write-protect fault and never reaches the old page; once woken it faults
+//! as missing and is served from the store, so no write is lost. If anything fails, the
+//! protection is lifted and the frames stay resident: nothing is lost either way.
+
+use super::{CHUNK_PAGES, GuestCore};
+use crate::extents::Run;
+use crate::store::BackingStore;
+use memout_protocol::ring::PAGE_SIZE;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use thiserror::Error;
+
+/// Where a guest's evicted memory goes.
+#[derive(Clone, Default)]
+pub enum Eviction {
+    /// No eviction (the default): memory stays resident until the guest frees it.
+    #[default]
+    None,
+    /// memout writes cold frames to this store and serves them back through userfaultfd.
+    Store(Arc<dyn BackingStore>),
+    /// The kernel's swap: `MADV_PAGEOUT` on cold ranges (needs swap space; pages come back
+    /// through the kernel's own swap-in, invisible to memout).
+    Kernel,
+}
+
+impl std::fmt::Debug for Eviction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::None => f.write_str("None"),
+            Self::Store(s) => write!(f, "Store({})", s.describe()),
+            Self::Kernel => f.write_str("Kernel"),
+        }
+    }
+}
+
+impl Eviction {
+    /// `none`, `store` or `kernel`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Store(_) => "store",
+            Self::Kernel => "kernel",
+        }
+    }
+
+    pub(super) fn capacity_slots(&self) -> u64 {
+        match self {
+            Self::Store(s) => s.capacity_slots(),
+            _ => 0,
+        }
+    }
+
+    pub(super) fn bytes_on_disk(&self) -> u64 {
+        match self {
+            Self::Store(s) => s.bytes_on_disk(),
+            _ => 0,
+        }
+    }
+
+    pub(super) fn read(&self, slot: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        match self {
+            Self::Store(s) => s.read(slot, buf),
+            _ => Err(std::io::Error::other("no backing store")),
+        }
+    }
+
+    pub(super) fn discard_slots(&self, runs: &[Run]) {
+        if let Self::Store(s) = self {
+            for r in runs {
+                // Space reclaim only; the slots are already free in the allocator.
+                let _ = s.discard(r.start, r.len);
+            }
+        }
+    }
+}
+
+/// Why an eviction stopped. Frames it had not finished stay resident.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum EvictError {
+    /// The guest has no eviction configured.
+    #[error("eviction is not configured for this guest")]
+    NotConfigured,
+    /// The store has no free slots left.
+    #[error("backing store is full ({0})")]
+    StoreFull(String),
+    /// Writing to the store failed (e.g. ENOSPC, EIO).
+    #[error("writing to backing store {store} failed: {error}")]
+    Store {
+        /// The store.
+        store: String,
+        /// The error.
+        error: String,
+    },
+    /// A userfaultfd or madvise call failed.
+    #[error("{0}")]
+    Host(String),
+}
+
+fn is_zero(page: &[u8]) -> bool {
+    page.iter().fold(0u8, |a, b| a | b) == 0
+}
+
+impl GuestCore {
+    /// The resident budget in pages, if any.
+    pub fn budget(&self) -> Option<u64> {
+        let b = self.budget.load(Relaxed);
+        (b != u64::MAX).then_some(b)
+    }
+
+    /// Sets the resident budget. Lowering it evicts at once (on the caller's thread); raising
+    /// it queues evicted frames for background swap-in up to the new budget.
+    pub fn set_budget(&self, pages: Option<u64>) -> Result<(), EvictError> {
+        if pages.is_some() && matches!(self.eviction, Eviction::None) {
+            return Err(EvictError::NotConfigured);
+        }
+        let old = self.budget.swap(pages.unwrap_or(u64::MAX), Relaxed);
+        if pages.unwrap_or(u64::MAX) < old {
+            self.enforce_budget_now()
+        } else {
+            self.prefetch();
+            Ok(())
+        }
+    }
+
+    /// Called after every populate: evicts when the guest is above its budget. Errors are
+    /// recorded in the statistics (the guest keeps running with the frames resident).
+    pub(super) fn enforce_budget(&self) {
+        if self.budget.load(Relaxed) == u64::MAX {
+            return;
+        }
+        if matches!(self.eviction, Eviction::Kernel) && self.counters.faults.load(Relaxed) % 8 != 0
+        {
+            return; // kernel mode reads smaps to see what is resident: not on every fault
+        }
+        let _ = self.enforce_budget_now();
+    }
+
+    fn enforce_budget_now(&self) -> Result<(), EvictError> {
+        let budget = self.budget.load(Relaxed);
+        let resident = match self.eviction {
+            Eviction::Kernel => {
+                crate::procfs::mapping_rss(self.region.addr()).unwrap_or(0) / PAGE_SIZE
+            }
+            _ => self.state().resident.count(),
+        };
+        if resident > budget {
+            // At least a chunk at a time, so a guest at its budget does not evict per fault.
+            self.evict((resident - budget).max(CHUNK_PAGES)).map(|_| ())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Queues evicted frames for swap-in by the eager workers, up to the budget.
+    pub fn prefetch(&self) {
+        let room = self
+            .budget
+            .load(Relaxed)
+            .saturating_sub(self.state().resident.count());
+        let pieces = self.state().evicted.pieces(Run {
+            start: 0,
+            len: self.state().alloc.frames(),
+        });
+        let mut left = room;
+        for p in pieces {
+            if left == 0 {
+                break;
+            }
+            let len = p.frames.len.min(left);
+            self.eager.submit(
+                &self.me,
+                Run {
+                    start: p.frames.start,
+                    len,
+                },
+            );
+            left -= len;
+        }
+    }
+
+    /// Evicts up to `pages` of the guest's coldest resident frames. Returns how many were
+    /// evicted; on an error, those evicted before it stay evicted and the rest stay resident.
+    pub fn evict(&self, pages: u64) -> Result<u64, EvictError> {
+        let _one = self.evict_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let r = match &self.eviction {
+            Eviction::None => Err(EvictError::NotConfigured),
+            Eviction::Kernel => self.page_out_cold(pages),
+            Eviction::Store(store) => self.evict_to_store(store.as_ref(), pages),
+        };
+        if let Err(e) = &r {
+            if *e != EvictError::NotConfigured {
+                self.counters.evict_errors.fetch_add(1, Relaxed);
+                if let Some(suppressed) = self.log_limit.allow() {
+                    tracing::warn!(parent: &self.span, suppressed, "eviction stopped: {e}");
+                }
+            }
+            *self
+                .last_evict_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+        }
+        r
+    }
+
+    /// Claims up to `max` resident, idle frames of the coldest chunk that has any.
+    fn claim_cold(&self, max: u64) -> Option<Vec<Run>> {
+        let mut st = self.state();
+        let frames = st.alloc.frames();
+        while let Some(chunk) = st.cold.oldest() {
+            let start = chunk * CHUNK_PAGES;
+            let window = Run {
+                start,
+                len: CHUNK_PAGES.min(frames - start),
+            };
+            let mut runs = Vec::new();
+            let mut left = max;
+            for r in st.resident.present(window) {
+                let mut f = r.start;
+                while f < r.end() && left > 0 {
+                    if let Some(busy) = st.inflight.containing(f) {
+                        f = busy.end();
+                        continue;
+                    }
+                    let next_busy = st.inflight.first_after(f).map_or(r.end(), |b| b.start);
+                    let len = (next_busy.min(r.end()) - f).min(left);
+                    runs.push(Run { start: f, len });
+                    left -= len;
+                    f += len;
+                }
+            }
+            if runs.is_empty() {
+                st.cold.forget(chunk);
+                continue;
+            }
+            if left > 0 {
+                st.cold.forget(chunk); // everything idle in it is being taken
+            }
+            for r in &runs {
+                st.inflight.insert(*r);
+            }
+            return Some(runs);
+        }
+        None
+    }
+
+    /// Gives claimed runs back untouched (resident, writable again).
+    fn abandon(&self, runs: &[Run]) {
+        for r in runs {
+            let _ = self
+                .uffd
+                .unprotect(self.host_addr(r.start), (r.len * PAGE_SIZE) as usize);
+        }
+        let mut st = self.state();
+        for r in runs {
+            st.inflight.remove(*r);
+            for chunk in r.start / CHUNK_PAGES..=(r.end() - 1) / CHUNK_PAGES {
+                st.cold.touch(chunk);
+            }
+        }
+        drop(st);
+        self.settled.notify_all();
+    }
+
+    fn evict_to_store(&self, store: &dyn BackingStore, target: u64) -> Result<u64, EvictError> {
+        let mut done = 0;
+        while done < target {
+            let Some(runs) = self.claim_cold(target - done) else {
+                break;
+            };
+            done += self.evict_runs(store, &runs)?;
+        }
+        Ok(done)
+    }
+
+    fn evict_runs(&self, store: &dyn BackingStore, runs: &[Run]) -> Result<u64, EvictError> {
+        let fail = |e: EvictError, slots: &[Run]| {
+            let mut st = self.state();
+            for s in slots {
+                st.slots.free(*s);
+            }
+            drop(st);
+            self.abandon(runs);
+            Err(e)
+        };
+        for r in runs {
+            if let Err(e) = self
+                .uffd
+                .write_protect(self.host_addr(r.start), (r.len * PAGE_SIZE) as usize)
+            {
+                return fail(EvictError::Host(e.to_string()), &[]);
+            }
+        }
+        // Split into zero and non-zero stretches; only non-zero pages are written.
+        let mut placed: Vec<(Run, Option<u64>)> = Vec::new();
+        let mut slots_taken: Vec<Run> = Vec::new();
+        for r in runs {
+            let off = (r.start * PAGE_SIZE) as usize;
+            // SAFETY: the run is resident (claimed from the resident map) and write-protected
+            // above, so nothing writes it while we read.
+            let bytes = unsafe { self.region.bytes(off, (r.len * PAGE_SIZE) as usize) };
+            let mut f = r.start;
+            for (zero, n) in stretches(bytes) {
+                let sub = Run { start: f, len: n };
+                f += n;
+                if zero {
+                    placed.push((sub, None));
+                    continue;
+                }
+                let Some(slot_runs) = self.state().slots.alloc(n) else {
+                    return fail(EvictError::StoreFull(store.describe()), &slots_taken);
+                };
+                let mut g = sub.start;
+                for s in slot_runs {
+                    slots_taken.push(s);
+                    let at = ((g - r.start) * PAGE_SIZE) as usize;
+                    let data = &bytes[at..at + (s.len * PAGE_SIZE) as usize];
+                    if let Err(e) = store.write(s.start, data) {
+                        let err = EvictError::Store {
+                            store: store.describe(),
+                            error: e.to_string(),
+                        };
+                        return fail(err, &slots_taken);
+                    }
+                    placed.push((
+                        Run {
+                            start: g,
+                            len: s.len,
+                        },
+                        Some(s.start),
+                    ));
+                    g += s.len;
+                }
+            }
+        }
+        // Durable in the store: now the host pages can go.
+        for r in runs {
+            if let Err(e) = self
+                .region
+                .discard((r.start * PAGE_SIZE) as usize, (r.len * PAGE_SIZE) as usize)
+            {
+                return fail(EvictError::Host(e.to_string()), &slots_taken);
+            }
+        }
+        let n: u64 = runs.iter().map(|r| r.len).sum();
+        {
+            let mut st = self.state();
+            for r in runs {
+                st.inflight.remove(*r);
+                st.resident.clear(*r);
+            }
+            for (frames, slot) in &placed {
+                st.evicted.insert(*frames, *slot);
+            }
+        }
+        self.settled.notify_all();
+        // Writers blocked on the protection now fault as missing and are swapped in.
+        for r in runs {
+            let _ = self
+                .uffd
+                .wake(self.host_addr(r.start), (r.len * PAGE_SIZE) as usize);
+        }
+        self.counters.evicted_pages.fetch_add(n, Relaxed);
+        Ok(n)
+    }
+
+    /// Kernel mode: `MADV_PAGEOUT` the coldest chunks, rotating them to the young end (the
+    /// kernel brings pages back without telling memout, so a chunk stays a candidate).
+    fn page_out_cold(&self, target: u64) -> Result<u64, EvictError> {
+        let mut done = 0;
+        let rounds = self.state().cold.len();
+        for _ in 0..rounds {
+            if done >= target {
+                break;
+            }
+            let runs = {
+                let mut st = self.state();
+                let Some(chunk) = st.cold.oldest() else { break };
+                st.cold.touch(chunk);
+                let start = chunk * CHUNK_PAGES;
+                let frames = st.alloc.frames();
+                st.resident.present(Run {
+                    start,
+                    len: CHUNK_PAGES.min(frames - start),
+                })
+            };
+            for r in &runs {
+                self.region
+                    .page_out((r.start * PAGE_SIZE) as usize, (r.len * PAGE_SIZE) as usize)
+                    .map_err(|e| EvictError::Host(e.to_string()))?;
+                done += r.len;
+            }
+        }
+        self.counters.evicted_pages.fetch_add(done, Relaxed);
+        Ok(done)
+    }
+}
+
+/// Splits page-aligned bytes into stretches of all-zero and non-zero pages: (zero, pages).
+fn stretches(bytes: &[u8]) -> Vec<(bool, u64)> {
+    let mut out: Vec<(bool, u64)> = Vec::new();
+    for page in bytes.chunks(PAGE_SIZE as usize) {
+        let z = is_zero(page);
+        match out.last_mut() {
+            Some((kind, n)) if *kind == z => *n += 1,
+            _ => out.push((z, 1)),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stretches;
+
+    #[test]
+    fn zero_and_data_stretches() {
+        let mut b = vec![0u8; 4096 * 5];
+        b[4096 + 17] = 1;
+        b[4096 * 2] = 9;
+        b[4096 * 4 + 4095] = 3;
+        assert_eq!(
+            stretches(&b),
+            vec![(true, 1), (false, 2), (true, 1), (false, 1)]
+        );
+    }
+}

@@ -1,0 +1,362 @@
+//! Populating a guest's frames: serve a fault, fill ahead of the guest (eager, prefetch), and
+//! swap evicted frames back in from the store. Every populator works in four steps:
+//! claim (under the lock) → copy (without it) → settle (under it) → wake.
+
+use super::{CHUNK_PAGES, Fill, GuestCore, GuestFault, Resolution, State};
+use crate::evicted::Piece;
+use crate::extents::Run;
+use crate::host_mem::AlignedBuf;
+use crate::populate::PopulatePolicy;
+use crate::uffd::CopyOutcome;
+use memout_protocol::ring::PAGE_SIZE;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+/// Frames claimed by one populator, with the evicted pieces among them.
+pub(super) struct Claim {
+    run: Run,
+    pieces: Vec<Piece>,
+}
+
+/// Who populated a run (for statistics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Populator {
+    Fault,
+    Eager,
+}
+
+/// Where a segment's content comes from.
+enum Source {
+    Zero,
+    Store(u64),
+}
+
+impl GuestCore {
+    /// Serves a missing-page fault at host address `addr`.
+    pub(crate) fn resolve_fault(&self, addr: usize) -> Resolution {
+        let t0 = Instant::now();
+        let frame = (addr.wrapping_sub(self.region.addr()) as u64) / PAGE_SIZE;
+        let gpa = self.gpa(frame);
+        let mut st = self.state();
+        let (claims, swap_in) = loop {
+            let Some(granted) = st.alloc.allocated_run(frame) else {
+                drop(st);
+                self.counters.violations.fetch_add(1, Relaxed);
+                self.stop(GuestFault::Unowned { gpa });
+                return Resolution::Refused;
+            };
+            if st.resident.get(frame) {
+                drop(st);
+                return self.wake_or_stop(self.host_addr(frame), gpa);
+            }
+            if st.inflight.containing(frame).is_none() {
+                // An evicted frame reads ahead its whole chunk (within the granted run), whatever
+                // the policy: the neighbours were evicted together and sit in adjacent slots.
+                let swap_in = st.evicted.contains(frame);
+                let policy = if swap_in {
+                    PopulatePolicy::default()
+                } else {
+                    self.policy()
+                };
+                break (
+                    self.claim(&mut st, policy.fault_window(frame, granted)),
+                    swap_in,
+                );
+            }
+            // Someone is copying (or evicting) this frame; its wake-up releases the faulting
+            // thread, but wait for it to settle in case it failed and the frame is missing.
+            st = self.settled.wait(st).unwrap_or_else(|p| p.into_inner());
+        };
+        drop(st);
+        let outcome = self.fill(&claims, Populator::Fault);
+        match outcome {
+            Fill::Done => {
+                self.counters.faults.fetch_add(1, Relaxed);
+                let ns = t0.elapsed().as_nanos() as u64;
+                self.counters.populate_latency.record(ns);
+                if swap_in {
+                    self.counters.swapin_latency.record(ns);
+                }
+                self.enforce_budget();
+                Resolution::Served
+            }
+            Fill::Retry => Resolution::Retry,
+            Fill::Failed(errno) => {
+                self.stop(GuestFault::HostPopulate { gpa, errno });
+                Resolution::Refused
+            }
+            Fill::StoreFailed { frame, error } => {
+                self.stop(GuestFault::SwapIn {
+                    gpa: self.gpa(frame),
+                    error,
+                });
+                Resolution::Refused
+            }
+        }
+    }
+
+    /// A write hit a write-protected page: an eviction is under way there. The evictor wakes
+    /// the writer once the page is stored and dropped (it then faults as missing and is swapped
+    /// in) or, if the eviction fails, lifts the protection. Only a protection nobody owns any
+    /// more is lifted here.
+    pub(crate) fn resolve_wp_fault(&self, addr: usize) {
+        let frame = (addr.wrapping_sub(self.region.addr()) as u64) / PAGE_SIZE;
+        let page = self.host_addr(frame);
+        let st = self.state();
+        if st.inflight.containing(frame).is_some() {
+            return;
+        }
+        let resident = st.resident.get(frame);
+        drop(st);
+        let r = if resident {
+            self.uffd.unprotect(page, PAGE_SIZE as usize)
+        } else {
+            self.uffd.wake(page, PAGE_SIZE as usize)
+        };
+        if let Err(e) = r {
+            self.stop(GuestFault::Uffd(format!(
+                "write-protect fault at {addr:#x}: {e}"
+            )));
+        }
+    }
+
+    /// Populates `run` ahead of the guest if it is still granted (eager workers, prefetch).
+    pub(crate) fn populate_eagerly(&self, run: Run) {
+        let claims = {
+            let mut st = self.state();
+            match st.alloc.allocated_run(run.start) {
+                Some(g) if g.end() >= run.end() => {}
+                _ => return, // freed meanwhile
+            }
+            let budget = self.budget.load(Relaxed);
+            if st.resident.count().saturating_add(run.len) > budget {
+                return; // would only be evicted again
+            }
+            self.claim(&mut st, run)
+        };
+        match self.fill(&claims, Populator::Eager) {
+            Fill::Done | Fill::Retry => {} // on Retry a fault populates those frames later
+            Fill::Failed(errno) => self.stop(GuestFault::HostPopulate {
+                gpa: self.gpa(run.start),
+                errno,
+            }),
+            Fill::StoreFailed { frame, error } => self.stop(GuestFault::SwapIn {
+                gpa: self.gpa(frame),
+                error,
+            }),
+        }
+    }
+
+    pub(super) fn wake_or_stop(&self, page_addr: usize, gpa: u64) -> Resolution {
+        match self.uffd.wake(page_addr, PAGE_SIZE as usize) {
+            Ok(()) => Resolution::Served,
+            Err(e) => {
+                self.stop(GuestFault::Uffd(format!("wake at gpa {gpa:#x}: {e}")));
+                Resolution::Refused
+            }
+        }
+    }
+
+    /// Claims the holes of `window` that are neither resident nor in flight.
+    fn claim(&self, st: &mut State, window: Run) -> Vec<Claim> {
+        let mut claims = Vec::new();
+        for hole in st.resident.holes(window) {
+            let mut f = hole.start;
+            while f < hole.end() {
+                if let Some(busy) = st.inflight.containing(f) {
+                    f = busy.end();
+                    continue;
+                }
+                let next_busy = st.inflight.first_after(f).map_or(hole.end(), |b| b.start);
+                let run = Run {
+                    start: f,
+                    len: next_busy.min(hole.end()) - f,
+                };
+                claims.push(Claim {
+                    run,
+                    pieces: st.evicted.pieces(run),
+                });
+                f = run.end();
+            }
+        }
+        for c in &claims {
+            st.inflight.insert(c.run);
+        }
+        claims
+    }
+
+    /// The segments of a claim in frame order, each with its source.
+    fn segments(c: &Claim) -> Vec<(Run, Source)> {
+        let mut out = Vec::new();
+        let mut f = c.run.start;
+        for p in &c.pieces {
+            if p.frames.start > f {
+                out.push((
+                    Run {
+                        start: f,
+                        len: p.frames.start - f,
+                    },
+                    Source::Zero,
+                ));
+            }
+            out.push((p.frames, p.slot.map_or(Source::Zero, Source::Store)));
+            f = p.frames.end();
+        }
+        if f < c.run.end() {
+            out.push((
+                Run {
+                    start: f,
+                    len: c.run.end() - f,
+                },
+                Source::Zero,
+            ));
+        }
+        out
+    }
+
+    fn take_staging(&self) -> Result<AlignedBuf, String> {
+        if let Some(b) = self.staging.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            return Ok(b);
+        }
+        AlignedBuf::new((self.zero.pages * PAGE_SIZE) as usize).map_err(|e| e.to_string())
+    }
+
+    /// Copies content into claimed runs without the lock, settles them (what was copied becomes
+    /// resident and leaves the evicted map, the rest is released for someone else to claim),
+    /// and only then wakes the faulting threads, so the counts are exact whenever the guest
+    /// runs.
+    fn fill(&self, claims: &[Claim], who: Populator) -> Fill {
+        let mut outcome = Fill::Done;
+        let mut done: Vec<Run> = Vec::new();
+        let mut staging: Option<AlignedBuf> = None;
+        'claims: for c in claims {
+            for (seg, source) in Self::segments(c) {
+                let mut f = seg.start;
+                while f < seg.end() {
+                    let pages = (seg.end() - f).min(self.zero.pages);
+                    let dst = self.host_addr(f);
+                    #[cfg(feature = "fault-injection")]
+                    if let Some(errno) = self.inject.take(pages) {
+                        outcome = Fill::Failed(errno);
+                        break 'claims;
+                    }
+                    let src = match source {
+                        Source::Zero => self.zero.ptr(),
+                        Source::Store(slot) => {
+                            let buf = match staging.take().map_or_else(|| self.take_staging(), Ok) {
+                                Ok(b) => staging.insert(b),
+                                Err(error) => {
+                                    outcome = Fill::StoreFailed { frame: f, error };
+                                    break 'claims;
+                                }
+                            };
+                            let len = (pages * PAGE_SIZE) as usize;
+                            if let Err(e) = self
+                                .eviction
+                                .read(slot + (f - seg.start), &mut buf.as_mut_slice()[..len])
+                            {
+                                outcome = Fill::StoreFailed {
+                                    frame: f,
+                                    error: e.to_string(),
+                                };
+                                break 'claims;
+                            }
+                            buf.as_slice().as_ptr()
+                        }
+                    };
+                    let step = match self
+                        .uffd
+                        .copy(src, dst, (pages * PAGE_SIZE) as usize, false)
+                    {
+                        Ok(CopyOutcome::Copied(n)) if n >= PAGE_SIZE as usize => {
+                            n as u64 / PAGE_SIZE
+                        }
+                        Ok(CopyOutcome::AlreadyPopulated) => {
+                            match self.uffd.wake(dst, PAGE_SIZE as usize) {
+                                Ok(()) => 1,
+                                Err(_) => {
+                                    outcome = Fill::Failed(libc::EIO);
+                                    break 'claims;
+                                }
+                            }
+                        }
+                        Ok(CopyOutcome::Copied(_)) | Ok(CopyOutcome::Retry) => {
+                            outcome = Fill::Retry;
+                            break 'claims;
+                        }
+                        Err(crate::uffd::Error::Populate { errno, .. }) => {
+                            outcome = Fill::Failed(errno);
+                            break 'claims;
+                        }
+                        Err(_) => {
+                            outcome = Fill::Failed(libc::EIO);
+                            break 'claims;
+                        }
+                    };
+                    done.push(Run {
+                        start: f,
+                        len: step,
+                    });
+                    f += step;
+                }
+            }
+        }
+        if let Some(b) = staging {
+            self.staging
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(b);
+        }
+        let (populated, swapped_in, freed_slots) = self.settle(claims, &done);
+        self.settled.notify_all();
+        for r in &done {
+            if self
+                .uffd
+                .wake(self.host_addr(r.start), (r.len * PAGE_SIZE) as usize)
+                .is_err()
+            {
+                outcome = Fill::Failed(libc::EIO);
+            }
+        }
+        self.eviction.discard_slots(&freed_slots);
+        let counter = match who {
+            Populator::Fault => &self.counters.populated_pages,
+            Populator::Eager => &self.counters.populated_eager_pages,
+        };
+        counter.fetch_add(populated, Relaxed);
+        self.counters
+            .swapped_in_pages
+            .fetch_add(swapped_in, Relaxed);
+        outcome
+    }
+
+    /// Under the lock: claims leave the in-flight set; what was copied becomes resident (and
+    /// young), leaves the evicted map and frees its slots. Returns (populated, swapped in,
+    /// slots to discard).
+    fn settle(&self, claims: &[Claim], done: &[Run]) -> (u64, u64, Vec<Run>) {
+        let mut st = self.state();
+        for c in claims {
+            st.inflight.remove(c.run);
+        }
+        let mut swapped_in = 0;
+        let mut freed = Vec::new();
+        for r in done {
+            st.resident.set(*r);
+            for p in st.evicted.remove(*r) {
+                swapped_in += p.frames.len;
+                if let Some(s) = p.slot {
+                    let slots = Run {
+                        start: s,
+                        len: p.frames.len,
+                    };
+                    st.slots.free(slots);
+                    freed.push(slots);
+                }
+            }
+            for chunk in r.start / CHUNK_PAGES..=(r.end() - 1) / CHUNK_PAGES {
+                st.cold.touch(chunk);
+            }
+        }
+        (done.iter().map(|r| r.len).sum(), swapped_in, freed)
+    }
+}
