@@ -7,7 +7,9 @@
  *   5 rpc-batch        param rounds: each doorbell carries FREE(512 single-page extents) +
  *                      ALLOC(512 pages, up to 512 extents)
  *   6 doorbell-bare    param iterations: ring the doorbell with nothing posted
- *   7 shrink-memout    param MiB: ALLOC and touch param MiB, then time one FREE of all of it */
+ *   7 shrink-memout    param MiB: ALLOC and touch param MiB, then time one FREE of all of it
+ *   8 swap             param MiB: ALLOC and write param MiB; the host evicts it all (timed by
+ *                      the host); then read every page back (checkpoints 2..3) */
 #include "common.h"
 
 #define REGION_GPA 0x100000000ull /* memout VMM layout; the plain memslot sits there too */
@@ -129,6 +131,26 @@ int guest_main(void)
         int r = memout_free(&l);
         rt_checkpoint(2);
         CHECK(r == 0, 18, "free: %s\n", memout_status_name(r));
+        break;
+    }
+    case 8: {
+        init();
+        struct memout_extent_list l = {.capacity = 64, .ext = ext};
+        CHECK(memout_alloc(pages, &l) == 0, 19, "alloc\n");
+        for (uint32_t i = 0; i < l.count; i++)
+            touch(ext[i].gpa, ext[i].pages); /* page p holds p: page 0 of an extent is zero */
+        rt_checkpoint(1);
+        rt_out32(0x523, 0); /* evict everything */
+        rt_checkpoint(2);
+        uint64_t sum = 0;
+        for (uint32_t i = 0; i < l.count; i++)
+            for (uint64_t p = 0; p < ext[i].pages; p++)
+                sum += *(volatile uint64_t *)(uintptr_t)(ext[i].gpa + p * MEMOUT_PAGE_SIZE);
+        rt_checkpoint(3);
+        uint64_t want = 0;
+        for (uint32_t i = 0; i < l.count; i++)
+            want += ext[i].pages * (ext[i].pages - 1) / 2;
+        CHECK(sum == want, 20, "read back %lu, wanted %lu\n", sum, want);
         break;
     }
     default:

@@ -34,8 +34,9 @@ pub trait BackingStore: Send + Sync {
 
 static NEXT_FILE: AtomicU64 = AtomicU64::new(0);
 
-/// A backing file in a directory of the operator's choice: created 0600 with `O_EXCL`,
-/// unlinked when the store is dropped (the guest ends).
+/// A backing file in a directory of the operator's choice: created 0600 with `O_EXCL` and
+/// unlinked at once, so it lives exactly as long as the store (the guest) — even if the
+/// process is killed — and no other process can open it by name.
 #[derive(Debug)]
 pub struct FileStore {
     file: File,
@@ -84,7 +85,7 @@ impl FileStore {
         })
     }
 
-    /// The file's path.
+    /// The path the file was created at (already unlinked).
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -168,12 +169,6 @@ impl BackingStore for FileStore {
     }
 }
 
-impl Drop for FileStore {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,8 +187,9 @@ mod tests {
                 .unwrap()
                 .starts_with("memout-unit_test-")
         );
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
+        let meta = s.file.metadata().unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert!(!path.exists(), "the store is unlinked at creation");
         let mut w = AlignedBuf::new(8192).unwrap();
         w.as_mut_slice()
             .iter_mut()
@@ -207,6 +203,5 @@ mod tests {
         s.discard(3, 2).unwrap();
         assert!(s.write(s.capacity_slots(), w.as_slice()).is_err());
         drop(s);
-        assert!(!path.exists(), "store file left behind");
     }
 }

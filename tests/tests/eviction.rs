@@ -46,10 +46,21 @@ fn working_set_larger_than_budget_stays_correct() {
     // of at most a chunk, so resident stays within budget + one chunk.
     for c in &r.checkpoints {
         assert!(c.stats.resident_pages <= 8192 + 512, "{:?}", c.stats);
-        assert!(c.region_rss <= (32 << 20) + (2 << 20), "RSS {} at checkpoint {}", c.region_rss, c.id);
+        assert!(
+            c.region_rss <= (32 << 20) + (2 << 20),
+            "RSS {} at checkpoint {}",
+            c.region_rss,
+            c.id
+        );
     }
-    assert!(s.evictions_pages > 3 * 32768, "every pass should evict: {s:?}");
-    assert!(s.swapins_pages > 2 * 32768, "every pass should swap in: {s:?}");
+    assert!(
+        s.evictions_pages > 3 * 32768,
+        "every pass should evict: {s:?}"
+    );
+    assert!(
+        s.swapins_pages > 2 * 32768,
+        "every pass should swap in: {s:?}"
+    );
     assert_eq!(s.evict_errors, 0, "{s:?}");
     // Metadata stays small: one entry per evicted run.
     assert!(s.evicted_metadata_entries < 1024, "{s:?}");

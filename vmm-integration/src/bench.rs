@@ -20,6 +20,8 @@ pub struct BenchOpts {
     pub mib: Option<u64>,
     /// Measured rounds per side (after the warm-up).
     pub rounds: usize,
+    /// Directory for backing-store and baseline files (swap).
+    pub dir: std::path::PathBuf,
 }
 
 /// One measured quantity: its samples in `unit`.
@@ -404,4 +406,102 @@ pub fn shrink(o: &BenchOpts) -> Result<BenchResult, String> {
         ratios,
         extra,
     })
+}
+
+/// `swap`: evict N MiB (default 512) of a guest's memory to memout's store and fault it back
+/// in from the guest, vs O_DIRECT `pwrite`/`pread` of the same number of bytes in 2 MiB chunks
+/// to a file in the same directory.
+pub fn swap(o: &BenchOpts) -> Result<BenchResult, String> {
+    use memout_server::{BackingStore, Eviction, FileStore};
+    use std::sync::Arc;
+    let mib = o.mib.unwrap_or(512);
+    let server = Server::builder().build().map_err(|e| e.to_string())?;
+    let image = bench_image()?;
+    let names = [
+        "memout evict (out)",
+        "baseline O_DIRECT pwrite",
+        "memout fault-in (in)",
+        "baseline O_DIRECT pread",
+    ];
+    let mut series: Vec<Series> = names
+        .iter()
+        .map(|n| Series {
+            name: n.to_string(),
+            samples: Vec::new(),
+        })
+        .collect();
+    let bar = ProgressBar::new(((o.rounds + 1) * 2) as u64);
+    let chunk = 2usize << 20;
+    for round in 0..=o.rounds {
+        // memout
+        let store = FileStore::create(&o.dir, "bench", mib << 20).map_err(|e| e.to_string())?;
+        let mut c = cfg("swap-memout", 8, mib as u32, mib, Backing::Memout);
+        c.eviction = Eviction::Store(Arc::new(store));
+        let r = run_guest(&server, &image, &c).map_err(|e| e.to_string())?;
+        if !r.passed() {
+            return Err(format!(
+                "swap guest: {}\n{}",
+                r.outcome,
+                r.output.join("\n")
+            ));
+        }
+        let ev = r.evictions.first().ok_or("no eviction recorded")?;
+        let evicted = ev.result.clone().map_err(|e| e.to_string())?;
+        if evicted < (mib << 20) * 99 / 100 {
+            return Err(format!("evicted only {evicted} of {} bytes", mib << 20));
+        }
+        let out_ms = ev.took.as_secs_f64() * 1e3;
+        let in_ms = ms_between_checkpoints_at(&r, 2, 3).ok_or("no swap-in time")?;
+        bar.inc(1);
+        // baseline: the same bytes through the same filesystem, 2 MiB at a time
+        let file = FileStore::create(&o.dir, "baseline", mib << 20).map_err(|e| e.to_string())?;
+        let mut buf = memout_server::host_mem::AlignedBuf::new(chunk).map_err(|e| e.to_string())?;
+        buf.as_mut_slice()
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b = (i % 251) as u8 + 1);
+        let n = (mib << 20) as usize / chunk;
+        let t = std::time::Instant::now();
+        for i in 0..n {
+            file.write((i * chunk / 4096) as u64, buf.as_slice())
+                .map_err(|e| e.to_string())?;
+        }
+        let write_ms = t.elapsed().as_secs_f64() * 1e3;
+        let t = std::time::Instant::now();
+        for i in 0..n {
+            file.read((i * chunk / 4096) as u64, buf.as_mut_slice())
+                .map_err(|e| e.to_string())?;
+        }
+        let read_ms = t.elapsed().as_secs_f64() * 1e3;
+        bar.inc(1);
+        if round > 0 {
+            for (s, v) in series.iter_mut().zip([out_ms, write_ms, in_ms, read_ms]) {
+                s.samples.push(v);
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let ratios = vec![
+        ratio(&series, names[0], names[1], "swap-out", Some(1.43)),
+        ratio(&series, names[2], names[3], "swap-in", Some(2.0)),
+    ];
+    let mut extra = Map::new();
+    extra.insert("mib".into(), json!(mib));
+    extra.insert("dir".into(), json!(o.dir.display().to_string()));
+    let mbps = |s: &Series| mib as f64 / (s.median() / 1e3);
+    for s in &series {
+        extra.insert(format!("{} MiB/s", s.name), json!(mbps(s).round()));
+    }
+    Ok(BenchResult {
+        scenario: "swap",
+        unit: "ms",
+        rounds: o.rounds,
+        series,
+        ratios,
+        extra,
+    })
+}
+
+fn ms_between_checkpoints_at(r: &RunReport, a: u32, b: u32) -> Option<f64> {
+    r.between(a, b).map(|d| d.as_secs_f64() * 1e3)
 }

@@ -47,6 +47,15 @@ enum Cmd {
         /// Time limit in seconds.
         #[arg(long, default_value_t = 120)]
         timeout: u64,
+        /// Where evicted memory goes: none, store (memout's backing file) or kernel (swap).
+        #[arg(long, default_value = "none")]
+        eviction: String,
+        /// Directory for the backing store file (eviction=store).
+        #[arg(long, default_value = "/var/tmp")]
+        store_dir: std::path::PathBuf,
+        /// Resident budget (e.g. 128M): above it the server evicts cold memory.
+        #[arg(long, value_parser = cli_size::parse)]
+        budget: Option<u64>,
     },
     /// Measure memout against its baseline in the same run (populate, rpc, shrink).
     Bench {
@@ -61,9 +70,27 @@ enum Cmd {
         /// Print one JSON object as the last line of stdout.
         #[arg(long)]
         json: bool,
+        /// Directory for backing-store and baseline files (swap).
+        #[arg(long, default_value = "/var/tmp")]
+        dir: std::path::PathBuf,
     },
     /// List the built-in guest images.
     Guests,
+}
+
+fn eviction_of(
+    name: &str,
+    dir: &std::path::Path,
+    region: u64,
+) -> Result<memout_server::Eviction, String> {
+    match name {
+        "none" => Ok(memout_server::Eviction::None),
+        "kernel" => Ok(memout_server::Eviction::Kernel),
+        "store" => memout_server::FileStore::create(dir, "guest", region)
+            .map(|s| memout_server::Eviction::Store(std::sync::Arc::new(s)))
+            .map_err(|e| format!("cannot create a backing store in {}: {e}", dir.display())),
+        other => Err(format!("unknown eviction {other:?} (none, store, kernel)")),
+    }
 }
 
 fn parse_policy(s: &str) -> Result<PopulatePolicy, String> {
@@ -96,8 +123,13 @@ fn main() -> ExitCode {
             policy,
             arg,
             timeout,
+            eviction,
+            store_dir,
+            budget,
         } => load(&image).and_then(|img| {
             let cfg = RunConfig {
+                eviction: eviction_of(&eviction, &store_dir, region)?,
+                budget_bytes: budget,
                 name: "guest".into(),
                 region_size: region,
                 quota_bytes: quota,
@@ -120,7 +152,8 @@ fn main() -> ExitCode {
             mib,
             rounds,
             json,
-        } => bench(&scenario, mib, rounds, json),
+            dir,
+        } => bench(&scenario, mib, rounds, json, dir),
         Cmd::Guests => {
             for (name, bytes) in memout_vmm::images::ALL {
                 println!("{name:<12} {:>8} bytes", bytes.len());
@@ -152,7 +185,7 @@ fn mib(b: u64) -> f64 {
 fn print_stats(r: &RunReport) {
     let s = &r.stats;
     println!(
-        "host: {:.1} MiB allocated, {:.1} MiB resident (RSS {:.1} MiB), {} faults, {} pages populated, {:.1} MiB returned, {} violations, {:.1} ms",
+        "host: {:.1} MiB allocated, {:.1} MiB resident (RSS {:.1} MiB), {} faults, {} pages populated, {:.1} MiB returned, {} violations, {:.1} ms\n      eviction {}: {:.1} MiB evicted now, {:.1} MiB evicted in all, {:.1} MiB swapped in, swap-in p50 {} us p99 {} us, store {:.1} MiB on disk, {} errors{}",
         mib(s.allocated_pages * 4096),
         mib(s.resident_pages * 4096),
         mib(r.region_rss),
@@ -160,7 +193,19 @@ fn print_stats(r: &RunReport) {
         s.populated_pages,
         mib(s.bytes_returned),
         s.violations,
-        r.elapsed.as_secs_f64() * 1e3
+        r.elapsed.as_secs_f64() * 1e3,
+        s.eviction_mode,
+        mib(s.evicted_pages * 4096),
+        mib(s.evictions_pages * 4096),
+        mib(s.swapins_pages * 4096),
+        s.swapin_p50_ns / 1000,
+        s.swapin_p99_ns / 1000,
+        mib(s.store_bytes),
+        s.evict_errors,
+        s.last_evict_error
+            .as_ref()
+            .map(|e| format!(" (last: {e})"))
+            .unwrap_or_default()
     );
 }
 
@@ -232,7 +277,13 @@ fn demo(json: bool) -> Result<(), String> {
     }
 }
 
-fn bench(scenario: &str, mib: Option<u64>, rounds: usize, json: bool) -> Result<(), String> {
+fn bench(
+    scenario: &str,
+    mib: Option<u64>,
+    rounds: usize,
+    json: bool,
+    dir: std::path::PathBuf,
+) -> Result<(), String> {
     use memout_vmm::bench;
     if rounds == 0 || rounds > 1000 {
         return Err(format!("--rounds {rounds} is outside 1..=1000"));
@@ -245,16 +296,17 @@ fn bench(scenario: &str, mib: Option<u64>, rounds: usize, json: bool) -> Result<
         "populate" => bench::populate,
         "rpc" => bench::rpc,
         "shrink" => bench::shrink,
+        "swap" => bench::swap,
         other => {
             return Err(format!(
-                "unknown scenario {other:?} (populate, rpc, shrink)"
+                "unknown scenario {other:?} (populate, rpc, shrink, swap)"
             ));
         }
     };
     if !memout_vmm::vm::kvm_available() {
         return Err("SKIPPED: no /dev/kvm: benchmarks need KVM".into());
     }
-    let result = run(&bench::BenchOpts { mib, rounds })?;
+    let result = run(&bench::BenchOpts { mib, rounds, dir })?;
     if json {
         println!("{}", result.to_json());
     } else {

@@ -12,6 +12,9 @@ use memout_protocol::ring::PAGE_SIZE;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
+/// Chunks past a swap-in fault that are queued for background swap-in.
+const READ_AHEAD_CHUNKS: u64 = 1;
+
 /// Frames claimed by one populator, with the evicted pieces among them.
 pub(super) struct Claim {
     run: Run,
@@ -38,7 +41,7 @@ impl GuestCore {
         let frame = (addr.wrapping_sub(self.region.addr()) as u64) / PAGE_SIZE;
         let gpa = self.gpa(frame);
         let mut st = self.state();
-        let (claims, swap_in) = loop {
+        let (claims, swap_in, window) = loop {
             let Some(granted) = st.alloc.allocated_run(frame) else {
                 drop(st);
                 self.counters.violations.fetch_add(1, Relaxed);
@@ -58,16 +61,24 @@ impl GuestCore {
                 } else {
                     self.policy()
                 };
-                break (
-                    self.claim(&mut st, policy.fault_window(frame, granted)),
-                    swap_in,
-                );
+                let window = policy.fault_window(frame, granted);
+                // Sequential read-ahead: the next chunks of the same grant, if evicted too, are
+                // swapped in on an eager worker while the guest consumes this one.
+                let next = Run {
+                    start: window.end(),
+                    len: (READ_AHEAD_CHUNKS * CHUNK_PAGES).min(granted.end() - window.end()),
+                };
+                let ahead = swap_in && next.len > 0 && !st.evicted.pieces(next).is_empty();
+                break (self.claim(&mut st, window), swap_in, ahead.then_some(next));
             }
             // Someone is copying (or evicting) this frame; its wake-up releases the faulting
             // thread, but wait for it to settle in case it failed and the frame is missing.
             st = self.settled.wait(st).unwrap_or_else(|p| p.into_inner());
         };
         drop(st);
+        if let Some(next) = window {
+            self.eager.submit(&self.me, next);
+        }
         let outcome = self.fill(&claims, Populator::Fault);
         match outcome {
             Fill::Done => {
@@ -307,7 +318,7 @@ impl GuestCore {
                 .unwrap_or_else(|p| p.into_inner())
                 .push(b);
         }
-        let (populated, swapped_in, freed_slots) = self.settle(claims, &done);
+        let (populated, swapped_in) = self.settle(claims, &done);
         self.settled.notify_all();
         for r in &done {
             if self
@@ -318,7 +329,6 @@ impl GuestCore {
                 outcome = Fill::Failed(libc::EIO);
             }
         }
-        self.eviction.discard_slots(&freed_slots);
         let counter = match who {
             Populator::Fault => &self.counters.populated_pages,
             Populator::Eager => &self.counters.populated_eager_pages,
@@ -331,32 +341,30 @@ impl GuestCore {
     }
 
     /// Under the lock: claims leave the in-flight set; what was copied becomes resident (and
-    /// young), leaves the evicted map and frees its slots. Returns (populated, swapped in,
-    /// slots to discard).
-    fn settle(&self, claims: &[Claim], done: &[Run]) -> (u64, u64, Vec<Run>) {
+    /// young), leaves the evicted map and frees its slots for reuse (no hole is punched: that
+    /// would put a synchronous filesystem operation on every swap-in). Returns (populated,
+    /// swapped in).
+    fn settle(&self, claims: &[Claim], done: &[Run]) -> (u64, u64) {
         let mut st = self.state();
         for c in claims {
             st.inflight.remove(c.run);
         }
         let mut swapped_in = 0;
-        let mut freed = Vec::new();
         for r in done {
             st.resident.set(*r);
             for p in st.evicted.remove(*r) {
                 swapped_in += p.frames.len;
                 if let Some(s) = p.slot {
-                    let slots = Run {
+                    st.slots.free(Run {
                         start: s,
                         len: p.frames.len,
-                    };
-                    st.slots.free(slots);
-                    freed.push(slots);
+                    });
                 }
             }
             for chunk in r.start / CHUNK_PAGES..=(r.end() - 1) / CHUNK_PAGES {
                 st.cold.touch(chunk);
             }
         }
-        (done.iter().map(|r| r.len).sum(), swapped_in, freed)
+        (done.iter().map(|r| r.len).sum(), swapped_in)
     }
 }
