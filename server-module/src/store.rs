@@ -77,6 +77,7 @@ impl FileStore {
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (open(false)?, false),
             Err(e) => return Err(e),
         };
+        std::fs::remove_file(&path)?;
         Ok(Self {
             file,
             path,
