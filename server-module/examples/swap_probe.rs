@@ -1,13 +1,18 @@
 //! Measures evict and swap-in with host threads only (no KVM): how much of the swap cost is
 //! memout's own. Usage: cargo run --release --example swap_probe -p memout-server [MiB] [dir]
 use memout_protocol::ring::*;
-use memout_server::{ChannelConfig, Eviction, FileStore, GuestConfig, PopulatePolicy, RegionMemory, Server};
+use memout_server::{
+    ChannelConfig, Eviction, FileStore, GuestConfig, PopulatePolicy, RegionMemory, Server,
+};
 use std::sync::Arc;
 use std::time::Instant;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 fn main() {
-    let mib: u64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(512);
+    let mib: u64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(512);
     let dir = std::env::args().nth(2).unwrap_or_else(|| "/var/tmp".into());
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
     let store = FileStore::create(std::path::Path::new(&dir), "probe", mib << 20).unwrap();
@@ -22,7 +27,10 @@ fn main() {
             memory: RegionMemory::Allocate,
             eviction: Eviction::Store(Arc::new(store)),
             resident_budget_bytes: None,
-            channel: ChannelConfig { ring_gpa: 0x6000, ring_slots: 16 },
+            channel: ChannelConfig {
+                ring_gpa: 0x6000,
+                ring_slots: 16,
+            },
             shared: mem.clone(),
             on_fatal: None,
         })
@@ -30,11 +38,28 @@ fn main() {
     let submit = |slot: u64, d: Descriptor| {
         let gpa = 0x6000 + 64 + slot * 64;
         mem.write_slice(&d.to_bytes(), GuestAddress(gpa)).unwrap();
-        mem.write_slice(&(slot as u32 + 1).to_le_bytes(), GuestAddress(0x6008)).unwrap();
+        mem.write_slice(&(slot as u32 + 1).to_le_bytes(), GuestAddress(0x6008))
+            .unwrap();
         h.on_doorbell();
     };
-    submit(0, Descriptor { opcode: 1, arg0: ABI_VERSION as u64, ..Default::default() });
-    submit(1, Descriptor { opcode: 2, pages: mib * 256, nr_extents: 1, extents_gpa: 0x8000, ..Default::default() });
+    submit(
+        0,
+        Descriptor {
+            opcode: 1,
+            arg0: ABI_VERSION as u64,
+            ..Default::default()
+        },
+    );
+    submit(
+        1,
+        Descriptor {
+            opcode: 2,
+            pages: mib * 256,
+            nr_extents: 1,
+            extents_gpa: 0x8000,
+            ..Default::default()
+        },
+    );
     let base = h.region_host_addr();
     let pages = (mib * 256) as usize;
     let touch = |write: bool| {
@@ -44,7 +69,11 @@ fn main() {
             let a = (base + p * 4096) as *mut u64;
             // SAFETY: granted frames of the probe's region.
             unsafe {
-                if write { std::ptr::write_volatile(a, p as u64 + 1) } else { sum += std::ptr::read_volatile(a) }
+                if write {
+                    std::ptr::write_volatile(a, p as u64 + 1)
+                } else {
+                    sum += std::ptr::read_volatile(a)
+                }
             }
         }
         (t.elapsed(), sum)
@@ -56,6 +85,9 @@ fn main() {
     let (t_in, sum) = touch(false);
     assert_eq!(sum, (pages as u64) * (pages as u64 + 1) / 2);
     let s = h.stats();
-    println!("{mib} MiB: populate {t_pop:?}, evict {t_ev:?} ({n} bytes), swap-in {t_in:?} ({} faults, p50 {} us)",
-        s.faults, s.swapin_p50_ns / 1000);
+    println!(
+        "{mib} MiB: populate {t_pop:?}, evict {t_ev:?} ({n} bytes), swap-in {t_in:?} ({} faults, p50 {} us)",
+        s.faults,
+        s.swapin_p50_ns / 1000
+    );
 }

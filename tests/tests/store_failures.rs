@@ -48,7 +48,13 @@ impl BackingStore for FailingStore {
     }
 }
 
-fn run(arg: u32, budget_mib: Option<u64>, budget_slots: u64, errno: i32, fail_reads: bool) -> RunReport {
+fn run(
+    arg: u32,
+    budget_mib: Option<u64>,
+    budget_slots: u64,
+    errno: i32,
+    fail_reads: bool,
+) -> RunReport {
     let store = FailingStore {
         inner: FileStore::create(&std::env::temp_dir(), "failing", 1 << 30).unwrap(),
         write_budget: AtomicU64::new(budget_slots),
@@ -95,7 +101,13 @@ fn store_write_error_stops_eviction_and_keeps_data() {
     let s = &r.stats;
     assert_eq!(s.evicted_pages, 0, "{s:?}");
     assert_eq!(s.resident_pages, 32 * 256);
-    assert!(s.last_evict_error.as_deref().unwrap_or("").contains("Input/output error"), "{s:?}");
+    assert!(
+        s.last_evict_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("Input/output error"),
+        "{s:?}"
+    );
 }
 
 #[test]
@@ -107,12 +119,21 @@ fn store_read_error_stops_the_guest_naming_the_frame() {
     let r = run(16 | 1 << 16, None, u64::MAX, libc::EIO, true);
     match &r.outcome {
         Outcome::Stopped(GuestFault::SwapIn { gpa, error }) => {
-            assert!(*gpa >= REGION_GPA && *gpa < REGION_GPA + (16 << 20), "{gpa:#x}");
+            assert!(
+                *gpa >= REGION_GPA && *gpa < REGION_GPA + (16 << 20),
+                "{gpa:#x}"
+            );
             assert!(error.contains("Input/output error"), "{error}");
             let msg = r.outcome.to_string();
             assert!(msg.contains(&format!("{gpa:#x}")), "{msg}");
         }
-        other => panic!("expected a swap-in stop, got {other:?}\n{}", r.output.join("\n")),
+        other => panic!(
+            "expected a swap-in stop, got {other:?}\n{}",
+            r.output.join("\n")
+        ),
     }
-    assert!(!r.output.iter().any(|l| l.contains("verified")), "guest must not finish");
+    assert!(
+        !r.output.iter().any(|l| l.contains("verified")),
+        "guest must not finish"
+    );
 }

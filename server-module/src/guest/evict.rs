@@ -104,7 +104,8 @@ pub enum EvictError {
 /// True if the page is all zeroes; leaves at the first non-zero word, so a page with data
 /// costs a few loads and only a truly zero page is read in full.
 fn is_zero(page: &[u8]) -> bool {
-    page.chunks_exact(8).all(|w| u64::from_ne_bytes(w.try_into().expect("8 bytes")) == 0)
+    page.chunks_exact(8)
+        .all(|w| u64::from_ne_bytes(w.try_into().expect("8 bytes")) == 0)
 }
 
 impl GuestCore {
