@@ -161,14 +161,19 @@ impl GuestCore {
 
     /// Queues evicted frames for swap-in by the eager workers, up to the budget.
     pub fn prefetch(&self) {
-        let room = self
-            .budget
-            .load(Relaxed)
-            .saturating_sub(self.state().resident.count());
-        let pieces = self.state().evicted.pieces(Run {
-            start: 0,
-            len: self.state().alloc.frames(),
-        });
+        // One lock for both reads (the state mutex is not reentrant).
+        let (room, pieces) = {
+            let st = self.state();
+            let room = self
+                .budget
+                .load(Relaxed)
+                .saturating_sub(st.resident.count());
+            let all = Run {
+                start: 0,
+                len: st.alloc.frames(),
+            };
+            (room, st.evicted.pieces(all))
+        };
         let mut left = room;
         for p in pieces {
             if left == 0 {

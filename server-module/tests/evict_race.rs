@@ -1,0 +1,179 @@
+//! Eviction racing guest writes (host threads in place of vCPUs, real userfaultfd and a real
+//! store): every write lands, whatever the interleaving; raising the budget swaps memory back
+//! in the background.
+
+use memout_protocol::ring::*;
+use memout_server::{
+    ChannelConfig, Eviction, FileStore, GuestConfig, PopulatePolicy, RegionMemory, Server,
+};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::time::{Duration, Instant};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+const PAGES: usize = 4096;
+
+fn setup(server: &Server, mem: &GuestMemoryMmap) -> Option<memout_server::GuestHandle> {
+    let store = FileStore::create(&std::env::temp_dir(), "race", 64 << 20).unwrap();
+    let h = match server.add_guest(GuestConfig {
+        name: "race".into(),
+        region_gpa: 1 << 32,
+        region_size: 64 << 20,
+        quota_bytes: 64 << 20,
+        policy: PopulatePolicy::default(),
+        memory: RegionMemory::Allocate,
+        eviction: Eviction::Store(Arc::new(store)),
+        resident_budget_bytes: None,
+        channel: ChannelConfig {
+            ring_gpa: 0x6000,
+            ring_slots: 16,
+        },
+        shared: mem.clone(),
+        on_fatal: None,
+    }) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("SKIPPED: {e}");
+            return None;
+        }
+    };
+    let submit = |slot: u64, d: Descriptor| {
+        mem.write_slice(&d.to_bytes(), GuestAddress(0x6040 + slot * 64))
+            .unwrap();
+        mem.write_slice(&(slot as u32 + 1).to_le_bytes(), GuestAddress(0x6008))
+            .unwrap();
+        h.on_doorbell();
+        let mut b = [0u8; 64];
+        mem.read_slice(&mut b, GuestAddress(0x6040 + slot * 64))
+            .unwrap();
+        Descriptor::decode(&b)
+    };
+    assert_eq!(
+        submit(
+            0,
+            Descriptor {
+                opcode: 1,
+                arg0: ABI_VERSION as u64,
+                ..Default::default()
+            }
+        )
+        .status,
+        0
+    );
+    let a = submit(
+        1,
+        Descriptor {
+            opcode: 2,
+            pages: PAGES as u64,
+            nr_extents: 1,
+            extents_gpa: 0x8000,
+            ..Default::default()
+        },
+    );
+    assert_eq!((a.status, a.pages), (0, PAGES as u64));
+    Some(h)
+}
+
+fn page(base: usize, p: usize) -> *mut u64 {
+    (base + p * 4096) as *mut u64
+}
+
+#[test]
+fn writes_racing_eviction_are_never_lost() {
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    let server = Server::builder().build().unwrap();
+    let Some(h) = setup(&server, &mem) else {
+        return;
+    };
+    let base = h.region_host_addr();
+    let stop = AtomicBool::new(false);
+    let rounds = std::thread::scope(|s| {
+        let evictor = s.spawn(|| {
+            let mut n = 0u64;
+            while !stop.load(SeqCst) {
+                n += h.evict(u64::MAX / 2).unwrap();
+            }
+            n
+        });
+        let t0 = Instant::now();
+        let mut round = 0u64;
+        while t0.elapsed() < Duration::from_secs(2) || round < 3 {
+            round += 1;
+            for p in 0..PAGES {
+                // SAFETY: granted frames of the test guest; only this thread writes them.
+                unsafe {
+                    std::ptr::write_volatile(page(base, p), round << 32 | p as u64);
+                    std::ptr::write_volatile(page(base, p).add(511), !(round << 32 | p as u64));
+                }
+            }
+        }
+        stop.store(true, SeqCst);
+        let evicted = evictor.join().unwrap();
+        assert!(evicted > 0, "the evictor never got to run");
+        round
+    });
+    let mut wrong = 0;
+    for p in 0..PAGES {
+        let want = rounds << 32 | p as u64;
+        // SAFETY: as above.
+        let (a, b) = unsafe {
+            (
+                std::ptr::read_volatile(page(base, p)),
+                std::ptr::read_volatile(page(base, p).add(511)),
+            )
+        };
+        if a != want || b != !want {
+            wrong += 1;
+        }
+    }
+    let s = h.stats();
+    assert_eq!(wrong, 0, "{wrong} pages lost a write; {s:?}");
+    assert!(
+        s.evictions_pages > PAGES as u64 && s.swapins_pages > 0,
+        "{s:?}"
+    );
+    assert_eq!(s.evict_errors, 0, "{s:?}");
+}
+
+#[test]
+fn raising_the_budget_swaps_back_in_the_background() {
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    let server = Server::builder().build().unwrap();
+    let Some(h) = setup(&server, &mem) else {
+        return;
+    };
+    let base = h.region_host_addr();
+    for p in 0..PAGES {
+        // SAFETY: granted frames of the test guest.
+        unsafe { std::ptr::write_volatile(page(base, p), p as u64 + 7) };
+    }
+    h.set_budget(Some(4 << 20)).unwrap();
+    let s = h.stats();
+    assert!(
+        s.resident_pages <= 1024 && s.evicted_pages >= (PAGES - 1024) as u64,
+        "{s:?}"
+    );
+    h.set_budget(Some(64 << 20)).unwrap();
+    let t0 = Instant::now();
+    while h.stats().evicted_pages > 0 && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let s = h.stats();
+    assert_eq!(
+        s.evicted_pages, 0,
+        "prefetch did not bring everything back: {s:?}"
+    );
+    let faults_before = s.faults;
+    for p in 0..PAGES {
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe { std::ptr::read_volatile(page(base, p)) },
+            p as u64 + 7
+        );
+    }
+    assert_eq!(
+        h.stats().faults,
+        faults_before,
+        "memory should already be back"
+    );
+}
