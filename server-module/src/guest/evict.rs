@@ -144,6 +144,9 @@ impl GuestCore {
     }
 
     fn enforce_budget_now(&self) -> Result<(), EvictError> {
+        // Decide under the evict lock: a decision taken before waiting for it could be stale
+        // (the budget raised, or another evictor done) and evict memory for nothing.
+        let _one = self.evict_lock.lock().unwrap_or_else(|p| p.into_inner());
         let budget = self.budget.load(Relaxed);
         let resident = match self.eviction {
             Eviction::Kernel => {
@@ -153,7 +156,8 @@ impl GuestCore {
         };
         if resident > budget {
             // At least a chunk at a time, so a guest at its budget does not evict per fault.
-            self.evict((resident - budget).max(CHUNK_PAGES)).map(|_| ())
+            self.evict_locked((resident - budget).max(CHUNK_PAGES))
+                .map(|_| ())
         } else {
             Ok(())
         }
@@ -195,6 +199,11 @@ impl GuestCore {
     /// evicted; on an error, those evicted before it stay evicted and the rest stay resident.
     pub fn evict(&self, pages: u64) -> Result<u64, EvictError> {
         let _one = self.evict_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.evict_locked(pages)
+    }
+
+    /// [`evict`](Self::evict) with `evict_lock` held by the caller.
+    fn evict_locked(&self, pages: u64) -> Result<u64, EvictError> {
         let r = match &self.eviction {
             Eviction::None => Err(EvictError::NotConfigured),
             Eviction::Kernel => self.page_out_cold(pages),
