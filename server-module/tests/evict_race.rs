@@ -166,10 +166,8 @@ fn raising_the_budget_swaps_back_in_the_background() {
     let faults_before = s.faults;
     for p in 0..PAGES {
         // SAFETY: as above.
-        assert_eq!(
-            unsafe { std::ptr::read_volatile(page(base, p)) },
-            p as u64 + 7
-        );
+        let v = unsafe { std::ptr::read_volatile(page(base, p)) };
+        assert_eq!(v, p as u64 + 7);
     }
     assert_eq!(
         h.stats().faults,
