@@ -140,14 +140,6 @@ impl ExtentSet {
             .map(|&(l, s)| Run { start: s, len: l })
     }
 
-    /// The longest run (the lowest-addressed one on a tie is not guaranteed).
-    pub fn longest(&self) -> Option<Run> {
-        self.by_len
-            .iter()
-            .next_back()
-            .map(|&(l, s)| Run { start: s, len: l })
-    }
-
     /// The last run that starts before `frame` (for a frame outside the set: the run below it).
     pub fn last_before(&self, frame: u64) -> Option<Run> {
         self.by_start

@@ -44,23 +44,11 @@ pub fn parse_smaps(text: &str) -> Vec<Vma> {
         } else if let Some(v) = line.strip_prefix("Rss:")
             && let Some(vma) = out.last_mut()
         {
-            vma.rss = v
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<u64>()
-                .unwrap_or(0)
-                * 1024;
+            vma.rss = bytes_of_kb(v);
         } else if let Some(v) = line.strip_prefix("Swap:")
             && let Some(vma) = out.last_mut()
         {
-            vma.swap = v
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<u64>()
-                .unwrap_or(0)
-                * 1024;
+            vma.swap = bytes_of_kb(v);
         } else if let Some(v) = line.strip_prefix("VmFlags:")
             && let Some(vma) = out.last_mut()
         {
@@ -68,6 +56,16 @@ pub fn parse_smaps(text: &str) -> Vec<Vma> {
         }
     }
     out
+}
+
+/// `"   123 kB"` → bytes (0 if unreadable).
+fn bytes_of_kb(v: &str) -> u64 {
+    v.trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<u64>()
+        .unwrap_or(0)
+        * 1024
 }
 
 /// The mappings of this process.

@@ -488,6 +488,8 @@ pub fn swap(o: &BenchOpts) -> Result<BenchResult, String> {
     let mut extra = Map::new();
     extra.insert("mib".into(), json!(mib));
     extra.insert("dir".into(), json!(o.dir.display().to_string()));
+    let probe = FileStore::create(&o.dir, "probe", 1 << 20).map_err(|e| e.to_string())?;
+    extra.insert("store_o_direct".into(), json!(probe.direct()));
     let mbps = |s: &Series| mib as f64 / (s.median() / 1e3);
     for s in &series {
         extra.insert(format!("{} MiB/s", s.name), json!(mbps(s).round()));
