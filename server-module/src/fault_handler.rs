@@ -28,7 +28,14 @@ fn run(core: &GuestCore, stop: &EventFd) {
                 PollFd::new(core.uffd().as_fd(), PollFlags::POLLIN),
                 PollFd::new(stop.as_fd(), PollFlags::POLLIN),
             ];
-            match poll(&mut fds, PollTimeout::NONE) {
+            // Kernel-mode budgets need a clock: the kernel swaps pages back in without a fault
+            // memout could see, so the region's real RSS is checked every 50 ms.
+            let timeout = if core.needs_budget_tick() {
+                PollTimeout::from(50u16)
+            } else {
+                PollTimeout::NONE
+            };
+            match poll(&mut fds, timeout) {
                 Ok(_) => {}
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
@@ -43,6 +50,9 @@ fn run(core: &GuestCore, stop: &EventFd) {
             return;
         }
         if !uffd_ready {
+            if core.needs_budget_tick() {
+                core.budget_tick();
+            }
             continue;
         }
         // Read everything pending, then serve; a Retry means REMOVE events are pending, so go

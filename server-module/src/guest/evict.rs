@@ -143,6 +143,16 @@ impl GuestCore {
         let _ = self.enforce_budget_now();
     }
 
+    /// True if the budget must be checked on a clock (kernel mode with a budget).
+    pub(crate) fn needs_budget_tick(&self) -> bool {
+        matches!(self.eviction, Eviction::Kernel) && self.budget.load(Relaxed) != u64::MAX
+    }
+
+    /// The periodic check of [`needs_budget_tick`](Self::needs_budget_tick).
+    pub(crate) fn budget_tick(&self) {
+        let _ = self.enforce_budget_now();
+    }
+
     fn enforce_budget_now(&self) -> Result<(), EvictError> {
         // Decide under the evict lock: a decision taken before waiting for it could be stale
         // (the budget raised, or another evictor done) and evict memory for nothing.
