@@ -84,6 +84,13 @@ fn kernel_mode_pages_out_and_stays_correct() {
     // The kernel swaps pages back in behind memout's back; the budget is re-checked every
     // 50 ms against the real RSS, so it holds loosely: well under the 128 MiB working set.
     let end = r.checkpoints.iter().find(|c| c.id == 3).unwrap();
-    eprintln!("kernel mode: RSS {} MiB at the end (budget 32 MiB)", end.region_rss >> 20);
-    assert!(end.region_rss <= 96 << 20, "RSS {} at the end", end.region_rss);
+    eprintln!(
+        "kernel mode: RSS {} MiB at the end (budget 32 MiB)",
+        end.region_rss >> 20
+    );
+    assert!(
+        end.region_rss <= 96 << 20,
+        "RSS {} at the end",
+        end.region_rss
+    );
 }
