@@ -27,10 +27,19 @@ fn store(dir: &std::path::Path) -> Eviction {
     Eviction::Store(Arc::new(FileStore::create(dir, "test", 1 << 30).unwrap()))
 }
 
-fn scratch_dir(tag: &str) -> std::path::PathBuf {
+/// A scratch directory removed when the test ends, pass or fail.
+struct Scratch(std::path::PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn scratch_dir(tag: &str) -> Scratch {
     let d = std::env::temp_dir().join(format!("memout-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
-    d
+    Scratch(d)
 }
 
 #[test]
@@ -39,7 +48,7 @@ fn working_set_larger_than_budget_stays_correct() {
         return;
     }
     let dir = scratch_dir("budget");
-    let r = swapper(128, Some(32), store(&dir));
+    let r = swapper(128, Some(32), store(&dir.0));
     assert!(r.passed(), "{}\n{}", r.outcome, r.output.join("\n"));
     let s = &r.stats;
     // Budget 32 MiB = 8192 pages; enforcement evicts at least a chunk at a time after a populate
@@ -64,7 +73,6 @@ fn working_set_larger_than_budget_stays_correct() {
     assert_eq!(s.evict_errors, 0, "{s:?}");
     // Metadata stays small: one entry per evicted run.
     assert!(s.evicted_metadata_entries < 1024, "{s:?}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -73,7 +81,7 @@ fn evicting_everything_then_reading_it_back() {
         return;
     }
     let dir = scratch_dir("all");
-    let r = swapper(64 | 1 << 16, None, store(&dir));
+    let r = swapper(64 | 1 << 16, None, store(&dir.0));
     assert!(r.passed(), "{}\n{}", r.outcome, r.output.join("\n"));
     assert_eq!(r.evictions.len(), 1);
     let evicted = r.evictions[0].result.clone().unwrap();
@@ -86,6 +94,5 @@ fn evicting_everything_then_reading_it_back() {
     assert_eq!(r.stats.evicted_pages, 0, "all swapped back in by the end");
     assert_eq!(r.stats.swapins_pages, 16384);
     // The store file is gone with the guest.
-    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
-    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(std::fs::read_dir(&dir.0).unwrap().count(), 0);
 }
