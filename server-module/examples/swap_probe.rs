@@ -1,12 +1,12 @@
 //! Measures evict and swap-in with host threads only (no KVM): how much of the swap cost is
 //! memout's own. Usage: cargo run --release --example swap_probe -p memout-server [MiB] [dir]
-use memout_protocol::ring::*;
+use memout_server::ring_driver::RingDriver;
 use memout_server::{
     ChannelConfig, Eviction, FileStore, GuestConfig, PopulatePolicy, RegionMemory, Server,
 };
 use std::sync::Arc;
 use std::time::Instant;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 fn main() {
     let mib: u64 = std::env::args()
@@ -35,31 +35,9 @@ fn main() {
             on_fatal: None,
         })
         .unwrap();
-    let submit = |slot: u64, d: Descriptor| {
-        let gpa = 0x6000 + 64 + slot * 64;
-        mem.write_slice(&d.to_bytes(), GuestAddress(gpa)).unwrap();
-        mem.write_slice(&(slot as u32 + 1).to_le_bytes(), GuestAddress(0x6008))
-            .unwrap();
-        h.on_doorbell();
-    };
-    submit(
-        0,
-        Descriptor {
-            opcode: 1,
-            arg0: ABI_VERSION as u64,
-            ..Default::default()
-        },
-    );
-    submit(
-        1,
-        Descriptor {
-            opcode: 2,
-            pages: mib * 256,
-            nr_extents: 1,
-            extents_gpa: 0x8000,
-            ..Default::default()
-        },
-    );
+    let mut ring = RingDriver::new(mem.clone(), 0x6000, 16);
+    assert_eq!(ring.hello(&h).status, 0);
+    assert_eq!(ring.alloc(&h, mib * 256, 0x8000, 1).status, 0);
     let base = h.region_host_addr();
     let pages = (mib * 256) as usize;
     let touch = |write: bool| {

@@ -35,6 +35,7 @@ pub mod log_limit;
 pub mod populate;
 pub mod procfs;
 pub mod resident;
+pub mod ring_driver;
 pub mod rpc;
 pub mod server;
 pub mod slots;

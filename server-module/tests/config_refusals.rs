@@ -188,13 +188,25 @@ fn refuses_locked_shared_or_unmapped_memory() {
         },
         "shared",
     );
-    let small = Map::new(4 << 20, libc::MAP_PRIVATE);
+    // 64 MiB reserved, only the first 4 MiB usable: the region would run into memory that is
+    // not read-write. (Whatever lies past a bare 4 MiB mapping depends on what other threads
+    // mapped; "not mapped" is covered by the smaps unit test.)
+    let small = Map::new(64 << 20, libc::MAP_PRIVATE);
+    // SAFETY: changing the protection of our own mapping's tail, which nothing uses.
+    let r = unsafe {
+        libc::mprotect(
+            (small.0 + (4 << 20)) as *mut libc::c_void,
+            60 << 20,
+            libc::PROT_NONE,
+        )
+    };
+    assert_eq!(r, 0);
     refused(
         GuestConfig {
             memory: existing(&small, 0),
             ..base()
         },
-        "not mapped",
+        "not readable and writable",
     );
     refused(
         GuestConfig {

@@ -2,14 +2,14 @@
 //! store): every write lands, whatever the interleaving; raising the budget swaps memory back
 //! in the background.
 
-use memout_protocol::ring::*;
+use memout_server::ring_driver::RingDriver;
 use memout_server::{
     ChannelConfig, Eviction, FileStore, GuestConfig, PopulatePolicy, RegionMemory, Server,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::time::{Duration, Instant};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 const PAGES: usize = 4096;
 
@@ -37,39 +37,9 @@ fn setup(server: &Server, mem: &GuestMemoryMmap) -> Option<memout_server::GuestH
             return None;
         }
     };
-    let submit = |slot: u64, d: Descriptor| {
-        mem.write_slice(&d.to_bytes(), GuestAddress(0x6040 + slot * 64))
-            .unwrap();
-        mem.write_slice(&(slot as u32 + 1).to_le_bytes(), GuestAddress(0x6008))
-            .unwrap();
-        h.on_doorbell();
-        let mut b = [0u8; 64];
-        mem.read_slice(&mut b, GuestAddress(0x6040 + slot * 64))
-            .unwrap();
-        Descriptor::decode(&b)
-    };
-    assert_eq!(
-        submit(
-            0,
-            Descriptor {
-                opcode: 1,
-                arg0: ABI_VERSION as u64,
-                ..Default::default()
-            }
-        )
-        .status,
-        0
-    );
-    let a = submit(
-        1,
-        Descriptor {
-            opcode: 2,
-            pages: PAGES as u64,
-            nr_extents: 1,
-            extents_gpa: 0x8000,
-            ..Default::default()
-        },
-    );
+    let mut ring = RingDriver::new(mem.clone(), 0x6000, 16);
+    assert_eq!(ring.hello(&h).status, 0);
+    let a = ring.alloc(&h, PAGES as u64, 0x8000, 1);
     assert_eq!((a.status, a.pages), (0, PAGES as u64));
     Some(h)
 }

@@ -3,6 +3,7 @@
 //! through its host mapping (faults arrive on the uffd like KVM's do).
 
 use memout_protocol::ring::*;
+use memout_server::ring_driver::RingDriver;
 use memout_server::{ChannelConfig, GuestConfig, PopulatePolicy, Server};
 use std::sync::mpsc;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -65,28 +66,6 @@ fn peek(addr: usize) -> u64 {
     unsafe { std::ptr::read_volatile(addr as *const u64) }
 }
 
-struct Driver {
-    mem: GuestMemoryMmap,
-    prod: u32,
-}
-
-impl Driver {
-    fn submit(&mut self, h: &memout_server::GuestHandle, d: Descriptor) -> Descriptor {
-        let slot = RING + RingHeader::SIZE as u64 + (self.prod % 16) as u64 * 64;
-        self.mem
-            .write_slice(&d.to_bytes(), GuestAddress(slot))
-            .unwrap();
-        self.prod += 1;
-        self.mem
-            .write_slice(&self.prod.to_le_bytes(), GuestAddress(RING + 8))
-            .unwrap();
-        h.on_doorbell();
-        let mut b = [0u8; 64];
-        self.mem.read_slice(&mut b, GuestAddress(slot)).unwrap();
-        Descriptor::decode(&b)
-    }
-}
-
 #[test]
 fn alloc_touch_free_returns_memory() {
     if !uffd_available() {
@@ -97,10 +76,7 @@ fn alloc_touch_free_returns_memory() {
     let h = server
         .add_guest(config(mem.clone(), 32 << 20, None))
         .unwrap();
-    let mut drv = Driver {
-        mem: mem.clone(),
-        prod: 0,
-    };
+    let mut drv = RingDriver::new(mem.clone(), RING, 16);
     let no_hello = drv.submit(
         &h,
         Descriptor {

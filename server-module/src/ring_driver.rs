@@ -1,0 +1,82 @@
+//! Driving a guest's request ring from the host, as the C driver would from inside the guest:
+//! for tests, probes and tools that exercise a server without a VM.
+
+use crate::server::GuestHandle;
+use memout_protocol::ring::{ABI_VERSION, Descriptor, Opcode, RING_REQ_PROD_OFFSET, RingHeader};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+/// Posts descriptors into a ring in `mem` and rings the handle's doorbell.
+pub struct RingDriver {
+    mem: GuestMemoryMmap,
+    ring_gpa: u64,
+    slots: u32,
+    prod: u32,
+}
+
+impl RingDriver {
+    /// A driver for the ring of `slots` slots at `ring_gpa` in `mem`.
+    pub fn new(mem: GuestMemoryMmap, ring_gpa: u64, slots: u32) -> Self {
+        Self {
+            mem,
+            ring_gpa,
+            slots,
+            prod: 0,
+        }
+    }
+
+    /// Posts one descriptor, rings the doorbell and returns the slot as the host left it.
+    ///
+    /// # Panics
+    /// If the ring is not in `mem` (a test set-up error).
+    pub fn submit(&mut self, h: &GuestHandle, d: Descriptor) -> Descriptor {
+        let slot = self.ring_gpa
+            + RingHeader::SIZE as u64
+            + (self.prod % self.slots) as u64 * Descriptor::SIZE as u64;
+        self.mem
+            .write_slice(&d.to_bytes(), GuestAddress(slot))
+            .expect("ring in memory");
+        self.prod = self.prod.wrapping_add(1);
+        let prod_gpa = self.ring_gpa + RING_REQ_PROD_OFFSET as u64;
+        self.mem
+            .write_slice(&self.prod.to_le_bytes(), GuestAddress(prod_gpa))
+            .expect("ring in memory");
+        h.on_doorbell();
+        let mut b = [0u8; Descriptor::SIZE];
+        self.mem
+            .read_slice(&mut b, GuestAddress(slot))
+            .expect("ring in memory");
+        Descriptor::decode(&b)
+    }
+
+    /// HELLO with this crate's ABI version.
+    pub fn hello(&mut self, h: &GuestHandle) -> Descriptor {
+        self.submit(
+            h,
+            Descriptor {
+                opcode: Opcode::Hello as u16,
+                arg0: ABI_VERSION as u64,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// ALLOC of `pages` into an extent list of `capacity` at `list_gpa`.
+    pub fn alloc(
+        &mut self,
+        h: &GuestHandle,
+        pages: u64,
+        list_gpa: u64,
+        capacity: u32,
+    ) -> Descriptor {
+        self.submit(
+            h,
+            Descriptor {
+                opcode: Opcode::Alloc as u16,
+                pages,
+                nr_extents: capacity,
+                extents_gpa: list_gpa,
+                ..Default::default()
+            },
+        )
+    }
+}
