@@ -4,13 +4,16 @@
 //!
 //! ```text
 //!  guest (C driver) ──ring + doorbell──▶ memout-server ◀──control socket── memoutctl
-//!                     └─ this crate: [`ring`] ─┘          └─ this crate (later) ─┘
+//!                     └─ this crate: [`ring`] ─┘          └─ this crate: [`control`] ─┘
 //! ```
 //!
 //! [`ring`] is the guest↔host ABI: a fixed info page, a request ring of 64-byte descriptors in
 //! guest memory, a doorbell I/O port, opcodes and status codes. Every structure is `repr(C)`,
 //! little-endian, mirrored in `guest-driver-c/include/memout_abi.h`, and checked against that
 //! header by a test that compiles it with gcc.
+//!
+//! [`control`] is the operators' protocol: requests and responses framed by [`codec`]
+//! (length-prefixed bincode 2, with a version handshake and a maximum frame size).
 //!
 //! ```
 //! use memout_protocol::ring::{Descriptor, Opcode};
@@ -20,4 +23,6 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod codec;
+pub mod control;
 pub mod ring;

@@ -31,7 +31,8 @@ pub const INFO_MAGIC: u64 = u64::from_le_bytes(*b"MEMOUTI\0");
 /// Magic of the ring header: `"MRNG"` read as a little-endian `u32`.
 pub const RING_MAGIC: u32 = u32::from_le_bytes(*b"MRNG");
 
-/// Feature bit: the host posts host→guest messages in the ring header (reserved, not yet used).
+/// Feature bit: the host posts host→guest messages in the ring header (`quota_pages` and
+/// `release_pages` changed; `host_msg_prod` counts the posts).
 pub const FEATURE_HOST_MESSAGES: u32 = 1 << 0;
 /// Feature bit: an exit-free fast path page exists at `InfoPage::fastpath_gpa` (reserved).
 pub const FEATURE_FASTPATH: u32 = 1 << 1;
@@ -85,14 +86,18 @@ pub struct RingHeader {
     pub rsp_prod: u32,
     /// Host: ring-level status of the last doorbell ([`Status`] as `u32`).
     pub ring_status: u32,
-    /// Host: free-running count of host→guest messages posted (reserved).
+    /// Host: free-running count of host→guest messages posted. The host bumps it after it
+    /// changed `quota_pages` or `release_pages` outside a doorbell.
     pub host_msg_prod: u32,
-    /// Guest: free-running count of host→guest messages consumed (reserved).
+    /// Guest: the `host_msg_prod` value the guest has handled.
     pub host_msg_cons: u32,
-    /// Host: the guest's current quota in pages (updated on every doorbell).
+    /// Host: the guest's current quota (requested size) in pages.
     pub quota_pages: u64,
+    /// Host: pages the host asks the guest to free now (0: none). A state, not a count of
+    /// messages: the host lowers it as the guest frees.
+    pub release_pages: u64,
     /// Reserved, zero.
-    pub reserved: [u64; 3],
+    pub reserved: [u64; 2],
 }
 
 /// One request and, after the doorbell, its response. 64 bytes, one cache line.
@@ -291,7 +296,8 @@ le_codec!(RingHeader {
     host_msg_prod: u32,
     host_msg_cons: u32,
     quota_pages: u64,
-    reserved: [u64; 3],
+    release_pages: u64,
+    reserved: [u64; 2],
 });
 le_codec!(Descriptor {
     opcode: u16,
@@ -346,6 +352,12 @@ pub const RING_REQ_PROD_OFFSET: usize = offset_of!(RingHeader, req_prod);
 pub const RING_HOST_INDICES_OFFSET: usize = offset_of!(RingHeader, req_cons);
 /// Offset of `quota_pages` in [`RingHeader`].
 pub const RING_QUOTA_OFFSET: usize = offset_of!(RingHeader, quota_pages);
+/// Offset of `release_pages` in [`RingHeader`].
+pub const RING_RELEASE_OFFSET: usize = offset_of!(RingHeader, release_pages);
+/// Offset of `host_msg_prod` in [`RingHeader`].
+pub const RING_HOST_MSG_PROD_OFFSET: usize = offset_of!(RingHeader, host_msg_prod);
+/// Offset of `host_msg_cons` in [`RingHeader`].
+pub const RING_HOST_MSG_CONS_OFFSET: usize = offset_of!(RingHeader, host_msg_cons);
 
 // Compile-time layout guards; the C header is checked against the same numbers by a test.
 const _: () = {
@@ -356,6 +368,8 @@ const _: () = {
     assert!(size_of::<RingHeader>() == 64);
     assert!(offset_of!(RingHeader, req_prod) == 8);
     assert!(offset_of!(RingHeader, quota_pages) == 32);
+    assert!(offset_of!(RingHeader, release_pages) == 40);
+    assert!(offset_of!(RingHeader, host_msg_prod) == 24);
     assert!(size_of::<Descriptor>() == 64);
     assert!(offset_of!(Descriptor, status) == 8);
     assert!(offset_of!(Descriptor, pages) == 16);

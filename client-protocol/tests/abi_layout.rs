@@ -44,6 +44,7 @@ fn expectations() -> Vec<(&'static str, u64)> {
         off!("memout_ring_header", RingHeader, host_msg_prod),
         off!("memout_ring_header", RingHeader, host_msg_cons),
         off!("memout_ring_header", RingHeader, quota_pages),
+        off!("memout_ring_header", RingHeader, release_pages),
         off!("memout_ring_header", RingHeader, reserved),
         ("sizeof(struct memout_desc)", size_of::<Descriptor>() as u64),
         off!("memout_desc", Descriptor, opcode),

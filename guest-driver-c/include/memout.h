@@ -29,6 +29,35 @@ int memout_stats(struct memout_stats *out);
 int memout_submit(struct memout_desc *descs, uint32_t n);
 /* The ring header (for tests that exercise the ABI directly). */
 volatile struct memout_ring_header *memout_ring(void);
+/* ---- Host→guest messages (resize) ----------------------------------------------------
+ * The host changes the guest's limit (quota) and asks it to release frames by writing the
+ * ring header and bumping host_msg_prod. There is no interrupt: the guest calls memout_poll()
+ * from its main loop (it reads shared memory only; no VM exit unless it frees frames). */
+
+/* The owner's release callback: free up to `pages` frames with memout_free and return how
+ * many were freed (0 if the owner cannot give any back now). */
+typedef uint64_t (*memout_release_fn)(uint64_t pages, void *ctx);
+/* Installs the owner's release callback (NULL: the owner never releases). */
+void memout_on_release(memout_release_fn fn, void *ctx);
+/* Handles pending host messages: a release request is answered from the driver's pool first,
+ * then by the owner's callback. Returns 1 if a message was handled, 0 if none was pending. */
+int memout_poll(void);
+/* The guest's current limit (requested size) in pages. */
+uint64_t memout_limit_pages(void);
+/* Pages the host is asking the guest to release now (0: none). */
+uint64_t memout_release_wanted(void);
+
+/* ---- The driver's pool: frames the guest holds but does not use ----------------------
+ * Like a guest kernel's free list over memory it got from the host: memout_pool_put keeps an
+ * extent for later without a doorbell; memout_pool_take hands pool frames out again; a release
+ * request is answered from the pool before the owner is asked. */
+/* Keeps `e` in the pool; if the pool is full, frees it to the host instead. */
+int memout_pool_put(const struct memout_extent *e);
+/* Takes up to `pages` frames (one extent) from the pool into *out; returns the pages taken. */
+uint64_t memout_pool_take(uint64_t pages, struct memout_extent *out);
+/* Frames in the pool. */
+uint64_t memout_pool_pages(void);
+
 /* Human-readable name of a status code. */
 const char *memout_status_name(int status);
 

@@ -67,10 +67,11 @@ struct memout_ring_header {
     uint32_t req_cons;      /* host */
     uint32_t rsp_prod;      /* host */
     uint32_t ring_status;   /* host */
-    uint32_t host_msg_prod; /* host (reserved) */
-    uint32_t host_msg_cons; /* guest (reserved) */
-    uint64_t quota_pages;   /* host */
-    uint64_t reserved[3];
+    uint32_t host_msg_prod; /* host: bumped after quota_pages/release_pages change */
+    uint32_t host_msg_cons; /* guest: the host_msg_prod value it has handled */
+    uint64_t quota_pages;   /* host: current quota (requested size) in pages */
+    uint64_t release_pages; /* host: pages it asks the guest to free now (0: none) */
+    uint64_t reserved[2];
 };
 
 struct memout_desc {

@@ -101,6 +101,100 @@ int memout_stats(struct memout_stats *out)
     return call(&d);
 }
 
+/* ---- Host→guest messages and the pool ---- */
+
+#define POOL_MAX 256
+static struct memout_extent pool[POOL_MAX];
+static uint32_t pool_n;
+static uint64_t pool_total;
+static memout_release_fn release_fn;
+static void *release_ctx;
+
+void memout_on_release(memout_release_fn fn, void *ctx)
+{
+    release_fn = fn;
+    release_ctx = ctx;
+}
+
+uint64_t memout_limit_pages(void) { return ring ? ring->quota_pages : 0; }
+uint64_t memout_release_wanted(void) { return ring ? ring->release_pages : 0; }
+uint64_t memout_pool_pages(void) { return pool_total; }
+
+static int free_one(struct memout_extent e)
+{
+    struct memout_extent_list l = {.count = 1, .capacity = 1, .ext = &e};
+    return memout_free(&l);
+}
+
+int memout_pool_put(const struct memout_extent *e)
+{
+    if (pool_n == POOL_MAX)
+        return free_one(*e);
+    pool[pool_n++] = *e;
+    pool_total += e->pages;
+    return 0;
+}
+
+uint64_t memout_pool_take(uint64_t pages, struct memout_extent *out)
+{
+    if (pool_n == 0 || pages == 0)
+        return 0;
+    struct memout_extent *last = &pool[pool_n - 1];
+    uint64_t n = last->pages < pages ? last->pages : pages;
+    out->gpa = last->gpa + (last->pages - n) * MEMOUT_PAGE_SIZE;
+    out->pages = n;
+    last->pages -= n;
+    if (last->pages == 0)
+        pool_n--;
+    pool_total -= n;
+    return n;
+}
+
+/* Frees up to `want` pool frames to the host in one doorbell; returns the pages freed. */
+static uint64_t pool_release(uint64_t want)
+{
+    struct memout_extent batch[32];
+    uint32_t n = 0;
+    uint64_t got = 0;
+    while (got < want && n < 32) {
+        uint64_t t = memout_pool_take(want - got, &batch[n]);
+        if (t == 0)
+            break;
+        got += t;
+        n++;
+    }
+    if (n == 0)
+        return 0;
+    struct memout_extent_list l = {.count = n, .capacity = n, .ext = batch};
+    if (memout_free(&l) != 0) {
+        for (uint32_t i = 0; i < n; i++) /* keep them: nothing is lost */
+            memout_pool_put(&batch[i]);
+        return 0;
+    }
+    return got;
+}
+
+int memout_poll(void)
+{
+    if (!ring || !(info->features & MEMOUT_FEATURE_HOST_MESSAGES))
+        return 0;
+    uint32_t p = ring->host_msg_prod;
+    if (p == ring->host_msg_cons)
+        return 0;
+    __atomic_thread_fence(__ATOMIC_ACQUIRE); /* fields written before host_msg_prod */
+    uint64_t want;
+    /* Every FREE is a doorbell, after which the host has rewritten release_pages. */
+    while ((want = ring->release_pages) > 0) {
+        uint64_t got = pool_release(want);
+        if (got == 0 && release_fn)
+            got = release_fn(want, release_ctx);
+        if (got == 0)
+            break;
+    }
+    ring->host_msg_cons = p;
+    return 1;
+}
+
 const char *memout_status_name(int s)
 {
     static const char *names[] = {"ok", "bad-opcode", "invalid", "bad-pointer", "quota",

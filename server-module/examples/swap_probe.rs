@@ -27,6 +27,7 @@ fn main() {
             memory: RegionMemory::Allocate,
             eviction: Eviction::Store(Arc::new(store)),
             resident_budget_bytes: None,
+            min_bytes: 0,
             channel: ChannelConfig {
                 ring_gpa: 0x6000,
                 ring_slots: 16,

@@ -22,6 +22,7 @@
 #![deny(missing_docs)]
 
 pub mod cold;
+pub mod control;
 pub mod eager;
 pub mod evicted;
 pub mod extents;
@@ -32,6 +33,7 @@ pub mod host_mem;
 #[cfg(feature = "fault-injection")]
 pub mod inject;
 pub mod log_limit;
+mod mailbox;
 pub mod populate;
 pub mod procfs;
 pub mod resident;
@@ -43,7 +45,7 @@ pub mod stats;
 pub mod store;
 pub mod uffd;
 
-pub use guest::{EvictError, Eviction, FatalNotifier, GuestFault};
+pub use guest::{EvictError, Eviction, FatalNotifier, GuestFault, ResizeError, ResizeOptions};
 pub use populate::PopulatePolicy;
 pub use server::{ChannelConfig, GuestConfig, GuestHandle, RegionMemory, Server, ServerBuilder};
 pub use stats::GuestStatsSnapshot;

@@ -10,7 +10,7 @@
 use crate::guest::GuestCore;
 use memout_protocol::ring::{
     ABI_VERSION, ALLOC_PARTIAL, Descriptor, Extent, GuestStats, Opcode, RING_HOST_INDICES_OFFSET,
-    RING_QUOTA_OFFSET, RING_REQ_PROD_OFFSET, RingHeader, Status,
+    RING_REQ_PROD_OFFSET, RingHeader, Status,
 };
 use std::sync::atomic::Ordering::Relaxed;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
@@ -115,10 +115,7 @@ pub fn process_doorbell(
         &idx,
         GuestAddress(cur.ring_gpa + RING_HOST_INDICES_OFFSET as u64),
     );
-    let _ = mem.write_slice(
-        &core.quota().to_le_bytes(),
-        GuestAddress(cur.ring_gpa + RING_QUOTA_OFFSET as u64),
-    );
+    core.publish_limits(false);
     DoorbellOutcome {
         processed,
         ring_status,

@@ -4,19 +4,23 @@
 use crate::eager::{self, EagerQueue};
 use crate::frames::FrameAllocator;
 use crate::guest::{
-    EvictError, Eviction, FatalNotifier, GuestCore, GuestFault, GuestParts, ZeroChunk,
+    EvictError, Eviction, FatalNotifier, GuestCore, GuestFault, GuestParts, ResizeError,
+    ResizeOptions, ZeroChunk,
 };
 use crate::host_mem::HostRegion;
+use crate::mailbox::HostMailbox;
 use crate::populate::PopulatePolicy;
 use crate::rpc::{self, DoorbellOutcome, RingCursor};
 use crate::stats::GuestStatsSnapshot;
 use crate::uffd::GuestUffd;
 use crate::{fault_handler, host_mem, procfs, uffd};
+use memout_protocol::control::ResizeProgress;
 use memout_protocol::ring::{
-    ABI_VERSION, Descriptor, INFO_MAGIC, INFO_PAGE_GPA, InfoPage, PAGE_SIZE, RING_MAGIC, RingHeader,
+    ABI_VERSION, Descriptor, FEATURE_HOST_MESSAGES, INFO_MAGIC, INFO_PAGE_GPA, InfoPage, PAGE_SIZE,
+    RING_MAGIC, RingHeader,
 };
 use nix::sys::eventfd::{EfdFlags, EventFd};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
@@ -96,6 +100,7 @@ impl ServerBuilder {
         Ok(Server {
             zero: Arc::new(ZeroChunk::new(self.chunk_pages)),
             eager,
+            registry: Arc::default(),
         })
     }
 }
@@ -104,6 +109,47 @@ impl ServerBuilder {
 pub struct Server {
     zero: Arc<ZeroChunk>,
     eager: EagerQueue,
+    registry: Arc<Registry>,
+}
+
+/// The guests a server serves, by name (weakly: a guest ends when its handle is dropped).
+#[derive(Default)]
+pub struct Registry {
+    guests: Mutex<Vec<Weak<GuestCore>>>,
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Weak<GuestCore>>> {
+        self.guests.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The live guests, in the order they were added.
+    pub fn guests(&self) -> Vec<Arc<GuestCore>> {
+        let mut g = self.lock();
+        g.retain(|w| w.strong_count() > 0);
+        g.iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// The live guest called `name`.
+    pub fn find(&self, name: &str) -> Option<Arc<GuestCore>> {
+        self.guests().into_iter().find(|g| g.name() == name)
+    }
+
+    fn add(&self, core: &Arc<GuestCore>) -> Result<()> {
+        let mut g = self.lock();
+        g.retain(|w| w.strong_count() > 0);
+        if g.iter()
+            .filter_map(Weak::upgrade)
+            .any(|c| c.name() == core.name())
+        {
+            return Err(Error::Config(format!(
+                "a guest called {:?} is already served",
+                core.name()
+            )));
+        }
+        g.push(Arc::downgrade(core));
+        Ok(())
+    }
 }
 
 /// Where the guest↔host channel lives in guest memory.
@@ -156,6 +202,9 @@ pub struct GuestConfig {
     /// Resident budget in bytes (page-aligned): above it, the server evicts cold frames.
     /// Needs `eviction`.
     pub resident_budget_bytes: Option<u64>,
+    /// The guest's pinned minimum in bytes (page-aligned, at most the quota): no resize may
+    /// ask for less. 0: any non-zero size.
+    pub min_bytes: u64,
     /// The ring.
     pub channel: ChannelConfig,
     /// Guest memory the server may read and write for the guest (the VMM's boot region): the
@@ -195,6 +244,12 @@ impl GuestConfig {
             return bad(format!(
                 "quota {} bytes is above the region size {} bytes",
                 self.quota_bytes, self.region_size
+            ));
+        }
+        if self.min_bytes % PAGE_SIZE != 0 || self.min_bytes > self.quota_bytes {
+            return bad(format!(
+                "pinned minimum {} is not a multiple of 4 KiB at most the quota {}",
+                self.min_bytes, self.quota_bytes
             ));
         }
         if let Some(b) = self.resident_budget_bytes {
@@ -256,6 +311,22 @@ impl Server {
         ServerBuilder::default()
     }
 
+    /// The guests this server serves (what the control socket sees).
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.clone()
+    }
+
+    /// Serves the control socket at `path` for this server's guests (see [`crate::control`]).
+    pub fn serve_control(
+        &self,
+        path: impl Into<std::path::PathBuf>,
+    ) -> crate::control::Result<crate::control::ControlServer> {
+        crate::control::ControlServer::start(
+            crate::control::ControlConfig::new(path),
+            self.registry.clone(),
+        )
+    }
+
     /// Starts serving a guest: maps its outsourced region (never locked), registers it with a
     /// new userfaultfd, writes the info page and ring header, and starts its fault handler.
     /// The VMM then maps [`GuestHandle::region_host_addr`] as a KVM memslot at `region_gpa`.
@@ -287,7 +358,7 @@ impl Server {
         let info = InfoPage {
             magic: INFO_MAGIC,
             abi_version: ABI_VERSION,
-            features: 0,
+            features: FEATURE_HOST_MESSAGES,
             ring_gpa: cfg.channel.ring_gpa,
             ring_slots: cfg.channel.ring_slots,
             region_gpa: cfg.region_gpa,
@@ -323,7 +394,10 @@ impl Server {
             eager: self.eager.clone(),
             eviction: cfg.eviction,
             budget_pages: cfg.resident_budget_bytes.map(|b| b / PAGE_SIZE),
+            min_pages: cfg.min_bytes / PAGE_SIZE,
+            mailbox: HostMailbox::new(cfg.shared.clone(), cfg.channel.ring_gpa),
         });
+        self.registry.add(&core)?;
         let stop = Arc::new(
             EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC)
                 .map_err(|e| Error::Spawn(e.to_string()))?,
@@ -416,6 +490,32 @@ impl GuestHandle {
     /// Changes the population policy.
     pub fn set_policy(&self, p: PopulatePolicy) {
         self.core.set_policy(p);
+    }
+
+    /// Starts a resize of the guest's requested size to `bytes` (see
+    /// [`GuestCore::resize`]); poll [`resize_progress`](Self::resize_progress) or
+    /// [`wait_resize`](Self::wait_resize).
+    pub fn resize(
+        &self,
+        bytes: u64,
+        opts: ResizeOptions,
+    ) -> std::result::Result<ResizeProgress, ResizeError> {
+        self.core.resize(bytes, opts)
+    }
+
+    /// The guest's latest resize.
+    pub fn resize_progress(&self) -> Option<ResizeProgress> {
+        self.core.resize_progress()
+    }
+
+    /// Waits at most `timeout` for resize `id` to end.
+    pub fn wait_resize(&self, id: u64, timeout: std::time::Duration) -> Option<ResizeProgress> {
+        self.core.wait_resize(id, timeout)
+    }
+
+    /// The guest's server-side state (what the control socket works on).
+    pub fn core(&self) -> &Arc<GuestCore> {
+        &self.core
     }
 
     /// Changes the quota (bytes, page-aligned, at most the region size).

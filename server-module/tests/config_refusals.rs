@@ -16,6 +16,7 @@ fn base() -> GuestConfig {
         memory: RegionMemory::Allocate,
         eviction: memout_server::Eviction::None,
         resident_budget_bytes: None,
+        min_bytes: 0,
         channel: ChannelConfig {
             ring_gpa: 0x6000,
             ring_slots: 64,

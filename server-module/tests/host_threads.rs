@@ -40,6 +40,7 @@ fn config(shared: GuestMemoryMmap, quota: u64, tx: Option<mpsc::Sender<String>>)
         memory: memout_server::RegionMemory::Allocate,
         eviction: memout_server::Eviction::None,
         resident_budget_bytes: None,
+        min_bytes: 0,
         channel: ChannelConfig {
             ring_gpa: RING,
             ring_slots: 16,

@@ -39,6 +39,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         memory: unsafe { RegionMemory::existing(ram.as_ptr() as usize) },
         eviction: memout_server::Eviction::None,
         resident_budget_bytes: None,
+        min_bytes: 0,
         channel: ChannelConfig {
             ring_gpa: layout::RING,
             ring_slots: layout::RING_SLOTS,

@@ -14,6 +14,7 @@
 #![deny(missing_docs)]
 
 pub mod bench;
+pub mod cli_size;
 pub mod cpl3;
 pub mod image;
 pub mod layout;

@@ -7,7 +7,7 @@ use memout_vmm::runner::{self, RunConfig, RunReport};
 use std::process::ExitCode;
 use std::time::Duration;
 
-mod cli_size;
+use memout_vmm::cli_size;
 
 #[derive(Parser)]
 #[command(
@@ -56,6 +56,22 @@ enum Cmd {
         /// Resident budget (e.g. 128M): above it the server evicts cold memory.
         #[arg(long, value_parser = cli_size::parse)]
         budget: Option<u64>,
+        /// The guest's name (what memoutctl calls it).
+        #[arg(long, default_value = "guest")]
+        name: String,
+        /// The guest's pinned minimum: no resize may go below it.
+        #[arg(long, default_value = "0", value_parser = cli_size::parse)]
+        min: u64,
+        /// Control socket path [default: $MEMOUT_RUNTIME_DIR/memout.sock or
+        /// /run/memout/memout.sock].
+        #[arg(long)]
+        control: Option<std::path::PathBuf>,
+        /// Serve no control socket.
+        #[arg(long, conflicts_with = "control")]
+        no_control: bool,
+        /// Ask a long-running guest (e.g. `resizer`) to finish after this many seconds.
+        #[arg(long)]
+        finish_after: Option<u64>,
     },
     /// Measure memout against its baseline in the same run (populate, rpc, shrink).
     Bench {
@@ -126,11 +142,20 @@ fn main() -> ExitCode {
             eviction,
             store_dir,
             budget,
+            name,
+            min,
+            control,
+            no_control,
+            finish_after,
         } => load(&image).and_then(|img| {
+            let control = (!no_control).then(|| {
+                control.unwrap_or_else(memout_server::control::ControlConfig::default_path)
+            });
             let cfg = RunConfig {
                 eviction: eviction_of(&eviction, &store_dir, region)?,
                 budget_bytes: budget,
-                name: "guest".into(),
+                min_bytes: min,
+                name,
                 region_size: region,
                 quota_bytes: quota,
                 policy,
@@ -139,7 +164,14 @@ fn main() -> ExitCode {
                 echo: true,
                 ..Default::default()
             };
-            let report = run(&img, &cfg)?;
+            if let Some(secs) = finish_after {
+                let finish = cfg.finish.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_secs(secs));
+                    finish.store(true, std::sync::atomic::Ordering::SeqCst);
+                });
+            }
+            let report = run_with_control(&img, &cfg, control)?;
             print_stats(&report);
             if report.passed() {
                 Ok(())
@@ -171,10 +203,29 @@ fn main() -> ExitCode {
 }
 
 fn run(img: &GuestImage, cfg: &RunConfig) -> Result<RunReport, String> {
+    run_with_control(img, cfg, None)
+}
+
+/// Runs the guest, serving the control socket at `control` while it runs.
+fn run_with_control(
+    img: &GuestImage,
+    cfg: &RunConfig,
+    control: Option<std::path::PathBuf>,
+) -> Result<RunReport, String> {
     if !memout_vmm::vm::kvm_available() {
         return Err("SKIPPED: no /dev/kvm: memout needs KVM to run guests".into());
     }
     let server = Server::builder().build().map_err(|e| e.to_string())?;
+    let _control = match control {
+        Some(path) => {
+            let c = server.serve_control(path).map_err(|e| {
+                format!("{e} (choose another path with --control, or --no-control)")
+            })?;
+            eprintln!("memout: control socket {}", c.path().display());
+            Some(c)
+        }
+        None => None,
+    };
     runner::run_guest(&server, img, cfg).map_err(|e| e.to_string())
 }
 

@@ -27,6 +27,9 @@ pub const PORT_ARG: u16 = 0x521;
 /// Harness port (not memout ABI): evict everything the guest has resident, now, and record how
 /// long it took (the guest is stopped meanwhile, on this exit).
 pub const PORT_EVICT_ALL: u16 = 0x523;
+/// Harness port (not memout ABI): `in` returns 1 once the host wants a long-running guest to
+/// finish (see [`RunConfig::finish`]), else 0.
+pub const PORT_FINISH: u16 = 0x524;
 /// Lines of guest output kept per run.
 pub const MAX_OUTPUT_LINES: usize = 10_000;
 
@@ -72,6 +75,10 @@ pub struct RunConfig {
     pub eviction: memout_server::Eviction,
     /// Resident budget in bytes.
     pub budget_bytes: Option<u64>,
+    /// The guest's pinned minimum in bytes (no resize goes below it).
+    pub min_bytes: u64,
+    /// Set it to ask the guest to finish (it reads [`PORT_FINISH`]).
+    pub finish: Arc<AtomicBool>,
 }
 
 /// A hook that sees the guest's handle before it runs (tests use it to inject faults).
@@ -159,6 +166,8 @@ impl Default for RunConfig {
             setup: None,
             eviction: memout_server::Eviction::None,
             budget_bytes: None,
+            min_bytes: 0,
+            finish: Arc::default(),
         }
     }
 }
@@ -295,6 +304,7 @@ pub fn run_guest(server: &Server, image: &GuestImage, cfg: &RunConfig) -> Result
             memory: memout_server::RegionMemory::Allocate,
             eviction: cfg.eviction.clone(),
             resident_budget_bytes: cfg.budget_bytes,
+            min_bytes: cfg.min_bytes,
             channel: ChannelConfig {
                 ring_gpa: RING,
                 ring_slots: RING_SLOTS,
@@ -387,10 +397,12 @@ pub fn run_guest(server: &Server, image: &GuestImage, cfg: &RunConfig) -> Result
                 }
             }
             Ok(VcpuExit::IoIn(port, data)) => {
-                if port != PORT_ARG {
-                    break Outcome::Refused(format!("read from unknown I/O port {port:#x}"));
-                }
-                let bytes = cfg.arg.to_le_bytes();
+                let value = match port {
+                    PORT_ARG => cfg.arg,
+                    PORT_FINISH => cfg.finish.load(SeqCst) as u32,
+                    _ => break Outcome::Refused(format!("read from unknown I/O port {port:#x}")),
+                };
+                let bytes = value.to_le_bytes();
                 let n = data.len().min(4);
                 data[..n].copy_from_slice(&bytes[..n]);
             }

@@ -115,6 +115,11 @@ impl GuestCore {
         (b != u64::MAX).then_some(b)
     }
 
+    /// The resident limit in force: the lower of the budget and a shrink's cap.
+    pub(super) fn limit(&self) -> u64 {
+        self.budget.load(Relaxed).min(self.cap.load(Relaxed))
+    }
+
     /// Sets the resident budget. Lowering it evicts at once (on the caller's thread); raising
     /// it queues evicted frames for background swap-in up to the new budget.
     pub fn set_budget(&self, pages: Option<u64>) -> Result<(), EvictError> {
@@ -122,7 +127,7 @@ impl GuestCore {
             return Err(EvictError::NotConfigured);
         }
         let old = self.budget.swap(pages.unwrap_or(u64::MAX), Relaxed);
-        if pages.unwrap_or(u64::MAX) < old {
+        if pages.unwrap_or(u64::MAX) < old.min(self.cap.load(Relaxed)) {
             self.enforce_budget_now()
         } else {
             self.prefetch();
@@ -133,7 +138,7 @@ impl GuestCore {
     /// Called after every populate: evicts when the guest is above its budget. Errors are
     /// recorded in the statistics (the guest keeps running with the frames resident).
     pub(super) fn enforce_budget(&self) {
-        if self.budget.load(Relaxed) == u64::MAX {
+        if self.limit() == u64::MAX {
             return;
         }
         if matches!(self.eviction, Eviction::Kernel) && self.counters.faults.load(Relaxed) % 8 != 0
@@ -145,7 +150,7 @@ impl GuestCore {
 
     /// True if the budget must be checked on a clock (kernel mode with a budget).
     pub(crate) fn needs_budget_tick(&self) -> bool {
-        matches!(self.eviction, Eviction::Kernel) && self.budget.load(Relaxed) != u64::MAX
+        matches!(self.eviction, Eviction::Kernel) && self.limit() != u64::MAX
     }
 
     /// The periodic check of [`needs_budget_tick`](Self::needs_budget_tick).
@@ -157,7 +162,7 @@ impl GuestCore {
         // Decide under the evict lock: a decision taken before waiting for it could be stale
         // (the budget raised, or another evictor done) and evict memory for nothing.
         let _one = self.evict_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let budget = self.budget.load(Relaxed);
+        let budget = self.limit();
         let resident = match self.eviction {
             Eviction::Kernel => {
                 crate::procfs::mapping_rss(self.region.addr()).unwrap_or(0) / PAGE_SIZE
@@ -178,10 +183,7 @@ impl GuestCore {
         // One lock for both reads (the state mutex is not reentrant).
         let (room, pieces) = {
             let st = self.state();
-            let room = self
-                .budget
-                .load(Relaxed)
-                .saturating_sub(st.resident.count());
+            let room = self.limit().saturating_sub(st.resident.count());
             let all = Run {
                 start: 0,
                 len: st.alloc.frames(),

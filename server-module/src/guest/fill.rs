@@ -139,7 +139,7 @@ impl GuestCore {
                 Some(g) if g.end() >= run.end() => {}
                 _ => return, // freed meanwhile
             }
-            let budget = self.budget.load(Relaxed);
+            let budget = self.limit();
             if st.resident.count().saturating_add(run.len) > budget {
                 return; // would only be evicted again
             }

@@ -4,12 +4,15 @@
 //!
 //! - this module: state, ALLOC/FREE, stop, statistics;
 //! - [`fill`]: populate (claim → copy → settle → wake), including swap-in from the store;
-//! - [`evict`]: eviction to the backing store or to kernel swap, and the resident budget.
+//! - [`evict`]: eviction to the backing store or to kernel swap, and the resident budget;
+//! - [`resize`]: changing the requested size of a running guest.
 
 mod evict;
 mod fill;
+mod resize;
 
 pub use evict::{EvictError, Eviction};
+pub use resize::{ResizeError, ResizeOptions};
 
 use crate::cold::ColdQueue;
 use crate::eager::EagerQueue;
@@ -18,6 +21,7 @@ use crate::extents::{ExtentSet, Run};
 use crate::frames::{self, FrameAllocator};
 use crate::host_mem::{AlignedBuf, HostRegion};
 use crate::log_limit::LogLimiter;
+use crate::mailbox::HostMailbox;
 use crate::populate::PopulatePolicy;
 use crate::resident::ResidentMap;
 use crate::slots::SlotAllocator;
@@ -146,6 +150,8 @@ pub(crate) struct GuestParts {
     pub eager: EagerQueue,
     pub eviction: Eviction,
     pub budget_pages: Option<u64>,
+    pub min_pages: u64,
+    pub mailbox: HostMailbox,
 }
 
 /// One guest, as the server sees it.
@@ -165,6 +171,13 @@ pub struct GuestCore {
     eviction: Eviction,
     /// Resident budget in pages (`u64::MAX`: none).
     budget: AtomicU64,
+    /// Resident cap a shrink left (`u64::MAX`: none); the effective limit is the lower.
+    cap: AtomicU64,
+    /// Smallest size a resize may ask for, in pages.
+    min_pages: u64,
+    /// Host→guest messages.
+    mailbox: HostMailbox,
+    resize: resize::ResizeTracker,
     /// One evictor at a time.
     evict_lock: Mutex<()>,
     /// Page-aligned buffers for store I/O, reused.
@@ -209,6 +222,10 @@ impl GuestCore {
             eager: p.eager,
             eviction: p.eviction,
             budget: AtomicU64::new(p.budget_pages.unwrap_or(u64::MAX)),
+            cap: AtomicU64::new(u64::MAX),
+            min_pages: p.min_pages,
+            mailbox: p.mailbox,
+            resize: Default::default(),
             evict_lock: Mutex::new(()),
             staging: Mutex::new(Vec::new()),
             last_evict_error: Mutex::new(None),

@@ -1,0 +1,174 @@
+//! Carries out one control request against the server's guests. Every request is checked
+//! before anything changes: a refused request leaves the guest as it was.
+
+use crate::guest::{EvictError, GuestCore, ResizeError, ResizeOptions};
+use crate::populate::PopulatePolicy;
+use crate::server::Registry;
+use memout_protocol::control::{
+    CONTROL_VERSION, ErrorKind, GuestStatus, Policy, Request, Response,
+};
+use memout_protocol::ring::PAGE_SIZE;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Longest release deadline a client may ask for.
+const MAX_RELEASE_DEADLINE_MS: u32 = 600_000;
+/// A waited-for resize answers after its deadline plus this much at the latest.
+const WAIT_SLACK: Duration = Duration::from_secs(120);
+
+/// The answer to `req`; `hello` tracks the handshake of the connection.
+pub(super) fn handle(registry: &Registry, req: Request, hello: &mut bool) -> Response {
+    if let Request::Hello { version, client } = &req {
+        if *hello {
+            return Response::error(ErrorKind::Handshake, "hello sent twice");
+        }
+        if *version != CONTROL_VERSION {
+            return Response::error(
+                ErrorKind::Version,
+                format!(
+                    "client speaks control protocol {version}, server speaks {CONTROL_VERSION}"
+                ),
+            );
+        }
+        tracing::debug!(client = %client.chars().take(64).collect::<String>(), "control client");
+        *hello = true;
+        return Response::Hello {
+            version: CONTROL_VERSION,
+            server: format!("memout-server {}", env!("CARGO_PKG_VERSION")),
+        };
+    }
+    if !*hello {
+        return Response::error(ErrorKind::Handshake, "the first request must be hello");
+    }
+    let find = |name: &str| {
+        registry.find(name).ok_or_else(|| {
+            Response::error(ErrorKind::UnknownGuest, format!("no guest called {name:?}"))
+        })
+    };
+    let r = match req {
+        Request::Hello { .. } => unreachable!("handled above"),
+        Request::List => Ok(Response::Guests(
+            registry.guests().iter().map(|g| status(g)).collect(),
+        )),
+        Request::Status { guest } => find(&guest).map(|g| Response::Status(Box::new(status(&g)))),
+        Request::ResizeStatus { guest } => find(&guest).and_then(|g| {
+            g.resize_progress().map(Response::Resize).ok_or_else(|| {
+                Response::error(
+                    ErrorKind::Failed,
+                    format!("guest {guest:?} was never resized"),
+                )
+            })
+        }),
+        Request::Resize {
+            guest,
+            bytes,
+            release_deadline_ms,
+            wait,
+        } => find(&guest).and_then(|g| resize(&g, bytes, release_deadline_ms, wait)),
+        Request::SetBudget { guest, bytes } => find(&guest).and_then(|g| {
+            if let Some(b) = bytes {
+                check_size(&g, b, "budget")?;
+            }
+            g.set_budget(bytes.map(|b| b / PAGE_SIZE))
+                .map(|()| Response::Done)
+                .map_err(evict_error)
+        }),
+        Request::Evict { guest, bytes } => find(&guest).and_then(|g| {
+            check_size(&g, bytes, "eviction")?;
+            g.evict(bytes / PAGE_SIZE)
+                .map(|p| Response::Evicted {
+                    bytes: p * PAGE_SIZE,
+                })
+                .map_err(evict_error)
+        }),
+        Request::SetPolicy { guest, policy } => find(&guest).map(|g| {
+            g.set_policy(match policy {
+                Policy::PerPage => PopulatePolicy::PerPage,
+                Policy::FaultAround => PopulatePolicy::default(),
+                Policy::Eager => PopulatePolicy::Eager,
+            });
+            Response::Done
+        }),
+    };
+    r.unwrap_or_else(|e| e)
+}
+
+fn check_size(g: &GuestCore, bytes: u64, what: &str) -> Result<(), Response> {
+    let region = g.region().size() as u64;
+    let bad = |m: String| Err(Response::error(ErrorKind::InvalidSize, m));
+    if bytes == 0 {
+        return bad(format!("{what} size must not be zero"));
+    }
+    if bytes % PAGE_SIZE != 0 {
+        return bad(format!("{what} size {bytes} is not a multiple of 4 KiB"));
+    }
+    if bytes > region {
+        return bad(format!(
+            "{what} size {bytes} is above the region of {region} bytes"
+        ));
+    }
+    Ok(())
+}
+
+fn evict_error(e: EvictError) -> Response {
+    match e {
+        EvictError::NotConfigured => Response::error(ErrorKind::NotSupported, e.to_string()),
+        other => Response::error(ErrorKind::Failed, other.to_string()),
+    }
+}
+
+fn resize(
+    g: &Arc<GuestCore>,
+    bytes: u64,
+    deadline_ms: u32,
+    wait: bool,
+) -> Result<Response, Response> {
+    if deadline_ms > MAX_RELEASE_DEADLINE_MS {
+        return Err(Response::error(
+            ErrorKind::InvalidSize,
+            format!("release deadline {deadline_ms} ms is above {MAX_RELEASE_DEADLINE_MS} ms"),
+        ));
+    }
+    let release_deadline = Duration::from_millis(deadline_ms.into());
+    let first = g
+        .resize(bytes, ResizeOptions { release_deadline })
+        .map_err(|e| {
+            let kind = match e {
+                ResizeError::Stopped(_) | ResizeError::Spawn(_) => ErrorKind::Failed,
+                _ => ErrorKind::InvalidSize,
+            };
+            Response::error(kind, e.to_string())
+        })?;
+    if !wait || first.phase.is_final() {
+        return Ok(Response::Resize(first));
+    }
+    g.wait_resize(first.id, release_deadline + WAIT_SLACK)
+        .map(Response::Resize)
+        .ok_or_else(|| Response::error(ErrorKind::Failed, "resize state lost"))
+}
+
+/// A guest's state for the control protocol.
+pub(crate) fn status(g: &GuestCore) -> GuestStatus {
+    let s = g.snapshot();
+    GuestStatus {
+        name: g.name().to_string(),
+        region_bytes: g.region().size() as u64,
+        requested_bytes: s.quota_pages * PAGE_SIZE,
+        min_bytes: g.min_pages() * PAGE_SIZE,
+        allocated_bytes: s.allocated_pages * PAGE_SIZE,
+        resident_bytes: s.resident_pages * PAGE_SIZE,
+        evicted_bytes: s.evicted_pages * PAGE_SIZE,
+        budget_bytes: s.budget_pages.map(|p| p * PAGE_SIZE),
+        policy: s.policy.to_string(),
+        eviction: s.eviction_mode.to_string(),
+        faults: s.faults,
+        populated_pages: s.populated_pages,
+        freed_pages: s.freed_pages,
+        evicted_pages_total: s.evictions_pages,
+        swapped_in_pages: s.swapins_pages,
+        evict_errors: s.evict_errors,
+        last_evict_error: s.last_evict_error,
+        stopped: g.fatal().map(|f| f.to_string()),
+        resize: g.resize_progress(),
+    }
+}

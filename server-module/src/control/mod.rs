@@ -1,0 +1,374 @@
+//! The control socket: operators (`memoutctl`) and scripts list guests, read their state,
+//! resize them, set budgets and policies, and evict, while they run.
+//!
+//! ```text
+//!  memoutctl ──UnixStream──▶ ControlServer (accept thread) ──▶ one thread per connection
+//!                             └ SO_PEERCRED: root or own uid    └ handler ──▶ Registry ──▶ GuestCore
+//! ```
+//!
+//! The socket is created with mode 0600 (bound under a temporary name, chmod-ed, then renamed
+//! into place, so it is never reachable with wider permissions), and every connection's peer
+//! is checked with `SO_PEERCRED` besides: only root and the server's own uid are served; a
+//! refusal is logged (rate-limited) and counted. Frames are length-prefixed bincode 2
+//! ([`memout_protocol::codec`]) with a size limit. Each connection has its own thread, a
+//! limit on how many there are, and write and frame timeouts, so a slow or dead client only
+//! ever holds up itself.
+
+mod client;
+mod handler;
+
+pub use client::{Client, ClientError};
+
+use crate::log_limit::LogLimiter;
+use crate::server::Registry;
+use memout_protocol::codec::{self, encode_frame, read_frame};
+use memout_protocol::control::{ErrorKind, Request, Response};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// Errors starting the control socket.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// Another live server answers on the path.
+    #[error("{0} is in use by a running memout server")]
+    InUse(PathBuf),
+    /// Something that is not a socket is at the path; it is left alone.
+    #[error("{0} exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
+    /// Creating, binding or securing the socket failed.
+    #[error("cannot create the control socket at {path}: {source}")]
+    Bind {
+        /// The socket path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The accept thread could not start.
+    #[error("cannot start the control socket thread: {0}")]
+    Spawn(std::io::Error),
+}
+
+/// `Result` with this module's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// How the control socket is served.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// Socket path.
+    pub path: PathBuf,
+    /// Most connections served at once; more are refused with an error reply.
+    pub max_clients: usize,
+    /// A client that takes longer than this to send the rest of a frame, or to accept a reply,
+    /// is disconnected.
+    pub io_timeout: Duration,
+    /// A connection idle this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl ControlConfig {
+    /// Defaults for `path`: 16 clients, 2 s I/O timeout, 10 min idle timeout.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            max_clients: 16,
+            io_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(600),
+        }
+    }
+
+    /// The default socket path: `$MEMOUT_RUNTIME_DIR/memout.sock`, else
+    /// `$XDG_RUNTIME_DIR/memout/memout.sock` for non-root users, else `/run/memout/memout.sock`.
+    pub fn default_path() -> PathBuf {
+        if let Some(d) = std::env::var_os("MEMOUT_RUNTIME_DIR") {
+            return PathBuf::from(d).join("memout.sock");
+        }
+        if !nix::unistd::geteuid().is_root() {
+            if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR") {
+                return PathBuf::from(d).join("memout").join("memout.sock");
+            }
+        }
+        PathBuf::from("/run/memout/memout.sock")
+    }
+}
+
+/// Counters of the control socket.
+#[derive(Debug, Default)]
+pub struct ControlStats {
+    /// Connections accepted and served.
+    pub accepted: AtomicU64,
+    /// Connections refused because of the peer's uid.
+    pub refused_peers: AtomicU64,
+    /// Connections refused because too many were open.
+    pub refused_busy: AtomicU64,
+    /// Frames that were oversized, truncated or did not decode.
+    pub bad_frames: AtomicU64,
+    /// Requests answered (errors included).
+    pub requests: AtomicU64,
+    /// Connections open now.
+    pub active: AtomicU64,
+}
+
+struct Shared {
+    cfg: ControlConfig,
+    registry: Arc<Registry>,
+    stats: Arc<ControlStats>,
+    stop: AtomicBool,
+    log_limit: LogLimiter,
+    uid: u32,
+}
+
+/// A running control socket; dropping it stops accepting, closes idle connections within a
+/// second, and removes the socket file.
+pub struct ControlServer {
+    shared: Arc<Shared>,
+    wake: Arc<EventFd>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ControlServer {
+    /// Binds the socket and starts serving `registry`'s guests.
+    pub fn start(cfg: ControlConfig, registry: Arc<Registry>) -> Result<Self> {
+        let listener = bind_private(&cfg.path)?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| Error::Bind {
+                path: cfg.path.clone(),
+                source,
+            })?;
+        let wake = Arc::new(
+            EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC)
+                .map_err(|e| Error::Spawn(e.into()))?,
+        );
+        let shared = Arc::new(Shared {
+            cfg,
+            registry,
+            stats: Arc::default(),
+            stop: AtomicBool::new(false),
+            log_limit: LogLimiter::default(),
+            uid: nix::unistd::geteuid().as_raw(),
+        });
+        let thread = {
+            let (shared, wake) = (shared.clone(), wake.clone());
+            std::thread::Builder::new()
+                .name("memout-control".into())
+                .spawn(move || accept_loop(&listener, &shared, &wake))
+                .map_err(Error::Spawn)?
+        };
+        tracing::info!(path = %shared.cfg.path.display(), "control socket listening");
+        Ok(Self {
+            shared,
+            wake,
+            thread: Some(thread),
+        })
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.shared.cfg.path
+    }
+
+    /// The socket's counters.
+    pub fn stats(&self) -> Arc<ControlStats> {
+        self.shared.stats.clone()
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Relaxed);
+        let _ = self.wake.write(1);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.shared.cfg.path);
+    }
+}
+
+/// Creates the socket at `path` with mode 0600, replacing a stale socket but nothing else.
+fn bind_private(path: &Path) -> Result<UnixListener> {
+    let err = |source| Error::Bind {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(err)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+        }
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            if UnixStream::connect(path).is_ok() {
+                return Err(Error::InUse(path.to_path_buf()));
+            }
+            std::fs::remove_file(path).map_err(err)?; // stale: its server is gone
+        }
+        Ok(_) => return Err(Error::NotASocket(path.to_path_buf())),
+        Err(_) => {}
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp).map_err(err)?;
+    let secured = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = secured {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err(e));
+    }
+    Ok(listener)
+}
+
+fn accept_loop(listener: &UnixListener, shared: &Arc<Shared>, wake: &EventFd) {
+    while !shared.stop.load(Relaxed) {
+        let mut fds = [
+            PollFd::new(listener.as_fd(), PollFlags::POLLIN),
+            PollFd::new(wake.as_fd(), PollFlags::POLLIN),
+        ];
+        if poll(&mut fds, PollTimeout::NONE).is_err() {
+            continue; // EINTR
+        }
+        loop {
+            match listener.accept() {
+                Ok((stream, _)) => admit(stream, shared),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::warn!("control socket accept failed: {e}");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Checks the peer and hands the connection to its own thread.
+fn admit(stream: UnixStream, shared: &Arc<Shared>) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_write_timeout(Some(shared.cfg.io_timeout));
+    let cred = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials);
+    let (uid, pid) = match &cred {
+        Ok(c) => (c.uid(), c.pid()),
+        Err(_) => (u32::MAX, -1),
+    };
+    if uid != 0 && uid != shared.uid {
+        shared.stats.refused_peers.fetch_add(1, Relaxed);
+        if let Some(suppressed) = shared.log_limit.allow() {
+            tracing::warn!(
+                uid,
+                pid,
+                suppressed,
+                "control connection refused: peer is neither root nor uid {}",
+                shared.uid
+            );
+        }
+        reply_and_close(
+            stream,
+            &Response::error(
+                ErrorKind::Denied,
+                format!("uid {uid} may not use this socket"),
+            ),
+        );
+        return;
+    }
+    if shared.stats.active.load(Relaxed) >= shared.cfg.max_clients as u64 {
+        shared.stats.refused_busy.fetch_add(1, Relaxed);
+        reply_and_close(
+            stream,
+            &Response::error(ErrorKind::Denied, "too many control connections"),
+        );
+        return;
+    }
+    shared.stats.active.fetch_add(1, Relaxed);
+    shared.stats.accepted.fetch_add(1, Relaxed);
+    let s = shared.clone();
+    let spawned = std::thread::Builder::new()
+        .name("memout-control-conn".into())
+        .spawn(move || {
+            serve(stream, &s, uid, pid);
+            s.stats.active.fetch_sub(1, Relaxed);
+        });
+    if let Err(e) = spawned {
+        shared.stats.active.fetch_sub(1, Relaxed);
+        tracing::warn!("cannot start a control connection thread: {e}");
+    }
+}
+
+fn reply_and_close(mut stream: UnixStream, r: &Response) {
+    if let Ok(f) = encode_frame(r) {
+        let _ = stream.write_all(&f);
+    }
+}
+
+/// Waits until the client sent something, the server stops, or the idle timeout passes.
+fn wait_readable(stream: &UnixStream, shared: &Shared) -> bool {
+    let since = Instant::now();
+    while !shared.stop.load(Relaxed) && since.elapsed() < shared.cfg.idle_timeout {
+        let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(500u16)) {
+            Ok(n) if n > 0 => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// One connection: handshake, then request/response until the client leaves.
+fn serve(mut stream: UnixStream, shared: &Shared, uid: u32, pid: i32) {
+    let span = tracing::info_span!("control", uid, pid);
+    let _g = span.enter();
+    let _ = stream.set_read_timeout(Some(shared.cfg.io_timeout));
+    let mut hello = false;
+    while wait_readable(&stream, shared) {
+        let response = match read_frame(&mut stream) {
+            Ok(payload) => match codec::decode::<Request>(&payload) {
+                Ok(req) => handler::handle(&shared.registry, req, &mut hello),
+                Err(e) => {
+                    shared.stats.bad_frames.fetch_add(1, Relaxed);
+                    Response::error(ErrorKind::Malformed, e.to_string())
+                }
+            },
+            Err(codec::Error::Closed) => return,
+            Err(e @ codec::Error::TooLarge(_)) => {
+                shared.stats.bad_frames.fetch_add(1, Relaxed);
+                // The rest of the stream cannot be framed any more: answer, then close.
+                return reply_and_close(
+                    stream,
+                    &Response::error(ErrorKind::TooLarge, e.to_string()),
+                );
+            }
+            Err(e) => {
+                shared.stats.bad_frames.fetch_add(1, Relaxed);
+                tracing::debug!("control connection dropped: {e}");
+                return reply_and_close(
+                    stream,
+                    &Response::error(ErrorKind::Malformed, e.to_string()),
+                );
+            }
+        };
+        shared.stats.requests.fetch_add(1, Relaxed);
+        let close = matches!(
+            response,
+            Response::Error {
+                kind: ErrorKind::Version | ErrorKind::Handshake,
+                ..
+            }
+        ) && !hello;
+        let Ok(frame) = encode_frame(&response) else {
+            return;
+        };
+        if stream.write_all(&frame).is_err() || close {
+            return; // a client that does not read its replies is dropped
+        }
+    }
+}

@@ -1,0 +1,383 @@
+//! Resizing a running guest. The *requested size* is the guest's quota; what the guest holds
+//! (allocated) and what the host backs (resident) are reported next to it, like virtio-mem's
+//! requested vs plugged size.
+//!
+//! - Grow: the quota rises and the guest is told at once (a host→guest message); it can
+//!   allocate more with its next request.
+//! - Shrink: the quota falls below what the guest holds, so it can allocate nothing more, and
+//!   1. frames that are resident but free in the guest's view are dropped at once (memout
+//!      drops freed frames on FREE, so this finds only frames caught between the two);
+//!   2. the guest is asked to release `allocated - quota` pages (host→guest message) and
+//!      gets until the deadline;
+//!   3. what is still resident above the target is evicted to the backing store, and the
+//!      target stays a cap on the guest's resident memory: the guest keeps running, and its
+//!      evicted data comes back on demand. Without eviction, the resize ends `Incomplete`.
+//!
+//! One resize runs per guest; a newer one supersedes it.
+
+use super::{Eviction, GuestCore, coalesce};
+use crate::extents::Run;
+use memout_protocol::control::{ResizePhase, ResizeProgress};
+use memout_protocol::ring::PAGE_SIZE;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// A resize refused before anything changed.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum ResizeError {
+    /// Zero bytes.
+    #[error("size must not be zero")]
+    Zero,
+    /// Not a multiple of 4 KiB.
+    #[error("size {0} is not a multiple of 4 KiB")]
+    Unaligned(u64),
+    /// Above the outsourced region.
+    #[error("size {bytes} is above the guest's region of {region} bytes")]
+    AboveRegion {
+        /// Asked for.
+        bytes: u64,
+        /// Region size.
+        region: u64,
+    },
+    /// Below the guest's pinned minimum.
+    #[error("size {bytes} is below the guest's pinned minimum of {min} bytes")]
+    BelowMinimum {
+        /// Asked for.
+        bytes: u64,
+        /// The minimum.
+        min: u64,
+    },
+    /// The server stopped the guest.
+    #[error("the guest was stopped: {0}")]
+    Stopped(String),
+    /// The resize thread could not be started.
+    #[error("cannot start the resize: {0}")]
+    Spawn(String),
+}
+
+/// How a resize proceeds.
+#[derive(Debug, Clone, Copy)]
+pub struct ResizeOptions {
+    /// How long the guest gets to release frames before the server evicts.
+    pub release_deadline: Duration,
+}
+
+impl Default for ResizeOptions {
+    fn default() -> Self {
+        Self {
+            release_deadline: Duration::from_millis(500),
+        }
+    }
+}
+
+/// One guest's resize state.
+#[derive(Default)]
+pub(crate) struct ResizeTracker {
+    /// Id of the newest resize.
+    generation: AtomicU64,
+    latest: Mutex<Option<ResizeProgress>>,
+    ended: Condvar,
+    /// Held while a resize changes the quota, the cap or evicts.
+    steps: Mutex<()>,
+}
+
+impl GuestCore {
+    /// Pages the guest holds above its quota (what the host asks it to release).
+    fn release_wanted(&self) -> (u64, u64) {
+        let st = self.state();
+        let q = st.alloc.quota();
+        (q, st.alloc.allocated().saturating_sub(q))
+    }
+
+    /// Writes the quota and release request into the ring header; with `notify`, as a
+    /// host→guest message.
+    pub(crate) fn publish_limits(&self, notify: bool) {
+        let (quota, release) = self.release_wanted();
+        if notify {
+            self.mailbox.post(quota, release);
+        } else {
+            self.mailbox.refresh(quota, release);
+        }
+    }
+
+    /// The smallest size, in pages, a resize may ask for.
+    pub fn min_pages(&self) -> u64 {
+        self.min_pages
+    }
+
+    /// The cap a shrink left on resident memory, in pages, if any.
+    pub fn size_cap(&self) -> Option<u64> {
+        let c = self.cap.load(Relaxed);
+        (c != u64::MAX).then_some(c)
+    }
+
+    /// The latest resize, with live allocated/resident figures.
+    pub fn resize_progress(&self) -> Option<ResizeProgress> {
+        let mut p = self
+            .resize
+            .latest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()?;
+        if !p.phase.is_final() {
+            self.fill_live(&mut p);
+        }
+        Some(p)
+    }
+
+    /// Waits until resize `id` is final, at most `timeout`; returns its progress.
+    pub fn wait_resize(&self, id: u64, timeout: Duration) -> Option<ResizeProgress> {
+        let end = Instant::now() + timeout;
+        let mut g = self.resize.latest.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            match g.as_ref() {
+                Some(p) if p.id != id || p.phase.is_final() => break,
+                None => return None,
+                _ => {}
+            }
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            g = self
+                .resize
+                .ended
+                .wait_timeout(g, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        drop(g);
+        self.resize_progress()
+    }
+
+    fn resident_pages(&self) -> u64 {
+        match self.eviction {
+            Eviction::Kernel => {
+                crate::procfs::mapping_rss(self.region.addr()).unwrap_or(0) / PAGE_SIZE
+            }
+            _ => self.state().resident.count(),
+        }
+    }
+
+    fn fill_live(&self, p: &mut ResizeProgress) {
+        p.allocated_bytes = self.state().alloc.allocated() * PAGE_SIZE;
+        p.resident_bytes = self.resident_pages() * PAGE_SIZE;
+    }
+
+    fn record(&self, p: &ResizeProgress) {
+        let mut g = self.resize.latest.lock().unwrap_or_else(|p| p.into_inner());
+        if g.as_ref().is_none_or(|cur| cur.id <= p.id) {
+            *g = Some(p.clone());
+        }
+        drop(g);
+        if p.phase.is_final() {
+            self.resize.ended.notify_all();
+        }
+    }
+
+    /// Starts a resize to `bytes` (see the module docs). A grow is final at once; a shrink
+    /// continues on its own thread. Returns the resize's first progress (its `id` is what
+    /// [`wait_resize`](Self::wait_resize) takes).
+    pub fn resize(&self, bytes: u64, opts: ResizeOptions) -> Result<ResizeProgress, ResizeError> {
+        let region = self.region.size() as u64;
+        if bytes == 0 {
+            return Err(ResizeError::Zero);
+        }
+        if bytes % PAGE_SIZE != 0 {
+            return Err(ResizeError::Unaligned(bytes));
+        }
+        if bytes > region {
+            return Err(ResizeError::AboveRegion { bytes, region });
+        }
+        let min = self.min_pages * PAGE_SIZE;
+        if bytes < min {
+            return Err(ResizeError::BelowMinimum { bytes, min });
+        }
+        if let Some(f) = self.fatal() {
+            return Err(ResizeError::Stopped(f.to_string()));
+        }
+        let me = self
+            .me
+            .upgrade()
+            .ok_or(ResizeError::Stopped("guest removed".into()))?;
+        let t0 = Instant::now();
+        let target = bytes / PAGE_SIZE;
+        let id = self.resize.generation.fetch_add(1, SeqCst) + 1;
+        let steps = self.resize.steps.lock().unwrap_or_else(|p| p.into_inner());
+        let (from, allocated) = {
+            let mut st = self.state();
+            let from = st.alloc.quota();
+            st.alloc
+                .set_quota(target)
+                .expect("target checked against the region");
+            (from, st.alloc.allocated())
+        };
+        if self.cap.load(Relaxed) != u64::MAX {
+            self.cap.store(target, Relaxed);
+        }
+        let freed = self.drop_free_resident();
+        self.publish_limits(true);
+        drop(steps);
+        tracing::info!(parent: &self.span, from = from * PAGE_SIZE, to = bytes, "resize");
+        let mut p = ResizeProgress {
+            id,
+            from_bytes: from * PAGE_SIZE,
+            target_bytes: bytes,
+            phase: ResizePhase::Releasing,
+            freed_bytes: freed * PAGE_SIZE,
+            released_bytes: 0,
+            evicted_bytes: 0,
+            elapsed_us: 0,
+            allocated_bytes: allocated * PAGE_SIZE,
+            resident_bytes: 0,
+            note: None,
+        };
+        if allocated <= target {
+            // Nothing to give back (a grow, or a shrink to above what the guest holds).
+            self.prefetch();
+            p.phase = ResizePhase::Done;
+            p.elapsed_us = t0.elapsed().as_micros() as u64;
+            self.fill_live(&mut p);
+            self.record(&p);
+            return Ok(p);
+        }
+        self.fill_live(&mut p);
+        self.record(&p);
+        let first = p.clone();
+        std::thread::Builder::new()
+            .name(format!("memout-resize-{}", self.name))
+            .spawn(move || me.finish_shrink(p, t0, opts))
+            .map_err(|e| ResizeError::Spawn(e.to_string()))?;
+        Ok(first)
+    }
+
+    fn superseded(&self, id: u64) -> bool {
+        self.resize.generation.load(SeqCst) != id
+    }
+
+    fn end(&self, mut p: ResizeProgress, t0: Instant, phase: ResizePhase) {
+        p.phase = phase;
+        p.elapsed_us = t0.elapsed().as_micros() as u64;
+        self.fill_live(&mut p);
+        tracing::info!(parent: &self.span, phase = phase.name(), released = p.released_bytes,
+            evicted = p.evicted_bytes, us = p.elapsed_us, "resize ended");
+        self.record(&p);
+    }
+
+    /// Steps 2 and 3 of a shrink, on the resize thread.
+    fn finish_shrink(&self, mut p: ResizeProgress, t0: Instant, opts: ResizeOptions) {
+        let target = p.target_bytes / PAGE_SIZE;
+        let start_alloc = p.allocated_bytes / PAGE_SIZE;
+        let deadline = t0 + opts.release_deadline;
+        loop {
+            if self.superseded(p.id) {
+                return self.end(p, t0, ResizePhase::Superseded);
+            }
+            if self.fatal().is_some() {
+                p.note = Some("the guest was stopped".into());
+                return self.end(p, t0, ResizePhase::Incomplete);
+            }
+            let allocated = self.state().alloc.allocated();
+            p.released_bytes = start_alloc.saturating_sub(allocated) * PAGE_SIZE;
+            if allocated <= target || Instant::now() >= deadline {
+                break;
+            }
+            if p.released_bytes != self.resize_progress().map_or(0, |q| q.released_bytes) {
+                self.fill_live(&mut p);
+                self.record(&p);
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        if self.resident_pages() <= target {
+            return self.end(p, t0, ResizePhase::Done);
+        }
+        if matches!(self.eviction, Eviction::None) {
+            p.note = Some(format!(
+                "the guest still holds {} bytes above the target and has no backing store",
+                self.resident_pages().saturating_sub(target) * PAGE_SIZE
+            ));
+            return self.end(p, t0, ResizePhase::Incomplete);
+        }
+        let steps = self.resize.steps.lock().unwrap_or_else(|p| p.into_inner());
+        if self.superseded(p.id) {
+            drop(steps);
+            return self.end(p, t0, ResizePhase::Superseded);
+        }
+        p.phase = ResizePhase::Evicting;
+        self.record(&p);
+        // From now on the target caps resident memory, as a budget would.
+        self.cap.store(target, Relaxed);
+        let mut last_err = None;
+        for _ in 0..64 {
+            let resident = self.resident_pages();
+            if resident <= target {
+                break;
+            }
+            match self.evict(resident - target) {
+                Ok(0) => break,
+                Ok(n) => p.evicted_bytes += n * PAGE_SIZE,
+                Err(e) => {
+                    last_err = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        drop(steps);
+        if self.resident_pages() <= target {
+            self.end(p, t0, ResizePhase::Done)
+        } else {
+            p.note = Some(match last_err {
+                Some(e) => format!("eviction failed: {e}"),
+                None => "frames busy; the budget check keeps evicting as the guest runs".into(),
+            });
+            self.end(p, t0, ResizePhase::Incomplete)
+        }
+    }
+
+    /// Drops host pages of frames the guest does not hold (step 1). Returns the pages dropped.
+    fn drop_free_resident(&self) -> u64 {
+        let runs = {
+            let mut st = self.state();
+            let all = Run {
+                start: 0,
+                len: st.alloc.frames(),
+            };
+            let mut loose = Vec::new();
+            for r in st.resident.present(all) {
+                let mut f = r.start;
+                while f < r.end() {
+                    if let Some(a) = st.alloc.allocated_run(f) {
+                        f = a.end();
+                    } else {
+                        let one = Run { start: f, len: 1 };
+                        if !st.inflight.overlaps(one) {
+                            loose.push(one);
+                        }
+                        f += 1;
+                    }
+                }
+            }
+            for r in &loose {
+                st.resident.clear(*r);
+            }
+            coalesce(loose)
+        };
+        let mut n = 0;
+        for r in &runs {
+            if self
+                .region
+                .discard((r.start * PAGE_SIZE) as usize, (r.len * PAGE_SIZE) as usize)
+                .is_ok()
+            {
+                n += r.len;
+            }
+        }
+        self.counters
+            .bytes_returned
+            .fetch_add(n * PAGE_SIZE, Relaxed);
+        n
+    }
+}

@@ -1,0 +1,64 @@
+//! Host→guest messages: the host writes the guest's current quota and how many pages it asks
+//! the guest to release into the ring header, then bumps `host_msg_prod`. The guest polls
+//! `host_msg_prod != host_msg_cons` (no interrupt is needed, and none exists for a CPL3 guest
+//! program) and reads the two fields; they are state, not queued messages, so posts coalesce.
+
+use memout_protocol::ring::{
+    PAGE_SIZE, RING_HOST_MSG_PROD_OFFSET, RING_QUOTA_OFFSET, RING_RELEASE_OFFSET,
+};
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+/// Writes host→guest messages into one guest's ring header.
+pub(crate) struct HostMailbox {
+    shared: GuestMemoryMmap,
+    ring_gpa: u64,
+    /// Serialises posts so `host_msg_prod` only moves forward.
+    post: Mutex<()>,
+}
+
+impl HostMailbox {
+    pub(crate) fn new(shared: GuestMemoryMmap, ring_gpa: u64) -> Self {
+        Self {
+            shared,
+            ring_gpa,
+            post: Mutex::new(()),
+        }
+    }
+
+    fn at(&self, off: usize) -> GuestAddress {
+        GuestAddress(self.ring_gpa + off as u64)
+    }
+
+    /// Writes the state fields without notifying (done on every doorbell, while the vCPU is
+    /// out of the guest).
+    pub(crate) fn refresh(&self, quota_pages: u64, release_pages: u64) {
+        // The ring header was validated to lie in shared memory when the guest was added.
+        let _ = self
+            .shared
+            .store(quota_pages, self.at(RING_QUOTA_OFFSET), Ordering::Relaxed);
+        let _ = self.shared.store(
+            release_pages,
+            self.at(RING_RELEASE_OFFSET),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Writes the state fields and tells the guest they changed.
+    pub(crate) fn post(&self, quota_pages: u64, release_pages: u64) {
+        let _one = self.post.lock().unwrap_or_else(|p| p.into_inner());
+        self.refresh(quota_pages, release_pages);
+        let prod = self.at(RING_HOST_MSG_PROD_OFFSET);
+        let n: u32 = self.shared.load(prod, Ordering::Relaxed).unwrap_or(0);
+        // Release: the guest that sees the new count sees the fields written before it.
+        let _ = self
+            .shared
+            .store(n.wrapping_add(1), prod, Ordering::Release);
+        tracing::debug!(
+            quota = quota_pages * PAGE_SIZE,
+            release = release_pages * PAGE_SIZE,
+            "host message posted"
+        );
+    }
+}
