@@ -7,27 +7,38 @@
  * callback: a shrink must evict); bit 17 grow to the limit whenever it rises; bit 18 bench
  * mode (no verification passes: only poll, so the host measures the release path alone);
  * bit 19 pool mode: all chunks above the first `keep` MiB (bits 20-31) go to the driver's pool
- * after they are filled, so they are held but free in the guest's view. */
+ * after they are filled, so they are held but free in the guest's view. The harness word at
+ * port 0x525 is re-read every pass: bit 0 set means ignore release requests for now. */
 #include "common.h"
 
 #define CHUNK_PAGES 512
 #define MAX_CHUNKS 2048
 #define RT_PORT_FINISH 0x524
+#define RT_PORT_FLAGS 0x525
 
 static struct memout_extent chunk[MAX_CHUNKS];
 static uint64_t seed[MAX_CHUNKS];
 static uint32_t nchunks;
 static uint64_t released_pages, grown_chunks, bad_pages;
+static int ignoring;
 
+/* The owner's release callback: drops the newest chunks, up to 64 per FREE (one doorbell). */
 static uint64_t release(uint64_t pages, void *ctx)
 {
     (void)ctx;
     uint64_t freed = 0;
+    if (ignoring)
+        return 0;
     while (freed < pages && nchunks > 0) {
-        struct memout_extent_list l = {.count = 1, .capacity = 1, .ext = &chunk[nchunks - 1]};
+        uint32_t n = 0;
+        uint64_t batch = 0;
+        while (n < 64 && n < nchunks && freed + batch < pages)
+            batch += chunk[nchunks - 1 - n++].pages;
+        struct memout_extent_list l = {.count = n, .capacity = n, .ext = &chunk[nchunks - n]};
         if (memout_free(&l) != 0)
             break;
-        freed += chunk[--nchunks].pages;
+        nchunks -= n;
+        freed += batch;
     }
     released_pages += freed;
     return freed;
@@ -78,6 +89,7 @@ int guest_main(void)
         }
         if (rt_in32(RT_PORT_FINISH))
             break;
+        ignoring = rt_in32(RT_PORT_FLAGS) & 1;
         while (grow && (uint64_t)(nchunks + 1) * CHUNK_PAGES <= memout_limit_pages() &&
                memout_release_wanted() == 0) {
             if (add_chunk(0x9000000 + grown_chunks) != 0)

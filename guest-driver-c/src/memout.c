@@ -103,7 +103,7 @@ int memout_stats(struct memout_stats *out)
 
 /* ---- Host→guest messages and the pool ---- */
 
-#define POOL_MAX 256
+#define POOL_MAX 1024
 static struct memout_extent pool[POOL_MAX];
 static uint32_t pool_n;
 static uint64_t pool_total;
@@ -153,10 +153,10 @@ uint64_t memout_pool_take(uint64_t pages, struct memout_extent *out)
 /* Frees up to `want` pool frames to the host in one doorbell; returns the pages freed. */
 static uint64_t pool_release(uint64_t want)
 {
-    struct memout_extent batch[32];
+    struct memout_extent batch[64];
     uint32_t n = 0;
     uint64_t got = 0;
-    while (got < want && n < 32) {
+    while (got < want && n < 64) {
         uint64_t t = memout_pool_take(want - got, &batch[n]);
         if (t == 0)
             break;

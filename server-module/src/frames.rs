@@ -90,6 +90,11 @@ impl FrameAllocator {
         self.frames - self.free.total() - self.releasing.total()
     }
 
+    /// Frames the guest gave back whose host pages are still being dropped.
+    pub fn releasing(&self) -> u64 {
+        self.releasing.total()
+    }
+
     /// Sets the quota. It may go below `allocated()` (a shrink in progress): further grants are
     /// refused until the guest is back under it.
     pub fn set_quota(&mut self, quota: u64) -> Result<()> {

@@ -6,6 +6,8 @@
 //! Times are host-clock intervals between two guest checkpoints (one exit each, counted
 //! against memout), except the shrink baseline, which times the host's madvise alone.
 
+pub mod resize;
+
 use crate::image::GuestImage;
 use crate::runner::{Backing, RunConfig, RunReport, run_guest};
 use indicatif::{ProgressBar, ProgressStyle};

@@ -73,11 +73,11 @@ enum Cmd {
         #[arg(long)]
         finish_after: Option<u64>,
     },
-    /// Measure memout against its baseline in the same run (populate, rpc, shrink).
+    /// Measure memout against its baseline in the same run.
     Bench {
-        /// Scenario: populate, rpc or shrink.
+        /// Scenario: populate, rpc, shrink, swap or resize.
         scenario: String,
-        /// Size in MiB (populate: 256, shrink: 1024).
+        /// Size in MiB (populate: 256, shrink: 1024, swap: 512, resize: 1024 shrunk to a quarter).
         #[arg(long)]
         mib: Option<u64>,
         /// Measured rounds per side, after one warm-up round.
@@ -348,9 +348,10 @@ fn bench(
         "rpc" => bench::rpc,
         "shrink" => bench::shrink,
         "swap" => bench::swap,
+        "resize" => bench::resize::run,
         other => {
             return Err(format!(
-                "unknown scenario {other:?} (populate, rpc, shrink, swap)"
+                "unknown scenario {other:?} (populate, rpc, shrink, swap, resize)"
             ));
         }
     };

@@ -15,7 +15,7 @@ use memout_server::{
     ChannelConfig, GuestConfig, GuestFault, GuestHandle, GuestStatsSnapshot, PopulatePolicy, Server,
 };
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress};
@@ -30,6 +30,9 @@ pub const PORT_EVICT_ALL: u16 = 0x523;
 /// Harness port (not memout ABI): `in` returns 1 once the host wants a long-running guest to
 /// finish (see [`RunConfig::finish`]), else 0.
 pub const PORT_FINISH: u16 = 0x524;
+/// Harness port (not memout ABI): `in` returns [`RunConfig::flags`], a word a test or tool
+/// changes while the guest runs (the `resizer` guest: bit 0 ignore release requests).
+pub const PORT_FLAGS: u16 = 0x525;
 /// Lines of guest output kept per run.
 pub const MAX_OUTPUT_LINES: usize = 10_000;
 
@@ -79,6 +82,8 @@ pub struct RunConfig {
     pub min_bytes: u64,
     /// Set it to ask the guest to finish (it reads [`PORT_FINISH`]).
     pub finish: Arc<AtomicBool>,
+    /// A word the guest reads from [`PORT_FLAGS`] while it runs.
+    pub flags: Arc<AtomicU32>,
 }
 
 /// A hook that sees the guest's handle before it runs (tests use it to inject faults).
@@ -168,6 +173,7 @@ impl Default for RunConfig {
             budget_bytes: None,
             min_bytes: 0,
             finish: Arc::default(),
+            flags: Arc::default(),
         }
     }
 }
@@ -400,6 +406,7 @@ pub fn run_guest(server: &Server, image: &GuestImage, cfg: &RunConfig) -> Result
                 let value = match port {
                     PORT_ARG => cfg.arg,
                     PORT_FINISH => cfg.finish.load(SeqCst) as u32,
+                    PORT_FLAGS => cfg.flags.load(SeqCst),
                     _ => break Outcome::Refused(format!("read from unknown I/O port {port:#x}")),
                 };
                 let bytes = value.to_le_bytes();

@@ -68,7 +68,15 @@ fn eviction_lowers_system_memory_use() {
     let dir = dir.to_str().unwrap();
     const MIB: u64 = 1 << 20;
     let base = [
-        "run", "swapper", "--arg", "192", "--quota", "512M", "--region", "1G",
+        "run",
+        "swapper",
+        "--arg",
+        "192",
+        "--quota",
+        "512M",
+        "--region",
+        "1G",
+        "--no-control",
     ];
     let out = budgeted.run(
         &[

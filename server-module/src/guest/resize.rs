@@ -153,12 +153,18 @@ impl GuestCore {
         self.resize_progress()
     }
 
+    /// Host pages behind the region, counting frames being freed right now (their resident
+    /// bits are cleared before the madvise that drops them finishes), so a resize never
+    /// reports the target reached before host memory really is there.
     fn resident_pages(&self) -> u64 {
         match self.eviction {
             Eviction::Kernel => {
                 crate::procfs::mapping_rss(self.region.addr()).unwrap_or(0) / PAGE_SIZE
             }
-            _ => self.state().resident.count(),
+            _ => {
+                let st = self.state();
+                st.resident.count() + st.alloc.releasing()
+            }
         }
     }
 
@@ -280,9 +286,16 @@ impl GuestCore {
                 p.note = Some("the guest was stopped".into());
                 return self.end(p, t0, ResizePhase::Incomplete);
             }
-            let allocated = self.state().alloc.allocated();
+            // Frames still being released count as held until their host pages are gone.
+            let (allocated, held) = {
+                let st = self.state();
+                (
+                    st.alloc.allocated(),
+                    st.alloc.allocated() + st.alloc.releasing(),
+                )
+            };
             p.released_bytes = start_alloc.saturating_sub(allocated) * PAGE_SIZE;
-            if allocated <= target || Instant::now() >= deadline {
+            if held <= target || Instant::now() >= deadline {
                 break;
             }
             if p.released_bytes != self.resize_progress().map_or(0, |q| q.released_bytes) {

@@ -1,0 +1,221 @@
+//! `memout bench resize`: shrink a running guest from 1 GiB to 256 MiB, timed from the resize
+//! request until the guest's host memory is at the target, in three cases:
+//!
+//! - **free in the guest**: the guest's driver holds 768 MiB in its pool (frames it got from
+//!   the host but does not use, like a guest kernel's free list) and gives them back when
+//!   asked, without involving its owner;
+//! - **released on request**: the guest holds all 1 GiB with data; its owner's release
+//!   callback drops 768 MiB of it (64 chunks per doorbell);
+//! - **evicted**: the guest ignores the request; the server evicts 768 MiB to the backing
+//!   store (release deadline 0, so only the eviction is timed).
+//!
+//! Baseline, in the same process: `madvise(MADV_DONTNEED)` of 768 MiB of touched anonymous
+//! memory. Rounds alternate the sides after one warm-up round of each.
+
+use super::{BenchOpts, BenchResult, Ratio, Series};
+use crate::image::GuestImage;
+use crate::runner::{RunConfig, run_guest};
+use indicatif::{ProgressBar, ProgressStyle};
+use memout_protocol::control::ResizePhase;
+use memout_server::host_mem::HostRegion;
+use memout_server::procfs::mapping_rss;
+use memout_server::{Eviction, FileStore, ResizeOptions, Server};
+use serde_json::{Map, json};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const MIB: u64 = 1 << 20;
+
+#[derive(Clone, Copy)]
+enum Case {
+    Pool,
+    Release,
+    Evict,
+}
+
+impl Case {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Pool => "memout/free in guest",
+            Self::Release => "memout/released on request",
+            Self::Evict => "memout/evicted",
+        }
+    }
+}
+
+struct Round {
+    ms: f64,
+    rss_after: u64,
+}
+
+fn shrink_once(
+    server: &Server,
+    image: &GuestImage,
+    o: &BenchOpts,
+    from: u64,
+    to: u64,
+    case: Case,
+) -> Result<Round, String> {
+    let mib = (from / MIB) as u32;
+    // resizer: hold `mib`, bench mode; pool mode keeps `to` in use and the rest in the pool.
+    let arg = mib
+        | 1 << 18
+        | match case {
+            Case::Pool => 1 << 19 | ((to / MIB) as u32) << 20,
+            Case::Release => 0,
+            Case::Evict => 1 << 16,
+        };
+    let eviction = match case {
+        Case::Evict => Eviction::Store(Arc::new(
+            FileStore::create(&o.dir, "bench-resize", from).map_err(|e| e.to_string())?,
+        )),
+        _ => Eviction::None,
+    };
+    let cfg = RunConfig {
+        name: "bench-resize".into(),
+        region_size: from,
+        quota_bytes: from,
+        arg,
+        timeout: Duration::from_secs(300),
+        eviction,
+        ..Default::default()
+    };
+    let finish = cfg.finish.clone();
+    let registry = server.registry();
+    std::thread::scope(|s| {
+        let run = s.spawn(|| run_guest(server, image, &cfg));
+        let result = (|| {
+            let end = Instant::now() + Duration::from_secs(120);
+            let core = loop {
+                if let Some(c) = registry.find("bench-resize") {
+                    let st = c.snapshot();
+                    if st.allocated_pages * 4096 >= from && st.resident_pages * 4096 >= from {
+                        break c;
+                    }
+                }
+                if Instant::now() > end || run.is_finished() {
+                    return Err("the guest did not fill its memory".to_string());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            std::thread::sleep(Duration::from_millis(50));
+            let release_deadline = match case {
+                Case::Evict => Duration::ZERO,
+                _ => Duration::from_secs(30),
+            };
+            let p = core
+                .resize(to, ResizeOptions { release_deadline })
+                .map_err(|e| e.to_string())?;
+            let p = core
+                .wait_resize(p.id, Duration::from_secs(120))
+                .ok_or("resize lost")?;
+            if p.phase != ResizePhase::Done {
+                return Err(format!("resize ended {}: {:?}", p.phase.name(), p.note));
+            }
+            let rss_after = mapping_rss(core.region().addr()).unwrap_or(u64::MAX);
+            Ok(Round {
+                ms: p.elapsed_us as f64 / 1e3,
+                rss_after,
+            })
+        })();
+        finish.store(true, std::sync::atomic::Ordering::SeqCst);
+        let report = run
+            .join()
+            .map_err(|_| "runner panicked".to_string())?
+            .map_err(|e| e.to_string())?;
+        if !report.passed() {
+            return Err(format!("{}: {}", report.outcome, report.output.join("\n")));
+        }
+        result
+    })
+}
+
+fn madvise_once(bytes: u64) -> Result<f64, String> {
+    let r = HostRegion::new(bytes as usize).map_err(|e| e.to_string())?;
+    for off in (0..bytes as usize).step_by(4096) {
+        // SAFETY: `off` is inside the mapping we own; nothing else accesses it.
+        unsafe { ((r.addr() + off) as *mut u8).write_volatile(1) };
+    }
+    let t = Instant::now();
+    r.discard(0, bytes as usize).map_err(|e| e.to_string())?;
+    Ok(t.elapsed().as_secs_f64() * 1e3)
+}
+
+/// Runs the scenario (see the module docs). `--mib` sets the starting size (default 1024);
+/// the target is a quarter of it.
+pub fn run(o: &BenchOpts) -> Result<BenchResult, String> {
+    let from = o.mib.unwrap_or(1024) * MIB;
+    let to = (from / 4).max(2 * MIB) / (2 * MIB) * (2 * MIB);
+    if from < 8 * MIB {
+        return Err("--mib must be at least 8 for resize".into());
+    }
+    let image = GuestImage::parse(
+        crate::images::get("resizer")
+            .ok_or("resizer guest image missing")?
+            .to_vec(),
+    )
+    .map_err(|e| e.to_string())?;
+    let server = Server::builder().build().map_err(|e| e.to_string())?;
+    let cases = [Case::Pool, Case::Release, Case::Evict];
+    let base = "baseline (madvise DONTNEED)";
+    let mut series: Vec<Series> = std::iter::once(base)
+        .chain(cases.iter().map(|c| c.name()))
+        .map(|n| Series {
+            name: n.into(),
+            samples: Vec::new(),
+        })
+        .collect();
+    let bar = ProgressBar::new(((o.rounds + 1) * 4) as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg:<28} [{bar:30}] {pos}/{len} {elapsed}")
+            .expect("valid template"),
+    );
+    let mut worst_rss = 0u64;
+    for round in 0..=o.rounds {
+        bar.set_message(base);
+        let b = madvise_once(from - to)?;
+        bar.inc(1);
+        let mut row = vec![b];
+        for c in cases {
+            bar.set_message(c.name());
+            let r = shrink_once(&server, &image, o, from, to, c)?;
+            if round > 0 {
+                worst_rss = worst_rss.max(r.rss_after);
+            }
+            row.push(r.ms);
+            bar.inc(1);
+        }
+        if round > 0 {
+            for (s, v) in series.iter_mut().zip(row) {
+                s.samples.push(v);
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let ratios = cases
+        .iter()
+        .map(|c| Ratio {
+            name: c.name().trim_start_matches("memout/").into(),
+            value: series
+                .iter()
+                .find(|s| s.name == c.name())
+                .map_or(f64::NAN, Series::median)
+                / series[0].median(),
+            target_max: None,
+        })
+        .collect();
+    let mut extra = Map::new();
+    extra.insert("from_bytes".into(), json!(from));
+    extra.insert("to_bytes".into(), json!(to));
+    extra.insert("shed_bytes".into(), json!(from - to));
+    extra.insert("worst_rss_after_bytes".into(), json!(worst_rss));
+    extra.insert("rss_at_or_below_target".into(), json!(worst_rss <= to));
+    Ok(BenchResult {
+        scenario: "resize",
+        unit: "ms",
+        rounds: o.rounds,
+        series,
+        ratios,
+        extra,
+    })
+}
