@@ -38,7 +38,7 @@ pub enum Error {
     Io(#[from] io::Error),
 }
 
-/// `Result` with this module's [`Error`].
+/// `Result` with this module's [`enum@Error`].
 pub type Result<T> = std::result::Result<T, Error>;
 
 type Config = Configuration<LittleEndian, Varint, Limit<MAX_FRAME>>;

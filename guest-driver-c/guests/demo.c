@@ -30,7 +30,11 @@ int guest_main(void)
     struct memout_stats st;
     int r = memout_init();
     CHECK(r == 0, 10, "memout_init: %s\n", memout_status_name(r));
-    rt_printf("demo: region %lx + %lu MiB\n", memout_region_base(), memout_region_size() >> 20);
+    rt_printf("demo: region %lx + %lu MiB, limit %lu MiB\n", memout_region_base(),
+              memout_region_size() >> 20, memout_limit_pages() >> 8);
+    /* No release callback: a resize during the demo is met from the driver's pool (empty
+     * here) and otherwise by eviction; memout_poll() at each step reads the host's messages. */
+    memout_poll();
     rt_checkpoint(0);
 
     struct memout_extent_list a = {.capacity = 64, .ext = ext_a};
@@ -61,6 +65,7 @@ int guest_main(void)
     memout_stats(&st);
     rt_printf("demo: freed %lu pages; host says %lu resident\n", pages / 2, st.resident_pages);
     rt_checkpoint(2);
+    memout_poll();
 
     /* Freeing the same frames again must be refused. */
     r = memout_free(&f);

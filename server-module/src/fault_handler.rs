@@ -1,6 +1,6 @@
 //! The fault-handler thread of one guest: waits on the guest's userfaultfd and a stop
-//! eventfd, serves missing-page faults through [`GuestCore::resolve_fault`], and passes
-//! write-protect faults (writes during an eviction) to [`GuestCore::resolve_wp_fault`]. One thread per guest, so a slow populate for one guest never delays another.
+//! eventfd, serves missing-page faults through `GuestCore::resolve_fault`, and passes
+//! write-protect faults (writes during an eviction) to `GuestCore::resolve_wp_fault`. One thread per guest, so a slow populate for one guest never delays another.
 
 use crate::guest::{GuestCore, Resolution};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};

@@ -44,7 +44,7 @@ pub enum Error {
     },
 }
 
-/// `Result` with this module's [`Error`].
+/// `Result` with this module's [`enum@Error`].
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// Extent-based allocator for one region with a quota.

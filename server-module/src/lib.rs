@@ -18,7 +18,10 @@
 //!
 //! Modules, bottom up: [`extents`], [`frames`], [`resident`], [`populate`] and [`stats`] are
 //! pure logic; [`uffd`] and [`host_mem`] are the thin `unsafe` wrappers; [`guest`],
-//! [`fault_handler`] and [`rpc`] do the work; [`server`] is the API.
+//! [`fault_handler`] and [`rpc`] do the work; [`server`] is the API, and [`control`] serves it
+//! to operators over a Unix socket (`memoutctl`). Guests are resized at runtime
+//! ([`GuestHandle::resize`]): the host tells the guest its new limit and asks it to release
+//! frames through messages in the ring header, and evicts what it keeps after a deadline.
 #![deny(missing_docs)]
 
 pub mod cold;

@@ -48,7 +48,7 @@ pub enum Error {
     Spawn(String),
 }
 
-/// `Result` with this module's [`Error`].
+/// `Result` with this module's [`enum@Error`].
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// Builds a [`Server`].

@@ -25,7 +25,7 @@ pub enum Error {
     Write(String),
 }
 
-/// `Result` with this module's [`Error`].
+/// `Result` with this module's [`enum@Error`].
 pub type Result<T> = std::result::Result<T, Error>;
 
 const PTE_P_RW_US: u64 = 0x7;

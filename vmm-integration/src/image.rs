@@ -33,7 +33,7 @@ pub enum Error {
     },
 }
 
-/// `Result` with this module's [`Error`].
+/// `Result` with this module's [`enum@Error`].
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// A validated guest image.

@@ -7,6 +7,7 @@
 //!                        │        └─ cpl3 (long mode at CPL3), layout (boot region)
 //!                        ├─ image (guest images)          vcpu_kick (stop a vCPU)
 //!                        └─ memout-server (GuestHandle: doorbell, faults, stats)
+//!  memoutctl (binary) ──── memout-server::control::Client ──▶ control socket of `memout run`
 //! ```
 //!
 //! A guest program runs in 64-bit long mode at CPL3 (see [`cpl3`] for why), with a 16 MiB boot

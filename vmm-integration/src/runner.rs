@@ -50,7 +50,7 @@ pub enum Error {
     Load(String),
 }
 
-/// `Result` with this module's [`Error`].
+/// `Result` with this module's [`enum@Error`].
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// How to run a guest.

@@ -31,7 +31,7 @@ pub enum Error {
     Tables(#[from] cpl3::Error),
 }
 
-/// `Result` with this module's [`Error`].
+/// `Result` with this module's [`enum@Error`].
 pub type Result<T> = std::result::Result<T, Error>;
 
 fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {

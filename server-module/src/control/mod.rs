@@ -58,7 +58,7 @@ pub enum Error {
     Spawn(std::io::Error),
 }
 
-/// `Result` with this module's [`Error`].
+/// `Result` with this module's [`enum@Error`].
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// How the control socket is served.

@@ -3,9 +3,9 @@
 //! an `Arc`) between the guest's handle, its fault-handler thread and the eager workers.
 //!
 //! - this module: state, ALLOC/FREE, stop, statistics;
-//! - [`fill`]: populate (claim → copy → settle → wake), including swap-in from the store;
-//! - [`evict`]: eviction to the backing store or to kernel swap, and the resident budget;
-//! - [`resize`]: changing the requested size of a running guest.
+//! - `fill`: populate (claim → copy → settle → wake), including swap-in from the store;
+//! - `evict`: eviction to the backing store or to kernel swap, and the resident budget;
+//! - `resize`: changing the requested size of a running guest.
 
 mod evict;
 mod fill;
