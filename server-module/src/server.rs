@@ -533,6 +533,7 @@ impl GuestHandle {
 
 impl Drop for GuestHandle {
     fn drop(&mut self) {
+        self.core.cancel_resize();
         let _ = self.stop.write(1);
         if let Some(t) = self.thread.take() {
             let _ = t.join();

@@ -364,8 +364,16 @@ fn serve(mut stream: UnixStream, shared: &Shared, uid: u32, pid: i32) {
                 ..
             }
         ) && !hello;
-        let Ok(frame) = encode_frame(&response) else {
-            return;
+        let frame = match encode_frame(&response) {
+            Ok(f) => f,
+            // Only a list of very many guests gets this large; say so rather than hang up.
+            Err(e) => match encode_frame(&Response::error(
+                ErrorKind::Failed,
+                format!("the reply does not fit in a frame ({e}); ask for guests one by one"),
+            )) {
+                Ok(f) => f,
+                Err(_) => return,
+            },
         };
         if stream.write_all(&frame).is_err() || close {
             return; // a client that does not read its replies is dropped

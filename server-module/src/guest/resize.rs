@@ -260,6 +260,11 @@ impl GuestCore {
         Ok(first)
     }
 
+    /// Ends any running resize as superseded (the guest is going away).
+    pub(crate) fn cancel_resize(&self) {
+        self.resize.generation.fetch_add(1, SeqCst);
+    }
+
     fn superseded(&self, id: u64) -> bool {
         self.resize.generation.load(SeqCst) != id
     }
