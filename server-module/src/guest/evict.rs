@@ -368,10 +368,7 @@ impl GuestCore {
         }
         // Durable in the store: now the host pages can go.
         for r in runs {
-            if let Err(e) = self
-                .region
-                .discard((r.start * PAGE_SIZE) as usize, (r.len * PAGE_SIZE) as usize)
-            {
+            if let Err(e) = self.drop_frames(*r) {
                 return fail(EvictError::Host(e.to_string()), &slots_taken);
             }
         }

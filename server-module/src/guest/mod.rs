@@ -309,6 +309,12 @@ impl GuestCore {
         self.state().hello = true;
     }
 
+    /// Drops the host pages behind `r` (`MADV_DONTNEED`).
+    fn drop_frames(&self, r: Run) -> crate::host_mem::Result<()> {
+        self.region
+            .discard((r.start * PAGE_SIZE) as usize, (r.len * PAGE_SIZE) as usize)
+    }
+
     fn host_addr(&self, frame: u64) -> usize {
         self.region.addr() + (frame * PAGE_SIZE) as usize
     }
@@ -412,10 +418,7 @@ impl GuestCore {
             (pages, coalesce(present), slots)
         };
         for r in &to_drop {
-            if let Err(e) = self
-                .region
-                .discard((r.start * PAGE_SIZE) as usize, (r.len * PAGE_SIZE) as usize)
-            {
+            if let Err(e) = self.drop_frames(*r) {
                 tracing::error!(parent: &self.span, "dropping freed frames: {e}");
             }
         }

@@ -385,11 +385,7 @@ impl GuestCore {
         };
         let mut n = 0;
         for r in &runs {
-            if self
-                .region
-                .discard((r.start * PAGE_SIZE) as usize, (r.len * PAGE_SIZE) as usize)
-                .is_ok()
-            {
+            if self.drop_frames(*r).is_ok() {
                 n += r.len;
             }
         }
