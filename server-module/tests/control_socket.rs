@@ -405,8 +405,27 @@ fn clients_that_never_read_or_write_block_no_one() {
     unchanged(&f);
 }
 
+/// Everything the server logs in this test binary (the accept thread logs refusals).
+static LOG: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        LOG.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[test]
-fn a_peer_of_another_uid_is_refused_and_counted() {
+fn a_peer_of_another_uid_is_refused_counted_and_logged() {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(|| LogWriter)
+        .with_ansi(false)
+        .try_init();
     let Some(f) = fixture("uid") else { return };
     if !nix::unistd::geteuid().is_root() {
         eprintln!("SKIPPED: the other-uid check needs root to become another uid");
@@ -422,6 +441,11 @@ fn a_peer_of_another_uid_is_refused_and_counted() {
     let r: Response = decode(&read_frame(&mut &bytes[..]).unwrap()).unwrap();
     assert_eq!(kind(&r), Some(ErrorKind::Denied), "{r:?}");
     assert_eq!(f.control.stats().refused_peers.load(Relaxed), 1);
+    let log = String::from_utf8_lossy(&LOG.lock().unwrap()).into_owned();
+    assert!(
+        log.contains("control connection refused") && log.contains("uid=65534"),
+        "refusal not logged: {log}"
+    );
     unchanged(&f);
 }
 
