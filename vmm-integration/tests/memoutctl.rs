@@ -99,7 +99,7 @@ fn memoutctl_steers_a_running_guest() {
     let v = json(&sock, &["resize", "vm1", "128M", "--wait"]);
     assert_eq!(v["phase"], "done");
     let end = Instant::now() + Duration::from_secs(10);
-    while json(&sock, &["status", "vm1"])["allocated_bytes"].as_u64() < Some(126 << 20) {
+    while json(&sock, &["status", "vm1"])["allocated_bytes"].as_u64() < Some(128 << 20) {
         assert!(Instant::now() < end, "guest did not grow");
         std::thread::sleep(Duration::from_millis(50));
     }
