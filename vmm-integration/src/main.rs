@@ -155,6 +155,7 @@ fn main() -> ExitCode {
                 eviction: eviction_of(&eviction, &store_dir, region)?,
                 budget_bytes: budget,
                 min_bytes: min,
+                control,
                 name,
                 region_size: region,
                 quota_bytes: quota,
@@ -171,7 +172,7 @@ fn main() -> ExitCode {
                     finish.store(true, std::sync::atomic::Ordering::SeqCst);
                 });
             }
-            let report = run_with_control(&img, &cfg, control)?;
+            let report = run(&img, &cfg)?;
             print_stats(&report);
             if report.passed() {
                 Ok(())
@@ -203,29 +204,10 @@ fn main() -> ExitCode {
 }
 
 fn run(img: &GuestImage, cfg: &RunConfig) -> Result<RunReport, String> {
-    run_with_control(img, cfg, None)
-}
-
-/// Runs the guest, serving the control socket at `control` while it runs.
-fn run_with_control(
-    img: &GuestImage,
-    cfg: &RunConfig,
-    control: Option<std::path::PathBuf>,
-) -> Result<RunReport, String> {
     if !memout_vmm::vm::kvm_available() {
         return Err("SKIPPED: no /dev/kvm: memout needs KVM to run guests".into());
     }
     let server = Server::builder().build().map_err(|e| e.to_string())?;
-    let _control = match control {
-        Some(path) => {
-            let c = server.serve_control(path).map_err(|e| {
-                format!("{e} (choose another path with --control, or --no-control)")
-            })?;
-            eprintln!("memout: control socket {}", c.path().display());
-            Some(c)
-        }
-        None => None,
-    };
     runner::run_guest(&server, img, cfg).map_err(|e| e.to_string())
 }
 

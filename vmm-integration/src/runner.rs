@@ -48,6 +48,9 @@ pub enum Error {
     /// The image could not be placed.
     #[error("cannot load the guest image: {0}")]
     Load(String),
+    /// The control socket could not be served.
+    #[error("{0} (choose another path with --control, or --no-control)")]
+    Control(#[from] memout_server::control::Error),
 }
 
 /// `Result` with this module's [`enum@Error`].
@@ -84,6 +87,9 @@ pub struct RunConfig {
     pub finish: Arc<AtomicBool>,
     /// A word the guest reads from [`PORT_FLAGS`] while it runs.
     pub flags: Arc<AtomicU32>,
+    /// Serve the server's control socket here while the guest runs (bound once the guest has
+    /// been accepted, so a refused configuration never touches the socket path).
+    pub control: Option<std::path::PathBuf>,
 }
 
 /// A hook that sees the guest's handle before it runs (tests use it to inject faults).
@@ -174,6 +180,7 @@ impl Default for RunConfig {
             min_bytes: 0,
             finish: Arc::default(),
             flags: Arc::default(),
+            control: None,
         }
     }
 }
@@ -327,6 +334,16 @@ pub fn run_guest(server: &Server, image: &GuestImage, cfg: &RunConfig) -> Result
     if let (Backend::Memout(h), Some(setup)) = (&backend, &cfg.setup) {
         (setup.0)(h);
     }
+    let _control = match &cfg.control {
+        Some(path) => {
+            let c = server.serve_control(path)?;
+            if cfg.echo {
+                println!("[{}] control socket {}", cfg.name, c.path().display());
+            }
+            Some(c)
+        }
+        None => None,
+    };
     vm.map(REGION_GPA, backend.size(), backend.host_addr())?;
     vm.setup_cpl3(image.entry, &[(REGION_GPA, backend.size())])?;
 

@@ -150,3 +150,46 @@ fn memoutctl_steers_a_running_guest() {
     assert!(stdout.contains(" 0 bad pages"), "{stdout}");
     assert!(!sock.exists(), "socket left behind");
 }
+
+#[test]
+fn memout_run_refuses_a_socket_in_use_and_binds_nothing_for_a_refused_guest() {
+    if std::fs::metadata("/dev/kvm").is_err() {
+        eprintln!("SKIPPED: no /dev/kvm (memout run --control)");
+        assert_ne!(std::env::var("MEMOUT_REQUIRE_KVM").as_deref(), Ok("1"));
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("memoutctl-inuse-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _cleanup = Guest {
+        child: None,
+        dir: dir.clone(),
+    };
+    let run = |sock: &Path, extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_memout"))
+            .args(["run", "demo", "--control"])
+            .arg(sock)
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // A live server owns the path: refused, and its socket is left alone.
+    let server = memout_server::Server::builder().build().unwrap();
+    let live = dir.join("live.sock");
+    let control = server.serve_control(&live).unwrap();
+    let (ok, err) = run(&live, &[]);
+    assert!(
+        !ok && err.contains("in use") && err.contains("--no-control"),
+        "{err}"
+    );
+    assert!(live.exists());
+    drop(control);
+    // A refused guest configuration never creates the socket.
+    let fresh = dir.join("fresh.sock");
+    let (ok, err) = run(&fresh, &["--quota", "8G", "--region", "4G"]);
+    assert!(!ok && err.contains("quota"), "{err}");
+    assert!(!fresh.exists());
+}
