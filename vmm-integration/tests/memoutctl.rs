@@ -21,6 +21,16 @@ impl Drop for Guest {
     }
 }
 
+/// True if KVM is there; otherwise a loud SKIPPED line (a failure under MEMOUT_REQUIRE_KVM=1).
+fn kvm_or_skip(test: &str) -> bool {
+    if std::fs::metadata("/dev/kvm").is_ok() {
+        return true;
+    }
+    eprintln!("SKIPPED: no /dev/kvm ({test})");
+    assert_ne!(std::env::var("MEMOUT_REQUIRE_KVM").as_deref(), Ok("1"));
+    false
+}
+
 fn ctl(sock: &Path, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_memoutctl"))
         .arg("--socket")
@@ -45,9 +55,7 @@ fn json(sock: &Path, args: &[&str]) -> serde_json::Value {
 
 #[test]
 fn memoutctl_steers_a_running_guest() {
-    if std::fs::metadata("/dev/kvm").is_err() {
-        eprintln!("SKIPPED: no /dev/kvm (memoutctl)");
-        assert_ne!(std::env::var("MEMOUT_REQUIRE_KVM").as_deref(), Ok("1"));
+    if !kvm_or_skip("memoutctl") {
         return;
     }
     let dir = std::env::temp_dir().join(format!("memoutctl-{}", std::process::id()));
@@ -153,9 +161,7 @@ fn memoutctl_steers_a_running_guest() {
 
 #[test]
 fn memout_run_refuses_a_socket_in_use_and_binds_nothing_for_a_refused_guest() {
-    if std::fs::metadata("/dev/kvm").is_err() {
-        eprintln!("SKIPPED: no /dev/kvm (memout run --control)");
-        assert_ne!(std::env::var("MEMOUT_REQUIRE_KVM").as_deref(), Ok("1"));
+    if !kvm_or_skip("memout run --control") {
         return;
     }
     let dir = std::env::temp_dir().join(format!("memoutctl-inuse-{}", std::process::id()));
