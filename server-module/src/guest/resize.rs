@@ -283,6 +283,7 @@ impl GuestCore {
         let target = p.target_bytes / PAGE_SIZE;
         let start_alloc = p.allocated_bytes / PAGE_SIZE;
         let deadline = t0 + opts.release_deadline;
+        let mut recorded = p.released_bytes;
         loop {
             if self.superseded(p.id) {
                 return self.end(p, t0, ResizePhase::Superseded);
@@ -303,7 +304,9 @@ impl GuestCore {
             if held <= target || Instant::now() >= deadline {
                 break;
             }
-            if p.released_bytes != self.resize_progress().map_or(0, |q| q.released_bytes) {
+            if p.released_bytes != recorded {
+                // Publish progress only when the guest gave something back (pollers see it).
+                recorded = p.released_bytes;
                 self.fill_live(&mut p);
                 self.record(&p);
             }
