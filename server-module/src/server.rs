@@ -513,11 +513,6 @@ impl GuestHandle {
         self.core.wait_resize(id, timeout)
     }
 
-    /// The guest's server-side state (what the control socket works on).
-    pub fn core(&self) -> &Arc<GuestCore> {
-        &self.core
-    }
-
     /// Changes the quota (bytes, page-aligned, at most the region size).
     pub fn set_quota(&self, bytes: u64) -> Result<()> {
         if bytes % PAGE_SIZE != 0 {
