@@ -1,20 +1,29 @@
 //! Kernel mode: memout asks the kernel to swap cold guest memory out (MADV_PAGEOUT) to a
 //! swapfile. The swapfile is made for this test (unique name) and is switched off and removed
 //! when the test ends, pass or fail.
+//!
+//! Also: a resize of a kernel-mode guest evicts through the kernel's swap too, and the data
+//! comes back intact.
 
-use memout_server::{Eviction, Server};
+use memout_protocol::control::ResizePhase;
+use memout_protocol::ring::PAGE_SIZE;
+use memout_server::ring_driver::RingDriver;
+use memout_server::{
+    ChannelConfig, Eviction, GuestConfig, PopulatePolicy, RegionMemory, ResizeOptions, Server,
+};
 use memout_tests::kvm_or_skip;
 use memout_vmm::image::GuestImage;
 use memout_vmm::runner::{RunConfig, run_guest};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 struct Swapfile(PathBuf);
 
 impl Swapfile {
-    fn new(mib: u64) -> Result<Self, String> {
-        let p = std::env::temp_dir().join(format!("memout-test-swap-{}", std::process::id()));
+    fn new(tag: &str, mib: u64) -> Result<Self, String> {
+        let p = std::env::temp_dir().join(format!("memout-test-swap-{tag}-{}", std::process::id()));
         let sh = |cmd: &str, args: &[&str]| {
             let st = Command::new(cmd)
                 .args(args)
@@ -48,7 +57,7 @@ fn kernel_mode_pages_out_and_stays_correct() {
     if !kvm_or_skip("kernel-swap") {
         return;
     }
-    let swap = match Swapfile::new(512) {
+    let swap = match Swapfile::new("budget", 512) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("SKIPPED: cannot set up a swapfile here: {e}");
@@ -93,4 +102,77 @@ fn kernel_mode_pages_out_and_stays_correct() {
         "RSS {} at the end",
         end.region_rss
     );
+}
+
+#[test]
+fn kernel_mode_resize_pages_out_to_the_target_and_keeps_the_data() {
+    let swap = match Swapfile::new("resize", 256) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("SKIPPED: cannot set up a swapfile here: {e}");
+            return;
+        }
+    };
+    const MIB: u64 = 1 << 20;
+    const PAGES: u64 = 64 * MIB / PAGE_SIZE;
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    let server = Server::builder().build().unwrap();
+    let h = match server.add_guest(GuestConfig {
+        name: "kresize".into(),
+        region_gpa: 1 << 32,
+        region_size: 64 * MIB,
+        quota_bytes: 64 * MIB,
+        policy: PopulatePolicy::default(),
+        memory: RegionMemory::Allocate,
+        eviction: Eviction::Kernel,
+        resident_budget_bytes: None,
+        min_bytes: 0,
+        channel: ChannelConfig {
+            ring_gpa: 0x6000,
+            ring_slots: 16,
+        },
+        shared: mem.clone(),
+        on_fatal: None,
+    }) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("SKIPPED: {e}");
+            return;
+        }
+    };
+    let mut ring = RingDriver::new(mem, 0x6000, 16);
+    assert_eq!(ring.hello(&h).status, 0);
+    assert_eq!(ring.alloc(&h, PAGES, 0x8000, 1).status, 0);
+    let page = |p: u64| (h.region_host_addr() + (p * PAGE_SIZE) as usize) as *mut u64;
+    for p in 0..PAGES {
+        // SAFETY: page p lies in the region, in frames granted to the guest.
+        unsafe { page(p).write_volatile(p ^ 0x5a5a) };
+    }
+    // The "guest" (host threads here) never releases: the shrink must page out.
+    let first = h
+        .resize(
+            16 * MIB,
+            ResizeOptions {
+                release_deadline: Duration::from_millis(20),
+            },
+        )
+        .unwrap();
+    let end = h.wait_resize(first.id, Duration::from_secs(60)).unwrap();
+    let rss = memout_server::procfs::mapping_rss(h.region_host_addr()).unwrap();
+    assert_eq!(end.phase, ResizePhase::Done, "{end:?}");
+    assert!(end.evicted_bytes >= 48 * MIB, "{end:?}");
+    assert!(rss <= 16 * MIB, "RSS {rss} above the 16 MiB target");
+    assert!(
+        h.stats().evicted_pages * PAGE_SIZE >= 48 * MIB,
+        "{:?}",
+        h.stats()
+    );
+    // Every page comes back (through the kernel's swap-in) with its content.
+    let bad = (0..PAGES)
+        // SAFETY: as above.
+        .filter(|&p| unsafe { page(p).read_volatile() } != p ^ 0x5a5a)
+        .count();
+    assert_eq!(bad, 0);
+    drop(h);
+    drop(swap);
 }
