@@ -42,17 +42,16 @@ impl Drop for Scratch {
 }
 
 struct Fixture {
-    _server: Server,
+    server: Server,
     guest: GuestHandle,
     control: ControlServer,
     _dir: Scratch,
 }
 
-fn fixture(tag: &str) -> Option<Fixture> {
-    let server = Server::builder().build().unwrap();
+fn guest_config(name: &str) -> GuestConfig {
     let shared = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-    let guest = match server.add_guest(GuestConfig {
-        name: "g1".into(),
+    GuestConfig {
+        name: name.into(),
         region_gpa: 1 << 32,
         region_size: REGION,
         quota_bytes: QUOTA,
@@ -67,7 +66,12 @@ fn fixture(tag: &str) -> Option<Fixture> {
         },
         shared,
         on_fatal: None,
-    }) {
+    }
+}
+
+fn fixture(tag: &str) -> Option<Fixture> {
+    let server = Server::builder().build().unwrap();
+    let guest = match server.add_guest(guest_config("g1")) {
         Ok(g) => g,
         Err(e) if e.to_string().contains("userfaultfd") => {
             eprintln!("SKIPPED: no userfaultfd: {e}");
@@ -78,7 +82,7 @@ fn fixture(tag: &str) -> Option<Fixture> {
     let dir = Scratch::new(tag);
     let control = server.serve_control(dir.sock()).unwrap();
     Some(Fixture {
-        _server: server,
+        server: server,
         guest,
         control,
         _dir: dir,
@@ -174,6 +178,36 @@ fn socket_is_private_and_handshake_is_enforced() {
         Err(memout_server::control::Error::InUse(_))
     ));
     unchanged(&f);
+}
+
+#[test]
+fn list_shows_every_guest_and_names_are_unique() {
+    let Some(f) = fixture("list") else { return };
+    let g2 = f.server.add_guest(guest_config("g2")).unwrap();
+    let dup = f.server.add_guest(guest_config("g1"));
+    assert!(dup.is_err_and(|e| e.to_string().contains("already served")));
+    let mut c = client(f.control.path());
+    let Response::Guests(gs) = c.request(&Request::List).unwrap() else {
+        panic!()
+    };
+    let names: Vec<&str> = gs.iter().map(|g| g.name.as_str()).collect();
+    assert_eq!(names, ["g1", "g2"]);
+    assert!(
+        gs.iter()
+            .all(|g| g.requested_bytes == QUOTA && g.min_bytes == MIN)
+    );
+    // A guest that ends leaves the list, and its name is free again.
+    drop(g2);
+    let Response::Guests(gs) = c.request(&Request::List).unwrap() else {
+        panic!()
+    };
+    assert_eq!(gs.len(), 1);
+    let again = f.server.add_guest(guest_config("g2")).unwrap();
+    assert!(matches!(
+        c.request(&Request::Status { guest: "g2".into() }).unwrap(),
+        Response::Status(_)
+    ));
+    drop(again);
 }
 
 #[test]
