@@ -82,7 +82,7 @@ fn fixture(tag: &str) -> Option<Fixture> {
     let dir = Scratch::new(tag);
     let control = server.serve_control(dir.sock()).unwrap();
     Some(Fixture {
-        server: server,
+        server,
         guest,
         control,
         _dir: dir,
