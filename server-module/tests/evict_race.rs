@@ -14,7 +14,15 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 const PAGES: usize = 4096;
 
 fn setup(server: &Server, mem: &GuestMemoryMmap) -> Option<memout_server::GuestHandle> {
-    let store = FileStore::create(&std::env::temp_dir(), "race", 64 << 20).unwrap();
+    setup_with_store(server, mem, 64 << 20)
+}
+
+fn setup_with_store(
+    server: &Server,
+    mem: &GuestMemoryMmap,
+    store_bytes: u64,
+) -> Option<memout_server::GuestHandle> {
+    let store = FileStore::create(&std::env::temp_dir(), "race", store_bytes).unwrap();
     let h = match server.add_guest(GuestConfig {
         name: "race".into(),
         region_gpa: 1 << 32,
@@ -145,4 +153,34 @@ fn raising_the_budget_swaps_back_in_the_background() {
         faults_before,
         "memory should already be back"
     );
+}
+
+#[test]
+fn a_store_filling_up_mid_eviction_loses_nothing() {
+    // A large eviction runs as a pipeline (writes alongside drops); the store has room for
+    // 6 of the 8 chunks, so it fails in the middle.
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    let server = Server::builder().build().unwrap();
+    let Some(h) = setup_with_store(&server, &mem, 12 << 20) else {
+        return;
+    };
+    let base = h.region_host_addr();
+    for p in 0..PAGES {
+        // SAFETY: granted frames of the test guest.
+        unsafe { std::ptr::write_volatile(page(base, p), p as u64 ^ 0x77) };
+    }
+    let err = h.evict(u64::MAX / 2).unwrap_err();
+    assert!(
+        matches!(err, memout_server::EvictError::StoreFull(_)),
+        "{err}"
+    );
+    let s = h.stats();
+    assert_eq!(s.evicted_pages, 6 * 512, "{s:?}");
+    assert_eq!(s.resident_pages + s.evicted_pages, PAGES as u64, "{s:?}");
+    assert_eq!(s.evict_errors, 1, "{s:?}");
+    let wrong = (0..PAGES)
+        // SAFETY: as above.
+        .filter(|&p| unsafe { std::ptr::read_volatile(page(base, p)) } != p as u64 ^ 0x77)
+        .count();
+    assert_eq!(wrong, 0);
 }

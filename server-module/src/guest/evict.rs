@@ -15,6 +15,17 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use thiserror::Error;
 
+/// Evictions at least this large run as a pipeline (store writes alongside host page drops).
+const PIPELINE_MIN_PAGES: u64 = 4 * CHUNK_PAGES;
+
+/// Runs whose content is in the store while their host pages are still there, write-protected
+/// (between the two halves of an eviction).
+struct Stored {
+    runs: Vec<Run>,
+    placed: Vec<(Run, Option<u64>)>,
+    slots: Vec<Run>,
+}
+
 /// Where a guest's evicted memory goes.
 #[derive(Clone, Default)]
 pub enum Eviction {
@@ -296,38 +307,82 @@ impl GuestCore {
     }
 
     fn evict_to_store(&self, store: &dyn BackingStore, target: u64) -> Result<u64, EvictError> {
-        let mut done = 0;
-        while done < target {
-            let Some(runs) = self.claim_cold(target - done) else {
-                break;
-            };
-            done += self.evict_runs(store, &runs)?;
+        if target < PIPELINE_MIN_PAGES {
+            let mut done = 0;
+            while done < target {
+                let Some(runs) = self.claim_cold(target - done) else {
+                    break;
+                };
+                done += self.finish_stored(self.store_runs(store, runs)?)?;
+            }
+            return Ok(done);
         }
-        Ok(done)
+        // A large eviction is a pipeline: this thread writes chunk N+1 to the store while a
+        // helper drops, settles and wakes chunk N (the two halves cost about the same).
+        std::thread::scope(|scope| {
+            let (tx, rx) = crossbeam_channel::bounded::<Stored>(1);
+            let finisher = scope.spawn(move || {
+                let (mut done, mut first_err) = (0, None);
+                for stored in rx {
+                    match self.finish_stored(stored) {
+                        Ok(n) => done += n,
+                        Err(e) => {
+                            first_err.get_or_insert(e);
+                        }
+                    }
+                }
+                (done, first_err)
+            });
+            let mut claimed = 0;
+            let mut err = None;
+            while claimed < target {
+                let Some(runs) = self.claim_cold(target - claimed) else {
+                    break;
+                };
+                claimed += runs.iter().map(|r| r.len).sum::<u64>();
+                match self.store_runs(store, runs) {
+                    Ok(stored) => {
+                        if tx.send(stored).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        err = Some(e);
+                        break;
+                    }
+                }
+            }
+            drop(tx);
+            let (done, finish_err) = finisher
+                .join()
+                .unwrap_or((0, Some(EvictError::Host("eviction helper panicked".into()))));
+            match err.or(finish_err) {
+                Some(e) => Err(e),
+                None => Ok(done),
+            }
+        })
     }
 
-    fn evict_runs(&self, store: &dyn BackingStore, runs: &[Run]) -> Result<u64, EvictError> {
-        let fail = |e: EvictError, slots: &[Run]| {
-            let mut st = self.state();
-            for s in slots {
-                st.slots.free(*s);
-            }
-            drop(st);
+    /// First half of evicting `runs`: write-protect them and write their non-zero pages to the
+    /// store. On an error the runs are given back untouched.
+    fn store_runs(&self, store: &dyn BackingStore, runs: Vec<Run>) -> Result<Stored, EvictError> {
+        let fail = |e: EvictError, slots: &[Run], runs: &[Run]| {
+            self.free_slots(slots);
             self.abandon(runs);
             Err(e)
         };
-        for r in runs {
+        for r in &runs {
             if let Err(e) = self
                 .uffd
                 .write_protect(self.host_addr(r.start), (r.len * PAGE_SIZE) as usize)
             {
-                return fail(EvictError::Host(e.to_string()), &[]);
+                return fail(EvictError::Host(e.to_string()), &[], &runs);
             }
         }
         // Split into zero and non-zero stretches; only non-zero pages are written.
         let mut placed: Vec<(Run, Option<u64>)> = Vec::new();
         let mut slots_taken: Vec<Run> = Vec::new();
-        for r in runs {
+        for r in &runs {
             let off = (r.start * PAGE_SIZE) as usize;
             // SAFETY: the run is resident (claimed from the resident map) and write-protected
             // above, so nothing writes it while we read.
@@ -341,7 +396,7 @@ impl GuestCore {
                     continue;
                 }
                 let Some(slot_runs) = self.state().slots.alloc(n) else {
-                    return fail(EvictError::StoreFull(store.describe()), &slots_taken);
+                    return fail(EvictError::StoreFull(store.describe()), &slots_taken, &runs);
                 };
                 let mut g = sub.start;
                 for s in slot_runs {
@@ -353,7 +408,7 @@ impl GuestCore {
                             store: store.describe(),
                             error: e.to_string(),
                         };
-                        return fail(err, &slots_taken);
+                        return fail(err, &slots_taken, &runs);
                     }
                     placed.push((
                         Run {
@@ -366,32 +421,50 @@ impl GuestCore {
                 }
             }
         }
-        // Durable in the store: now the host pages can go.
-        for r in runs {
+        Ok(Stored {
+            runs,
+            placed,
+            slots: slots_taken,
+        })
+    }
+
+    /// Second half: the content is durable in the store, so the host pages go; the runs become
+    /// evicted, and writers blocked on the protection are woken (they then fault as missing
+    /// and are swapped in). Returns the frames evicted.
+    fn finish_stored(&self, s: Stored) -> Result<u64, EvictError> {
+        for r in &s.runs {
             if let Err(e) = self.drop_frames(*r) {
-                return fail(EvictError::Host(e.to_string()), &slots_taken);
+                self.free_slots(&s.slots);
+                self.abandon(&s.runs);
+                return Err(EvictError::Host(e.to_string()));
             }
         }
-        let n: u64 = runs.iter().map(|r| r.len).sum();
+        let n: u64 = s.runs.iter().map(|r| r.len).sum();
         {
             let mut st = self.state();
-            for r in runs {
+            for r in &s.runs {
                 st.inflight.remove(*r);
                 st.resident.clear(*r);
             }
-            for (frames, slot) in &placed {
+            for (frames, slot) in &s.placed {
                 st.evicted.insert(*frames, *slot);
             }
         }
         self.settled.notify_all();
-        // Writers blocked on the protection now fault as missing and are swapped in.
-        for r in runs {
+        for r in &s.runs {
             let _ = self
                 .uffd
                 .wake(self.host_addr(r.start), (r.len * PAGE_SIZE) as usize);
         }
         self.counters.evicted_pages.fetch_add(n, Relaxed);
         Ok(n)
+    }
+
+    fn free_slots(&self, slots: &[Run]) {
+        let mut st = self.state();
+        for s in slots {
+            st.slots.free(*s);
+        }
     }
 
     /// Kernel mode: `MADV_PAGEOUT` the coldest chunks, rotating them to the young end (the
