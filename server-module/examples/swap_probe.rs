@@ -1,9 +1,7 @@
 //! Measures evict and swap-in with host threads only (no KVM): how much of the swap cost is
 //! memout's own. Usage: cargo run --release --example swap_probe -p memout-server [MiB] [dir]
-use memout_server::ring_driver::RingDriver;
-use memout_server::{
-    ChannelConfig, Eviction, FileStore, GuestConfig, PopulatePolicy, RegionMemory, Server,
-};
+use memout_server::ring_driver::{RingDriver, host_test_config};
+use memout_server::{Eviction, FileStore, Server};
 use std::sync::Arc;
 use std::time::Instant;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
@@ -18,23 +16,13 @@ fn main() {
     let store = FileStore::create(std::path::Path::new(&dir), "probe", mib << 20).unwrap();
     let server = Server::builder().build().unwrap();
     let h = server
-        .add_guest(GuestConfig {
-            name: "probe".into(),
-            region_gpa: 1 << 32,
-            region_size: mib << 20,
-            quota_bytes: mib << 20,
-            policy: PopulatePolicy::default(),
-            memory: RegionMemory::Allocate,
-            eviction: Eviction::Store(Arc::new(store)),
-            resident_budget_bytes: None,
-            min_bytes: 0,
-            channel: ChannelConfig {
-                ring_gpa: 0x6000,
-                ring_slots: 16,
-            },
-            shared: mem.clone(),
-            on_fatal: None,
-        })
+        .add_guest(host_test_config(
+            "probe",
+            mib << 20,
+            mib << 20,
+            Eviction::Store(Arc::new(store)),
+            &mem,
+        ))
         .unwrap();
     let mut ring = RingDriver::new(mem.clone(), 0x6000, 16);
     assert_eq!(ring.hello(&h).status, 0);

@@ -1,9 +1,47 @@
 //! Driving a guest's request ring from the host, as the C driver would from inside the guest:
 //! for tests, probes and tools that exercise a server without a VM.
 
-use crate::server::GuestHandle;
+use crate::guest::Eviction;
+use crate::populate::PopulatePolicy;
+use crate::server::{ChannelConfig, GuestConfig, GuestHandle, RegionMemory};
 use memout_protocol::ring::{ABI_VERSION, Descriptor, Opcode, RING_REQ_PROD_OFFSET, RingHeader};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+/// Where [`host_test_config`] puts the ring.
+pub const TEST_RING_GPA: u64 = 0x6000;
+/// Ring slots of [`host_test_config`].
+pub const TEST_RING_SLOTS: u32 = 16;
+/// Guest-physical base of the region of [`host_test_config`] (4 GiB).
+pub const TEST_REGION_GPA: u64 = 1 << 32;
+
+/// A guest configuration for driving a guest from host threads: the region at
+/// [`TEST_REGION_GPA`], the ring at [`TEST_RING_GPA`] in `shared`, the default policy, no
+/// budget, no pinned minimum and no fatal notifier. Adjust fields with struct update syntax.
+pub fn host_test_config(
+    name: &str,
+    region_size: u64,
+    quota_bytes: u64,
+    eviction: Eviction,
+    shared: &GuestMemoryMmap,
+) -> GuestConfig {
+    GuestConfig {
+        name: name.into(),
+        region_gpa: TEST_REGION_GPA,
+        region_size,
+        quota_bytes,
+        policy: PopulatePolicy::default(),
+        memory: RegionMemory::Allocate,
+        eviction,
+        resident_budget_bytes: None,
+        min_bytes: 0,
+        channel: ChannelConfig {
+            ring_gpa: TEST_RING_GPA,
+            ring_slots: TEST_RING_SLOTS,
+        },
+        shared: shared.clone(),
+        on_fatal: None,
+    }
+}
 
 /// Posts descriptors into a ring in `mem` and rings the handle's doorbell.
 pub struct RingDriver {

@@ -6,7 +6,8 @@
 use memout_protocol::codec::{decode, encode_frame, read_frame};
 use memout_protocol::control::*;
 use memout_server::control::{Client, ControlServer};
-use memout_server::{ChannelConfig, GuestConfig, GuestHandle, PopulatePolicy, Server};
+use memout_server::ring_driver::host_test_config;
+use memout_server::{Eviction, GuestConfig, GuestHandle, Server};
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
@@ -51,21 +52,8 @@ struct Fixture {
 fn guest_config(name: &str) -> GuestConfig {
     let shared = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
     GuestConfig {
-        name: name.into(),
-        region_gpa: 1 << 32,
-        region_size: REGION,
-        quota_bytes: QUOTA,
-        policy: PopulatePolicy::default(),
-        memory: memout_server::RegionMemory::Allocate,
-        eviction: memout_server::Eviction::None,
-        resident_budget_bytes: None,
         min_bytes: MIN,
-        channel: ChannelConfig {
-            ring_gpa: 0x6000,
-            ring_slots: 16,
-        },
-        shared,
-        on_fatal: None,
+        ..host_test_config(name, REGION, QUOTA, Eviction::None, &shared)
     }
 }
 

@@ -2,10 +2,8 @@
 //! store): every write lands, whatever the interleaving; raising the budget swaps memory back
 //! in the background.
 
-use memout_server::ring_driver::RingDriver;
-use memout_server::{
-    ChannelConfig, Eviction, FileStore, GuestConfig, PopulatePolicy, RegionMemory, Server,
-};
+use memout_server::ring_driver::{RingDriver, host_test_config};
+use memout_server::{Eviction, FileStore, Server};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::time::{Duration, Instant};
@@ -23,23 +21,13 @@ fn setup_with_store(
     store_bytes: u64,
 ) -> Option<memout_server::GuestHandle> {
     let store = FileStore::create(&std::env::temp_dir(), "race", store_bytes).unwrap();
-    let h = match server.add_guest(GuestConfig {
-        name: "race".into(),
-        region_gpa: 1 << 32,
-        region_size: 64 << 20,
-        quota_bytes: 64 << 20,
-        policy: PopulatePolicy::default(),
-        memory: RegionMemory::Allocate,
-        eviction: Eviction::Store(Arc::new(store)),
-        resident_budget_bytes: None,
-        min_bytes: 0,
-        channel: ChannelConfig {
-            ring_gpa: 0x6000,
-            ring_slots: 16,
-        },
-        shared: mem.clone(),
-        on_fatal: None,
-    }) {
+    let h = match server.add_guest(host_test_config(
+        "race",
+        64 << 20,
+        64 << 20,
+        Eviction::Store(Arc::new(store)),
+        mem,
+    )) {
         Ok(h) => h,
         Err(e) => {
             eprintln!("SKIPPED: {e}");

@@ -5,16 +5,12 @@
 
 use memout_protocol::control::ResizePhase;
 use memout_protocol::ring::*;
-use memout_server::ring_driver::RingDriver;
-use memout_server::{
-    ChannelConfig, Eviction, FileStore, GuestConfig, GuestHandle, PopulatePolicy, RegionMemory,
-    ResizeOptions, Server,
-};
+use memout_server::ring_driver::{RingDriver, TEST_RING_GPA as RING, host_test_config};
+use memout_server::{Eviction, FileStore, GuestHandle, ResizeOptions, Server};
 use std::sync::Arc;
 use std::time::Duration;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-const RING: u64 = 0x6000;
 const LIST: u64 = 0x8000;
 const MIB: u64 = 1 << 20;
 const PAGES: u64 = 8192; // 32 MiB
@@ -27,23 +23,7 @@ fn guest(server: &Server, mem: &GuestMemoryMmap, store: bool) -> Option<GuestHan
     } else {
         Eviction::None
     };
-    match server.add_guest(GuestConfig {
-        name: "r".into(),
-        region_gpa: 1 << 32,
-        region_size: 64 * MIB,
-        quota_bytes: 32 * MIB,
-        policy: PopulatePolicy::default(),
-        memory: RegionMemory::Allocate,
-        eviction,
-        resident_budget_bytes: None,
-        min_bytes: 0,
-        channel: ChannelConfig {
-            ring_gpa: RING,
-            ring_slots: 16,
-        },
-        shared: mem.clone(),
-        on_fatal: None,
-    }) {
+    match server.add_guest(host_test_config("r", 64 * MIB, 32 * MIB, eviction, mem)) {
         Ok(h) => Some(h),
         Err(e) => {
             eprintln!("SKIPPED: {e}");

@@ -7,10 +7,8 @@
 
 use memout_protocol::control::ResizePhase;
 use memout_protocol::ring::PAGE_SIZE;
-use memout_server::ring_driver::RingDriver;
-use memout_server::{
-    ChannelConfig, Eviction, GuestConfig, PopulatePolicy, RegionMemory, ResizeOptions, Server,
-};
+use memout_server::ring_driver::{RingDriver, host_test_config};
+use memout_server::{Eviction, ResizeOptions, Server};
 use memout_tests::kvm_or_skip;
 use memout_vmm::image::GuestImage;
 use memout_vmm::runner::{RunConfig, run_guest};
@@ -117,23 +115,13 @@ fn kernel_mode_resize_pages_out_to_the_target_and_keeps_the_data() {
     const PAGES: u64 = 64 * MIB / PAGE_SIZE;
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
     let server = Server::builder().build().unwrap();
-    let h = match server.add_guest(GuestConfig {
-        name: "kresize".into(),
-        region_gpa: 1 << 32,
-        region_size: 64 * MIB,
-        quota_bytes: 64 * MIB,
-        policy: PopulatePolicy::default(),
-        memory: RegionMemory::Allocate,
-        eviction: Eviction::Kernel,
-        resident_budget_bytes: None,
-        min_bytes: 0,
-        channel: ChannelConfig {
-            ring_gpa: 0x6000,
-            ring_slots: 16,
-        },
-        shared: mem.clone(),
-        on_fatal: None,
-    }) {
+    let h = match server.add_guest(host_test_config(
+        "kresize",
+        64 * MIB,
+        64 * MIB,
+        Eviction::Kernel,
+        &mem,
+    )) {
         Ok(h) => h,
         Err(e) => {
             eprintln!("SKIPPED: {e}");
