@@ -3,15 +3,15 @@
 //! through its host mapping (faults arrive on the uffd like KVM's do).
 
 use memout_protocol::ring::*;
-use memout_server::ring_driver::RingDriver;
-use memout_server::{ChannelConfig, GuestConfig, PopulatePolicy, Server};
+use memout_server::ring_driver::{
+    RingDriver, TEST_REGION_GPA as REGION_GPA, TEST_RING_GPA as RING, host_test_config,
+};
+use memout_server::{GuestConfig, Server};
 use std::sync::mpsc;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-const RING: u64 = 0x6000;
 const LIST: u64 = 0x8000;
 const STATS: u64 = 0x9000;
-const REGION_GPA: u64 = 1 << 32;
 
 fn uffd_available() -> bool {
     let ok = userfaultfd_usable();
@@ -32,25 +32,12 @@ fn userfaultfd_usable() -> bool {
 
 fn config(shared: GuestMemoryMmap, quota: u64, tx: Option<mpsc::Sender<String>>) -> GuestConfig {
     GuestConfig {
-        name: "t".into(),
-        region_gpa: REGION_GPA,
-        region_size: 64 << 20,
-        quota_bytes: quota,
-        policy: PopulatePolicy::default(),
-        memory: memout_server::RegionMemory::Allocate,
-        eviction: memout_server::Eviction::None,
-        resident_budget_bytes: None,
-        min_bytes: 0,
-        channel: ChannelConfig {
-            ring_gpa: RING,
-            ring_slots: 16,
-        },
-        shared,
         on_fatal: tx.map(|tx| {
             Box::new(move |f: &memout_server::GuestFault| {
                 let _ = tx.send(f.to_string());
             }) as memout_server::FatalNotifier
         }),
+        ..host_test_config("t", 64 << 20, quota, memout_server::Eviction::None, &shared)
     }
 }
 
