@@ -210,6 +210,14 @@ impl FrameAllocator {
             self.free.insert(r);
         }
     }
+
+    /// Undoes [`begin_release`](Self::begin_release): the runs are the guest's again (its FREE
+    /// failed on the host side and never returns them to the free pool).
+    pub fn abort_release(&mut self, runs: &[Run]) {
+        for &r in runs {
+            self.releasing.remove(r);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -363,8 +371,13 @@ mod tests {
                             Ok(n) => {
                                 prop_assert!(all_owned);
                                 prop_assert_eq!(n, r.len);
-                                a.finish_release(&[r]);
-                                for f in r.start..r.end() { owned[f as usize] = false; }
+                                if i % 5 == 1 {
+                                    // A FREE that failed on the host: the guest keeps the run.
+                                    a.abort_release(&[r]);
+                                } else {
+                                    a.finish_release(&[r]);
+                                    for f in r.start..r.end() { owned[f as usize] = false; }
+                                }
                             }
                             Err(_) => {
                                 prop_assert!(!all_owned);

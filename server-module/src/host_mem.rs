@@ -29,6 +29,17 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// mincore failed.
+    #[error("mincore of {len} bytes at {addr:#x} failed: {source}")]
+    Mincore {
+        /// Host address.
+        addr: usize,
+        /// Length.
+        len: usize,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// `Result` with this module's [`enum@Error`].
@@ -137,6 +148,29 @@ impl HostRegion {
         );
         // SAFETY: inside our mapping (asserted); stability is the caller's promise.
         unsafe { std::slice::from_raw_parts((self.addr + offset) as *const u8, len) }
+    }
+
+    /// Which pages of `[offset, offset + len)` (page-aligned) are in host RAM now, one bool a
+    /// page (`mincore`): what the kernel really holds, whatever memout's own map says. Costs
+    /// about one byte of output per page, far less than reading smaps.
+    pub fn in_core(&self, offset: usize, len: usize) -> Result<Vec<bool>> {
+        assert!(
+            offset.checked_add(len).is_some_and(|e| e <= self.size),
+            "range outside region"
+        );
+        let addr = self.addr + offset;
+        let mut vec = vec![0u8; len.div_ceil(4096)];
+        // SAFETY: the range lies inside our own mapping (asserted above) and `vec` has one byte
+        // per page of it, as mincore writes; mincore only reads page tables.
+        let r = unsafe { libc::mincore(addr as *mut libc::c_void, len, vec.as_mut_ptr()) };
+        if r != 0 {
+            return Err(Error::Mincore {
+                addr,
+                len,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(vec.into_iter().map(|b| b & 1 != 0).collect())
     }
 
     /// Asks the kernel to swap out `[offset, offset + len)` now (`MADV_PAGEOUT`).

@@ -41,3 +41,25 @@ impl PopulateFailure {
         None
     }
 }
+
+/// A one-shot failure of the `MADV_DONTNEED` that drops a FREE's host pages (as a real
+/// madvise error would), so the FREE error path can be tested.
+#[derive(Debug, Default)]
+pub struct DropFailure {
+    errno: AtomicI32,
+}
+
+impl DropFailure {
+    /// The next FREE's page drop fails with `errno`.
+    pub fn arm(&self, errno: i32) {
+        self.errno.store(errno, SeqCst);
+    }
+
+    /// Called before a FREE drops pages: the errno to fail with, once.
+    pub fn take(&self) -> Option<i32> {
+        match self.errno.swap(0, SeqCst) {
+            0 => None,
+            e => Some(e),
+        }
+    }
+}

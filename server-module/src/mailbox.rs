@@ -14,8 +14,9 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 pub(crate) struct HostMailbox {
     shared: GuestMemoryMmap,
     ring_gpa: u64,
-    /// Serialises posts so `host_msg_prod` only moves forward.
-    post: Mutex<()>,
+    /// Messages posted so far: the host's own copy of `host_msg_prod`, never read back from
+    /// guest memory (the guest can write that field). The lock serialises posts.
+    posted: Mutex<u32>,
 }
 
 impl HostMailbox {
@@ -23,7 +24,7 @@ impl HostMailbox {
         Self {
             shared,
             ring_gpa,
-            post: Mutex::new(()),
+            posted: Mutex::new(0),
         }
     }
 
@@ -47,14 +48,15 @@ impl HostMailbox {
 
     /// Writes the state fields and tells the guest they changed.
     pub(crate) fn post(&self, quota_pages: u64, release_pages: u64) {
-        let _one = self.post.lock().unwrap_or_else(|p| p.into_inner());
+        let mut posted = self.posted.lock().unwrap_or_else(|p| p.into_inner());
         self.refresh(quota_pages, release_pages);
-        let prod = self.at(RING_HOST_MSG_PROD_OFFSET);
-        let n: u32 = self.shared.load(prod, Ordering::Relaxed).unwrap_or(0);
+        *posted = posted.wrapping_add(1);
         // Release: the guest that sees the new count sees the fields written before it.
-        let _ = self
-            .shared
-            .store(n.wrapping_add(1), prod, Ordering::Release);
+        let _ = self.shared.store(
+            *posted,
+            self.at(RING_HOST_MSG_PROD_OFFSET),
+            Ordering::Release,
+        );
         tracing::debug!(
             quota = quota_pages * PAGE_SIZE,
             release = release_pages * PAGE_SIZE,

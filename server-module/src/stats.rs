@@ -88,6 +88,13 @@ pub struct GuestCounters {
     pub bytes_returned: AtomicU64,
     /// Faults on frames the guest does not hold.
     pub violations: AtomicU64,
+    /// Fault events on frames the guest did not hold when they were served, answered with a
+    /// wake because the access may have happened while it held them (see `GuestCore::resolve_fault`).
+    pub stale_faults: AtomicU64,
+    /// FREEs that failed because the host pages could not be dropped.
+    pub free_errors: AtomicU64,
+    /// Eager jobs dropped because the guest's queue was full.
+    pub eager_dropped: AtomicU64,
     /// Populate latency per fault (from reading the event to the wake-up).
     pub populate_latency: LatencyHistogram,
     /// Pages evicted (to the store, or paged out in kernel mode).
@@ -127,6 +134,12 @@ pub struct GuestStatsSnapshot {
     pub bytes_returned: u64,
     /// Faults refused (frame not held by the guest).
     pub violations: u64,
+    /// Fault events on frames not held, answered with a wake (possibly stale events).
+    pub stale_faults: u64,
+    /// FREEs that failed because the host pages could not be dropped.
+    pub free_errors: u64,
+    /// Eager jobs dropped because the guest's eager queue was full.
+    pub eager_dropped: u64,
     /// Frames whose content is in the store now (kernel mode: the region's swap, per smaps).
     pub evicted_pages: u64,
     /// Resident budget in pages, if any.

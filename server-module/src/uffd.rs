@@ -150,6 +150,26 @@ impl GuestUffd {
         }
     }
 
+    /// Maps the shared zero page at the page `addr` and wakes its waiters; a page already there
+    /// is only woken. Used to let a kernel access (KVM emulating an instruction) finish for a
+    /// guest that is being stopped: such an access cannot be interrupted by a signal.
+    pub fn zero_page(&self, addr: usize) -> Result<()> {
+        let len = memout_protocol::ring::PAGE_SIZE as usize;
+        // SAFETY: UFFDIO_ZEROPAGE only maps zero pages into the registered range (the kernel
+        // refuses anything else with an errno); no Rust reference aliases guest pages.
+        let r = unsafe { self.uffd.zeropage(addr as *mut libc::c_void, len, true) };
+        match r {
+            Ok(_) => Ok(()),
+            Err(userfaultfd::Error::ZeropageFailed(e)) if e as i32 == libc::EEXIST => {
+                self.wake(addr, len)
+            }
+            Err(other) => Err(Error::Populate {
+                addr,
+                errno: errno_of(&other),
+            }),
+        }
+    }
+
     /// Wakes threads waiting on faults in `[addr, addr + len)`.
     pub fn wake(&self, addr: usize, len: usize) -> Result<()> {
         self.uffd

@@ -12,6 +12,14 @@ use memout_protocol::ring::PAGE_SIZE;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
+/// Faults on one frame the guest does not hold before it is stopped: more than the threads
+/// that can have a stale event outstanding on one page (vCPUs and VMM threads), so a stale
+/// event never stops a guest, and few enough that a real bad access ends in about a millisecond.
+pub const UNOWNED_STRIKES: u32 = 16;
+
+/// Frames with strikes remembered at once (a few in practice: one per faulting thread).
+const MAX_STRIKE_ENTRIES: usize = 256;
+
 /// Chunks past a swap-in fault that are queued for background swap-in.
 const READ_AHEAD_CHUNKS: u64 = 1;
 
@@ -36,17 +44,40 @@ enum Source {
 
 impl GuestCore {
     /// Serves a missing-page fault at host address `addr`.
+    ///
+    /// A fault on a frame the guest does not hold is not proof of a bad access: the event may
+    /// be stale. Another populator (an eager worker, read-ahead, a fault of another vCPU) can
+    /// fill and wake the page after the event was queued but before it is served here, and the
+    /// guest can then free the frame. So such a fault is answered with a wake and counted: an
+    /// access that really hit a frame the guest does not hold faults again at once, a stale
+    /// event does not (each thread has at most one outstanding event). The guest is stopped
+    /// when one frame it does not hold faults [`UNOWNED_STRIKES`] times with no grant of it in
+    /// between.
     pub(crate) fn resolve_fault(&self, addr: usize) -> Resolution {
         let t0 = Instant::now();
         let frame = (addr.wrapping_sub(self.region.addr()) as u64) / PAGE_SIZE;
         let gpa = self.gpa(frame);
+        if self.fatal().is_some() {
+            return self.answer_stopped(frame);
+        }
         let mut st = self.state();
         let (claims, swap_in, window) = loop {
             let Some(granted) = st.alloc.allocated_run(frame) else {
+                if st.strikes.len() >= MAX_STRIKE_ENTRIES {
+                    st.strikes.clear(); // only real, repeating faults matter; they come back
+                }
+                let strikes = st.strikes.entry(frame).or_insert(0);
+                *strikes += 1;
+                if *strikes < UNOWNED_STRIKES {
+                    drop(st);
+                    self.counters.stale_faults.fetch_add(1, Relaxed);
+                    return self.wake_or_stop(self.host_addr(frame), gpa);
+                }
+                st.strikes.remove(&frame);
                 drop(st);
                 self.counters.violations.fetch_add(1, Relaxed);
                 self.stop(GuestFault::Unowned { gpa });
-                return Resolution::Refused;
+                return self.answer_stopped(frame);
             };
             if st.resident.get(frame) {
                 drop(st);
@@ -94,16 +125,33 @@ impl GuestCore {
             Fill::Retry => Resolution::Retry,
             Fill::Failed(errno) => {
                 self.stop(GuestFault::HostPopulate { gpa, errno });
-                Resolution::Refused
+                self.answer_stopped(frame)
             }
-            Fill::StoreFailed { frame, error } => {
+            Fill::StoreFailed {
+                frame: failed,
+                error,
+            } => {
                 self.stop(GuestFault::SwapIn {
-                    gpa: self.gpa(frame),
+                    gpa: self.gpa(failed),
                     error,
                 });
-                Resolution::Refused
+                self.answer_stopped(frame)
             }
         }
+    }
+
+    /// Answers a fault of a stopped guest with the zero page, so that whatever faulted can
+    /// finish and the vCPU can leave KVM_RUN: a fault KVM takes while emulating an
+    /// instruction (string I/O, MMIO) retries in the kernel and ignores the VMM's kick
+    /// signal, so leaving it unanswered would spin the vCPU thread forever. The guest never
+    /// runs again, so what it reads there does not matter.
+    fn answer_stopped(&self, frame: u64) -> Resolution {
+        if let Err(e) = self.uffd.zero_page(self.host_addr(frame))
+            && let Some(suppressed) = self.log_limit.allow()
+        {
+            tracing::error!(parent: &self.span, suppressed, "answering a stopped guest's fault: {e}");
+        }
+        Resolution::Refused
     }
 
     /// A write hit a write-protected page: an eviction is under way there. The evictor wakes
@@ -240,6 +288,7 @@ impl GuestCore {
         let mut outcome = Fill::Done;
         let mut done: Vec<Run> = Vec::new();
         let mut staging: Option<AlignedBuf> = None;
+        let mut stale_dropped: Option<u64> = None;
         'claims: for c in claims {
             for (seg, source) in Self::segments(c) {
                 let mut f = seg.start;
@@ -283,13 +332,18 @@ impl GuestCore {
                             n as u64 / PAGE_SIZE
                         }
                         Ok(CopyOutcome::AlreadyPopulated) => {
-                            match self.uffd.wake(dst, PAGE_SIZE as usize) {
-                                Ok(()) => 1,
-                                Err(_) => {
-                                    outcome = Fill::Failed(libc::EIO);
-                                    break 'claims;
-                                }
+                            // The kernel holds a page memout's map calls missing (one memout
+                            // did not put there, e.g. left by a failed drop): its content is
+                            // stale. Drop it and copy again, once; never mark it resident.
+                            if stale_dropped == Some(f)
+                                || self.drop_frames(Run { start: f, len: 1 }).is_err()
+                            {
+                                outcome = Fill::Failed(libc::EEXIST);
+                                break 'claims;
                             }
+                            tracing::warn!(parent: &self.span, gpa = self.gpa(f), "dropped a stale page before populating");
+                            stale_dropped = Some(f);
+                            continue;
                         }
                         Ok(CopyOutcome::Copied(_)) | Ok(CopyOutcome::Retry) => {
                             outcome = Fill::Retry;

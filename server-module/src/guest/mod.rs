@@ -16,7 +16,7 @@ pub use resize::{ResizeError, ResizeOptions};
 
 use crate::cold::ColdQueue;
 use crate::eager::EagerQueue;
-use crate::evicted::EvictedMap;
+use crate::evicted::{EvictedMap, Piece};
 use crate::extents::{ExtentSet, Run};
 use crate::frames::{self, FrameAllocator};
 use crate::host_mem::{AlignedBuf, HostRegion};
@@ -28,6 +28,7 @@ use crate::slots::SlotAllocator;
 use crate::stats::{GuestCounters, GuestStatsSnapshot};
 use crate::uffd::GuestUffd;
 use memout_protocol::ring::{Extent, PAGE_SIZE, Status};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use thiserror::Error;
@@ -134,6 +135,8 @@ struct State {
     slots: SlotAllocator,
     /// Eviction order.
     cold: ColdQueue,
+    /// Faults on frames the guest does not hold, per frame (see `resolve_fault`).
+    strikes: HashMap<u64, u32>,
     hello: bool,
 }
 
@@ -186,6 +189,8 @@ pub struct GuestCore {
     me: Weak<GuestCore>,
     #[cfg(feature = "fault-injection")]
     inject: crate::inject::PopulateFailure,
+    #[cfg(feature = "fault-injection")]
+    inject_drop: crate::inject::DropFailure,
     span: tracing::Span,
     log_limit: LogLimiter,
 }
@@ -211,6 +216,7 @@ impl GuestCore {
                 evicted: EvictedMap::new(),
                 slots: SlotAllocator::new(capacity),
                 cold: ColdQueue::new(),
+                strikes: HashMap::new(),
                 hello: false,
             }),
             settled: Condvar::new(),
@@ -232,6 +238,8 @@ impl GuestCore {
             me,
             #[cfg(feature = "fault-injection")]
             inject: Default::default(),
+            #[cfg(feature = "fault-injection")]
+            inject_drop: Default::default(),
             span,
             log_limit: LogLimiter::default(),
         }
@@ -353,14 +361,22 @@ impl GuestCore {
         max_extents: usize,
         partial: bool,
     ) -> Result<Vec<Extent>, Status> {
-        let runs = self
-            .state()
-            .alloc
-            .allocate(pages, max_extents, partial)
-            .map_err(|e| match e {
-                frames::Error::Quota { .. } => Status::Quota,
-                _ => Status::NoMemory,
-            })?;
+        let runs = {
+            let mut st = self.state();
+            let runs = st
+                .alloc
+                .allocate(pages, max_extents, partial)
+                .map_err(|e| match e {
+                    frames::Error::Quota { .. } => Status::Quota,
+                    _ => Status::NoMemory,
+                })?;
+            if !st.strikes.is_empty() {
+                // A grant starts a frame's count of bad faults afresh.
+                st.strikes
+                    .retain(|f, _| !runs.iter().any(|r| (r.start..r.end()).contains(f)));
+            }
+            runs
+        };
         if self.policy() == PopulatePolicy::Eager {
             for r in &runs {
                 self.eager.submit(&self.me, *r);
@@ -379,10 +395,16 @@ impl GuestCore {
     }
 
     /// The guest gives `runs` back: validated all or nothing; in-flight copies on them are
-    /// waited for; their resident host pages are dropped at once and their store slots freed;
-    /// then the frames become free. Returns the number of frames freed.
+    /// waited for; their resident host pages are dropped at once and their store slots
+    /// discarded; then the frames become free. Returns the number of frames freed.
+    ///
+    /// A store slot becomes reusable only after its discard (a hole punch) is done: a slot
+    /// handed to another eviction before that would have its new content punched away. If the
+    /// host pages cannot be dropped, the FREE fails with [`Status::HostError`] and the guest
+    /// keeps every frame (none returns to the free pool with stale content); the resident map
+    /// is rebuilt from what the kernel really holds.
     pub fn free(&self, runs: &[Run]) -> Result<u64, Status> {
-        let (pages, to_drop, slots) = {
+        let (pages, present, pieces) = {
             let mut st = self.state();
             let pages = st.alloc.begin_release(runs).map_err(|e| match e {
                 frames::Error::NotOwned(_) => Status::NotOwned,
@@ -401,35 +423,94 @@ impl GuestCore {
             for r in &present {
                 st.resident.clear(*r);
             }
-            let mut slots = Vec::new();
-            for &r in runs {
-                for p in st.evicted.remove(r) {
-                    if let Some(s) = p.slot {
-                        let slot_run = Run {
-                            start: s,
-                            len: p.frames.len,
-                        };
-                        st.slots.free(slot_run);
-                        slots.push(slot_run);
-                    }
-                }
-            }
+            // Evicted pieces leave the map (releasing frames cannot fault them back in); their
+            // slots stay taken until the store has discarded them.
+            let pieces: Vec<Piece> = runs.iter().flat_map(|&r| st.evicted.remove(r)).collect();
             present.sort_unstable();
-            (pages, coalesce(present), slots)
+            (pages, coalesce(present), pieces)
         };
-        for r in &to_drop {
-            if let Err(e) = self.drop_frames(*r) {
-                tracing::error!(parent: &self.span, "dropping freed frames: {e}");
-            }
+        if let Err(failed) = self.drop_freed(&present) {
+            self.abort_free(runs, &failed, &pieces);
+            return Err(Status::HostError);
         }
+        let slots: Vec<Run> = pieces
+            .iter()
+            .filter_map(|p| {
+                p.slot.map(|s| Run {
+                    start: s,
+                    len: p.frames.len,
+                })
+            })
+            .collect();
         self.eviction.discard_slots(&slots);
-        self.state().alloc.finish_release(runs);
-        let was_resident: u64 = to_drop.iter().map(|r| r.len).sum();
+        {
+            let mut st = self.state();
+            for s in &slots {
+                st.slots.free(*s);
+            }
+            st.alloc.finish_release(runs);
+        }
+        let was_resident: u64 = present.iter().map(|r| r.len).sum();
         self.counters.freed_pages.fetch_add(pages, Relaxed);
         self.counters
             .bytes_returned
             .fetch_add(was_resident * PAGE_SIZE, Relaxed);
         Ok(pages)
+    }
+
+    /// Drops the host pages of freed runs; on a failure, the runs whose drop failed.
+    fn drop_freed(&self, present: &[Run]) -> Result<(), Vec<Run>> {
+        let mut failed = Vec::new();
+        for r in present {
+            #[cfg(feature = "fault-injection")]
+            if let Some(errno) = self.inject_drop.take() {
+                tracing::error!(parent: &self.span, errno, "dropping freed frames: injected failure");
+                failed.push(*r);
+                continue;
+            }
+            if let Err(e) = self.drop_frames(*r) {
+                tracing::error!(parent: &self.span, "dropping freed frames: {e}");
+                failed.push(*r);
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed)
+        }
+    }
+
+    /// Undoes a FREE whose page drop failed: the guest keeps the frames, evicted pieces stay
+    /// evicted in their slots, and frames whose drop failed are resident exactly where the
+    /// kernel still holds a page (a partial drop leaves holes that fault in as zeroes).
+    fn abort_free(&self, runs: &[Run], failed: &[Run], pieces: &[Piece]) {
+        let mut still: Vec<Run> = Vec::new();
+        for r in failed {
+            let off = (r.start * PAGE_SIZE) as usize;
+            match self.region.in_core(off, (r.len * PAGE_SIZE) as usize) {
+                Ok(bits) => {
+                    for (i, _) in bits.iter().enumerate().filter(|(_, b)| **b) {
+                        still.push(Run {
+                            start: r.start + i as u64,
+                            len: 1,
+                        });
+                    }
+                }
+                // Cannot tell: count all of it resident (a page the map calls resident but the
+                // kernel dropped only costs a missing fault that is then populated again).
+                Err(_) => still.push(*r),
+            }
+        }
+        let mut st = self.state();
+        for r in &still {
+            st.resident.set(*r);
+        }
+        for p in pieces {
+            st.evicted.insert(p.frames, p.slot);
+        }
+        st.alloc.abort_release(runs);
+        drop(st);
+        self.counters.free_errors.fetch_add(1, Relaxed);
     }
 
     /// Stops the guest: records the first fault and notifies the VMM.
@@ -450,6 +531,12 @@ impl GuestCore {
     #[cfg(feature = "fault-injection")]
     pub fn inject(&self) -> &crate::inject::PopulateFailure {
         &self.inject
+    }
+
+    /// Test hook: see [`crate::inject::DropFailure`].
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_drop(&self) -> &crate::inject::DropFailure {
+        &self.inject_drop
     }
 
     /// A consistent snapshot of the guest's statistics.
@@ -499,6 +586,9 @@ impl GuestCore {
             freed_pages: c.freed_pages.load(Relaxed),
             bytes_returned: c.bytes_returned.load(Relaxed),
             violations: c.violations.load(Relaxed),
+            stale_faults: c.stale_faults.load(Relaxed),
+            free_errors: c.free_errors.load(Relaxed),
+            eager_dropped: c.eager_dropped.load(Relaxed),
             evictions_pages: c.evicted_pages.load(Relaxed),
             swapins_pages: c.swapped_in_pages.load(Relaxed),
             evict_errors: c.evict_errors.load(Relaxed),

@@ -381,17 +381,35 @@ impl GuestCore {
                     }
                 }
             }
-            for r in &loose {
+            let runs = coalesce(loose);
+            // In flight while the pages go: a grant of these frames meanwhile must not be
+            // populated (the late madvise would drop the new page and its data) before the
+            // drop is done; its faults wait for the runs to settle.
+            for r in &runs {
                 st.resident.clear(*r);
+                st.inflight.insert(*r);
             }
-            coalesce(loose)
+            runs
         };
         let mut n = 0;
+        let mut kept = Vec::new();
         for r in &runs {
             if self.drop_frames(*r).is_ok() {
                 n += r.len;
+            } else {
+                kept.push(*r);
             }
         }
+        {
+            let mut st = self.state();
+            for r in &runs {
+                st.inflight.remove(*r);
+            }
+            for r in &kept {
+                st.resident.set(*r); // still there: count it, and drop it on a later pass
+            }
+        }
+        self.settled.notify_all();
         self.counters
             .bytes_returned
             .fetch_add(n * PAGE_SIZE, Relaxed);
