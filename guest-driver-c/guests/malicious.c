@@ -2,7 +2,10 @@
  * that the host answers with an error status and hands out nothing. Exit 0 means every
  * answer was the expected refusal; the host-side test also checks the host's own counters.
  * Modes 7 and 8 touch frames the guest does not hold: the host must stop the run.
- * Mode 10 spins forever: the VMM's time limit must end the run. Mode 11 floods the doorbell. */
+ * Mode 10 spins forever: the VMM's time limit must end the run. Mode 11 floods the doorbell.
+ * Modes 12 and 13 make KVM itself touch a frame the guest does not hold, through string I/O
+ * that KVM emulates (`rep insl` writes it, `rep outsl` reads it): the host must stop the run
+ * and the vCPU must leave KVM_RUN. */
 #include "common.h"
 
 static struct memout_extent ext[8];
@@ -183,6 +186,21 @@ int guest_main(void)
         }
         expect_nothing_held();
         break;
+    }
+    case 12: { /* KVM's emulator writes an ungranted frame (rep insl from the argument port) */
+        void *dst = (void *)(uintptr_t)(memout_region_base() + 0x456000);
+        uint64_t n = 16;
+        __asm__ volatile("rep insl" : "+D"(dst), "+c"(n) : "d"((uint16_t)RT_PORT_ARG) : "memory");
+        rt_puts("malicious: string input into an ungranted frame went through\n");
+        return 32;
+    }
+    case 13: { /* KVM's emulator reads an ungranted frame (rep outsl to the checkpoint port) */
+        const void *src = (const void *)(uintptr_t)(memout_region_base() + 0x789000);
+        uint64_t n = 16;
+        __asm__ volatile("rep outsl" : "+S"(src), "+c"(n) : "d"((uint16_t)RT_PORT_CHECKPOINT)
+                         : "memory");
+        rt_puts("malicious: string output from an ungranted frame went through\n");
+        return 33;
     }
     case 10: /* never ends: the VMM's time limit must stop it */
         for (;;)

@@ -105,6 +105,35 @@ fn touching_frames_not_held_stops_the_guest_with_the_address() {
 }
 
 #[test]
+fn kvm_touching_frames_not_held_for_the_guest_ends_the_run() {
+    if !kvm_or_skip("malicious-string-io") {
+        return;
+    }
+    // KVM itself writes (rep insl) or reads (rep outsl) the frame while emulating: its fault
+    // cannot be interrupted by the kick signal, so the server must answer it for the vCPU to
+    // leave KVM_RUN. Before that was done the vCPU thread spun in the kernel forever.
+    for (mode, off) in [(12u32, 0x456000u64), (13, 0x789000)] {
+        let t0 = std::time::Instant::now();
+        let r = run("malicious", mode, 64 << 20);
+        assert_eq!(
+            r.outcome,
+            Outcome::Stopped(GuestFault::Unowned {
+                gpa: REGION_GPA + off
+            }),
+            "mode {mode}: {:?}",
+            r.output
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "mode {mode}: took {:?}",
+            t0.elapsed()
+        );
+        assert_eq!(r.stats.violations, 1, "mode {mode}");
+        assert_eq!(r.stats.allocated_pages, 0, "mode {mode}");
+    }
+}
+
+#[test]
 fn a_hung_guest_times_out_instead_of_hanging() {
     if !kvm_or_skip("timeout") {
         return;

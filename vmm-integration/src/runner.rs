@@ -373,6 +373,11 @@ pub fn run_guest(server: &Server, image: &GuestImage, cfg: &RunConfig) -> Result
             };
         }
         let exit = vm.vcpu().run();
+        if let Some(f) = backend.fatal_error() {
+            // The server stopped the guest while it ran: whatever the exit says (an emulated
+            // access the server answered with a zero page completes first), the run is over.
+            break Outcome::Stopped(f);
+        }
         match exit {
             Ok(VcpuExit::IoOut(port, data)) => {
                 let v = le_u32(data);

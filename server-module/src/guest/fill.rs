@@ -17,6 +17,10 @@ use std::time::Instant;
 /// event never stops a guest, and few enough that a real bad access ends in about a millisecond.
 pub const UNOWNED_STRIKES: u32 = 16;
 
+/// How long a stopped guest's faults are only woken before they get the zero page (see
+/// `answer_stopped`): ample time for the VMM's kick signal to reach a vCPU in guest mode.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Frames with strikes remembered at once (a few in practice: one per faulting thread).
 const MAX_STRIKE_ENTRIES: usize = 256;
 
@@ -140,13 +144,26 @@ impl GuestCore {
         }
     }
 
-    /// Answers a fault of a stopped guest with the zero page, so that whatever faulted can
-    /// finish and the vCPU can leave KVM_RUN: a fault KVM takes while emulating an
-    /// instruction (string I/O, MMIO) retries in the kernel and ignores the VMM's kick
-    /// signal, so leaving it unanswered would spin the vCPU thread forever. The guest never
-    /// runs again, so what it reads there does not matter.
+    /// Answers a fault of a stopped guest. For [`STOP_GRACE`] after the stop the fault is only
+    /// woken: a vCPU faulting from guest mode then sees the VMM's kick signal and leaves
+    /// KVM_RUN. A fault KVM takes while emulating an instruction (string I/O, MMIO) cannot be
+    /// interrupted that way: it retries in the kernel, so the same page keeps faulting; after
+    /// the grace it gets the zero page, the emulated access completes and the vCPU leaves.
+    /// Leaving it unanswered would spin the vCPU thread forever. The guest never runs again,
+    /// so what it reads there does not matter.
     fn answer_stopped(&self, frame: u64) -> Resolution {
-        if let Err(e) = self.uffd.zero_page(self.host_addr(frame))
+        let addr = self.host_addr(frame);
+        let in_grace = self
+            .stopped_at
+            .get()
+            .is_some_and(|t| t.elapsed() < STOP_GRACE);
+        let r = if in_grace {
+            std::thread::yield_now();
+            self.uffd.wake(addr, PAGE_SIZE as usize)
+        } else {
+            self.uffd.zero_page(addr)
+        };
+        if let Err(e) = r
             && let Some(suppressed) = self.log_limit.allow()
         {
             tracing::error!(parent: &self.span, suppressed, "answering a stopped guest's fault: {e}");

@@ -168,6 +168,8 @@ pub struct GuestCore {
     counters: GuestCounters,
     policy: Mutex<PopulatePolicy>,
     fatal: Mutex<Option<GuestFault>>,
+    /// When the guest was stopped (see `answer_stopped`).
+    stopped_at: std::sync::OnceLock<std::time::Instant>,
     on_fatal: Option<FatalNotifier>,
     zero: Arc<ZeroChunk>,
     eager: EagerQueue,
@@ -223,6 +225,7 @@ impl GuestCore {
             counters: GuestCounters::default(),
             policy: Mutex::new(p.policy),
             fatal: Mutex::new(None),
+            stopped_at: std::sync::OnceLock::new(),
             on_fatal: p.on_fatal,
             zero: p.zero,
             eager: p.eager,
@@ -521,6 +524,7 @@ impl GuestCore {
         }
         tracing::error!(parent: &self.span, "stopping guest: {fault}");
         *slot = Some(fault.clone());
+        let _ = self.stopped_at.set(std::time::Instant::now());
         drop(slot);
         if let Some(n) = &self.on_fatal {
             n(&fault);
