@@ -132,6 +132,60 @@ impl ExtentSet {
         self.total -= r.len;
     }
 
+    /// The runs of the set that overlap `r`, clipped to it, in order.
+    pub fn within(&self, r: Run) -> Vec<Run> {
+        let mut out = Vec::new();
+        let mut from = r.start;
+        if let Some(c) = self.containing(r.start) {
+            let end = c.end().min(r.end());
+            out.push(Run {
+                start: r.start,
+                len: end - r.start,
+            });
+            from = c.end();
+        }
+        if from >= r.end() {
+            return out;
+        }
+        for (&s, &l) in self.by_start.range(from..r.end()) {
+            let end = (s + l).min(r.end());
+            out.push(Run {
+                start: s,
+                len: end - s,
+            });
+        }
+        out
+    }
+
+    /// Adds the frames of `r` not in the set yet (unlike [`insert`](Self::insert), overlap is
+    /// fine).
+    pub fn add(&mut self, r: Run) {
+        let mut f = r.start;
+        for c in self.within(r) {
+            if c.start > f {
+                self.insert(Run {
+                    start: f,
+                    len: c.start - f,
+                });
+            }
+            f = c.end();
+        }
+        if f < r.end() {
+            self.insert(Run {
+                start: f,
+                len: r.end() - f,
+            });
+        }
+    }
+
+    /// Removes whatever frames of `r` are in the set (unlike [`remove`](Self::remove), `r`
+    /// need not lie inside it).
+    pub fn subtract(&mut self, r: Run) {
+        for c in self.within(r) {
+            self.remove(c);
+        }
+    }
+
     /// The lowest-addressed run among the shortest runs of at least `len` frames (best fit).
     pub fn best_fit(&self, len: u64) -> Option<Run> {
         self.by_len
@@ -228,6 +282,28 @@ mod tests {
                 }
                 for (f, bit) in model.iter().enumerate() {
                     prop_assert_eq!(s.containing(f as u64).is_some(), *bit);
+                }
+            }
+        }
+    }
+
+    proptest! {
+        /// `add` and `subtract` agree with a per-frame model, and the set stays coalesced.
+        #[test]
+        fn add_and_subtract_agree_with_a_model(ops in proptest::collection::vec((any::<bool>(), 0u64..200, 1u64..50), 1..80)) {
+            let mut set = ExtentSet::new();
+            let mut model = vec![false; 260];
+            for (add, start, len) in ops {
+                let run = Run { start, len };
+                if add { set.add(run) } else { set.subtract(run) }
+                for f in start..start + len { model[f as usize] = add; }
+                prop_assert_eq!(set.total(), model.iter().filter(|b| **b).count() as u64);
+                for (f, &m) in model.iter().enumerate() {
+                    prop_assert_eq!(set.containing(f as u64).is_some(), m);
+                }
+                let runs: Vec<Run> = set.iter().collect();
+                for w in runs.windows(2) {
+                    prop_assert!(w[0].end() < w[1].start, "not coalesced: {:?}", w);
                 }
             }
         }

@@ -1,7 +1,7 @@
 //! The embedding API: a [`Server`] serves many guests; [`Server::add_guest`] turns a
 //! [`GuestConfig`] into a [`GuestHandle`] the VMM calls on doorbell exits.
 
-use crate::eager::{self, EagerQueue};
+use crate::eager::{self, EagerPool};
 use crate::frames::FrameAllocator;
 use crate::guest::{
     EvictError, Eviction, FatalNotifier, GuestCore, GuestFault, GuestParts, ResizeError,
@@ -108,7 +108,7 @@ impl ServerBuilder {
 /// The memout host server: owns the frame allocators of all its guests.
 pub struct Server {
     zero: Arc<ZeroChunk>,
-    eager: EagerQueue,
+    eager: EagerPool,
     registry: Arc<Registry>,
 }
 
@@ -391,7 +391,7 @@ impl Server {
             policy: cfg.policy,
             on_fatal: cfg.on_fatal,
             zero: self.zero.clone(),
-            eager: self.eager.clone(),
+            eager: self.eager.queue(),
             eviction: cfg.eviction,
             budget_pages: cfg.resident_budget_bytes.map(|b| b / PAGE_SIZE),
             min_pages: cfg.min_bytes / PAGE_SIZE,

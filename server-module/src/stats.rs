@@ -93,8 +93,7 @@ pub struct GuestCounters {
     pub stale_faults: AtomicU64,
     /// FREEs that failed because the host pages could not be dropped.
     pub free_errors: AtomicU64,
-    /// Eager jobs dropped because the guest's queue was full.
-    pub eager_dropped: AtomicU64,
+
     /// Populate latency per fault (from reading the event to the wake-up).
     pub populate_latency: LatencyHistogram,
     /// Pages evicted (to the store, or paged out in kernel mode).

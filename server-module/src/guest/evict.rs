@@ -208,7 +208,7 @@ impl GuestCore {
             }
             let len = p.frames.len.min(left);
             self.eager.submit(
-                &self.me,
+                self.me.clone(),
                 Run {
                     start: p.frames.start,
                     len,

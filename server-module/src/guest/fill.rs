@@ -112,7 +112,7 @@ impl GuestCore {
         };
         drop(st);
         if let Some(next) = window {
-            self.eager.submit(&self.me, next);
+            self.eager.submit(self.me.clone(), next);
         }
         let outcome = self.fill(&claims, Populator::Fault);
         match outcome {

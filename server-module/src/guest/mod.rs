@@ -15,7 +15,7 @@ pub use evict::{EvictError, Eviction};
 pub use resize::{ResizeError, ResizeOptions};
 
 use crate::cold::ColdQueue;
-use crate::eager::EagerQueue;
+use crate::eager::{EagerQueue, EagerTarget};
 use crate::evicted::{EvictedMap, Piece};
 use crate::extents::{ExtentSet, Run};
 use crate::frames::{self, FrameAllocator};
@@ -382,7 +382,7 @@ impl GuestCore {
         };
         if self.policy() == PopulatePolicy::Eager {
             for r in &runs {
-                self.eager.submit(&self.me, *r);
+                self.eager.submit(self.me.clone(), *r);
             }
         }
         Ok(runs.into_iter().map(|r| self.extent_of(r)).collect())
@@ -425,6 +425,9 @@ impl GuestCore {
             let mut present: Vec<Run> = runs.iter().flat_map(|&r| st.resident.present(r)).collect();
             for r in &present {
                 st.resident.clear(*r);
+            }
+            for &r in runs {
+                self.eager.cancel(r); // no use filling frames the guest gives back
             }
             // Evicted pieces leave the map (releasing frames cannot fault them back in); their
             // slots stay taken until the store has discarded them.
@@ -592,7 +595,7 @@ impl GuestCore {
             violations: c.violations.load(Relaxed),
             stale_faults: c.stale_faults.load(Relaxed),
             free_errors: c.free_errors.load(Relaxed),
-            eager_dropped: c.eager_dropped.load(Relaxed),
+            eager_dropped: self.eager.dropped(),
             evictions_pages: c.evicted_pages.load(Relaxed),
             swapins_pages: c.swapped_in_pages.load(Relaxed),
             evict_errors: c.evict_errors.load(Relaxed),
@@ -607,5 +610,19 @@ impl GuestCore {
             swapin_p99_ns: c.swapin_latency.quantile(0.99),
             policy: self.policy().name(),
         }
+    }
+}
+
+impl EagerTarget for GuestCore {
+    fn eager_queue(&self) -> &EagerQueue {
+        &self.eager
+    }
+
+    fn populate_eagerly(&self, run: Run) {
+        GuestCore::populate_eagerly(self, run);
+    }
+
+    fn stopped(&self) -> bool {
+        self.fatal().is_some()
     }
 }
