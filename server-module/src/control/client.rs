@@ -43,6 +43,12 @@ impl Client {
             path: path.display().to_string(),
             source,
         })?;
+        Self::over(stream, name, timeout)
+    }
+
+    /// Does the version handshake over an already connected `stream` (a socket pair, or a
+    /// connection made some other way). `timeout` bounds each reply.
+    pub fn over(stream: UnixStream, name: &str, timeout: Duration) -> Result<Self, ClientError> {
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         let mut c = Self {
@@ -74,9 +80,15 @@ impl Client {
         Ok(self.stream.set_read_timeout(t)?)
     }
 
-    /// Sends `req` and returns the server's answer.
+    /// Sends `req` and returns the server's answer. If the server closed the connection
+    /// before the request could be sent, the answer it left (e.g. a refusal) is still read.
     pub fn request(&mut self, req: &Request) -> Result<Response, ClientError> {
-        self.stream.write_all(&encode_frame(req)?)?;
+        if let Err(e) = self.stream.write_all(&encode_frame(req)?) {
+            return match read_frame(&mut self.stream).map(|p| codec::decode::<Response>(&p)) {
+                Ok(Ok(r @ Response::Error { .. })) => Ok(r),
+                _ => Err(e.into()),
+            };
+        }
         let payload = read_frame(&mut self.stream)?;
         Ok(codec::decode(&payload)?)
     }

@@ -11,16 +11,22 @@
 //! is checked with `SO_PEERCRED` besides: only root and the server's own uid are served; a
 //! refusal is logged (rate-limited) and counted. Frames are length-prefixed bincode 2
 //! ([`memout_protocol::codec`]) with a size limit. Each connection has its own thread, a
-//! limit on how many there are, and write and frame timeouts, so a slow or dead client only
-//! ever holds up itself.
+//! limit on how many there are, a deadline for the handshake and for each whole frame, and a
+//! write timeout, so a slow or dead client only ever holds up itself. When every slot is taken,
+//! a new connection closes the one that has waited longest without a handshake, else the one
+//! idle longest: silent or trickling clients cannot lock an operator out. A refused client is
+//! sent its `Denied` reply and the server reads what it sends for a moment before closing, so
+//! the client sees the reply rather than a broken pipe.
 
 mod client;
+mod conns;
 mod handler;
 
 pub use client::{Client, ClientError};
 
 use crate::log_limit::LogLimiter;
 use crate::server::Registry;
+use conns::{Admission, ConnTable, Deadline};
 use memout_protocol::codec::{self, encode_frame, read_frame};
 use memout_protocol::control::{ErrorKind, Request, Response};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -31,7 +37,7 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -73,16 +79,20 @@ pub struct ControlConfig {
     pub io_timeout: Duration,
     /// A connection idle this long is closed.
     pub idle_timeout: Duration,
+    /// A connection must finish its handshake this soon after connecting.
+    pub hello_timeout: Duration,
 }
 
 impl ControlConfig {
-    /// Defaults for `path`: 16 clients, 2 s I/O timeout, 10 min idle timeout.
+    /// Defaults for `path`: 16 clients, 2 s per frame and per reply, 2 s to say hello, 10 min
+    /// idle timeout.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self {
             path: path.into(),
             max_clients: 16,
             io_timeout: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(600),
+            hello_timeout: Duration::from_secs(2),
         }
     }
 
@@ -108,8 +118,12 @@ pub struct ControlStats {
     pub accepted: AtomicU64,
     /// Connections refused because of the peer's uid.
     pub refused_peers: AtomicU64,
-    /// Connections refused because too many were open.
+    /// Connections refused because every slot was busy with a request.
     pub refused_busy: AtomicU64,
+    /// Connections closed to make room for a new one (no handshake yet, or idle).
+    pub evicted: AtomicU64,
+    /// Connections closed because they sent no hello in time.
+    pub hello_timeouts: AtomicU64,
     /// Frames that were oversized, truncated or did not decode.
     pub bad_frames: AtomicU64,
     /// Requests answered (errors included).
@@ -125,6 +139,9 @@ struct Shared {
     stop: AtomicBool,
     log_limit: LogLimiter,
     uid: u32,
+    conns: ConnTable,
+    /// Refused connections being drained before they close.
+    lingering: AtomicUsize,
 }
 
 /// A running control socket; dropping it stops accepting, closes idle connections within a
@@ -156,6 +173,8 @@ impl ControlServer {
             stop: AtomicBool::new(false),
             log_limit: LogLimiter::default(),
             uid: nix::unistd::geteuid().as_raw(),
+            conns: ConnTable::default(),
+            lingering: AtomicUsize::new(0),
         });
         let thread = {
             let (shared, wake) = (shared.clone(), wake.clone());
@@ -190,6 +209,7 @@ impl Drop for ControlServer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        self.shared.conns.close_all();
         let _ = std::fs::remove_file(&self.shared.cfg.path);
     }
 }
@@ -272,35 +292,66 @@ fn admit(stream: UnixStream, shared: &Arc<Shared>) {
                 shared.uid
             );
         }
-        reply_and_close(
-            stream,
-            &Response::error(
-                ErrorKind::Denied,
-                format!("uid {uid} may not use this socket"),
-            ),
-        );
-        return;
+        let why = format!("uid {uid} may not use this socket");
+        return refuse(stream, shared, Response::error(ErrorKind::Denied, why));
     }
-    if shared.stats.active.load(Relaxed) >= shared.cfg.max_clients as u64 {
-        shared.stats.refused_busy.fetch_add(1, Relaxed);
-        reply_and_close(
-            stream,
-            &Response::error(ErrorKind::Denied, "too many control connections"),
-        );
-        return;
-    }
+    let id = match shared.conns.admit(&stream, shared.cfg.max_clients) {
+        Admission::Admitted(id) => id,
+        Admission::AdmittedByEvicting(id) => {
+            shared.stats.evicted.fetch_add(1, Relaxed);
+            id
+        }
+        Admission::Full => {
+            shared.stats.refused_busy.fetch_add(1, Relaxed);
+            let why = "every control connection is busy with a request; try again";
+            return refuse(stream, shared, Response::error(ErrorKind::Denied, why));
+        }
+    };
     shared.stats.active.fetch_add(1, Relaxed);
     shared.stats.accepted.fetch_add(1, Relaxed);
     let s = shared.clone();
     let spawned = std::thread::Builder::new()
         .name("memout-control-conn".into())
         .spawn(move || {
-            serve(stream, &s, uid, pid);
+            serve(stream, &s, id, uid, pid);
+            s.conns.remove(id);
             s.stats.active.fetch_sub(1, Relaxed);
         });
     if let Err(e) = spawned {
+        shared.conns.remove(id);
         shared.stats.active.fetch_sub(1, Relaxed);
         tracing::warn!("cannot start a control connection thread: {e}");
+    }
+}
+
+/// Most refused connections drained at once; beyond it they are closed at once.
+const MAX_LINGERING: usize = 8;
+/// How long a refused connection is drained.
+const LINGER: Duration = Duration::from_millis(500);
+
+/// Sends `r` and closes, after reading what the client sends for a moment: a client that
+/// writes its hello after the server closed would otherwise see a broken pipe, not `r`.
+fn refuse(stream: UnixStream, shared: &Arc<Shared>, r: Response) {
+    let mut stream = stream;
+    if let Ok(f) = encode_frame(&r) {
+        let _ = stream.write_all(&f);
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    if shared.lingering.fetch_add(1, Relaxed) >= MAX_LINGERING {
+        shared.lingering.fetch_sub(1, Relaxed);
+        return;
+    }
+    let s = shared.clone();
+    let spawned = std::thread::Builder::new()
+        .name("memout-control-refused".into())
+        .spawn(move || {
+            let mut sink = [0u8; 4096];
+            let mut r = Deadline::new(&stream, Instant::now() + LINGER);
+            while matches!(std::io::Read::read(&mut r, &mut sink), Ok(n) if n > 0) {}
+            s.lingering.fetch_sub(1, Relaxed);
+        });
+    if spawned.is_err() {
+        shared.lingering.fetch_sub(1, Relaxed);
     }
 }
 
@@ -310,12 +361,16 @@ fn reply_and_close(mut stream: UnixStream, r: &Response) {
     }
 }
 
-/// Waits until the client sent something, the server stops, or the idle timeout passes.
-fn wait_readable(stream: &UnixStream, shared: &Shared) -> bool {
-    let since = Instant::now();
-    while !shared.stop.load(Relaxed) && since.elapsed() < shared.cfg.idle_timeout {
+/// Waits until the client sent something, the server stops, or `until` passes.
+fn wait_readable(stream: &UnixStream, shared: &Shared, until: Instant) -> bool {
+    while !shared.stop.load(Relaxed) {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let ms = left.as_millis().clamp(1, 500) as u16;
         let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::from(500u16)) {
+        match poll(&mut fds, PollTimeout::from(ms)) {
             Ok(n) if n > 0 => return true,
             _ => {}
         }
@@ -323,14 +378,35 @@ fn wait_readable(stream: &UnixStream, shared: &Shared) -> bool {
     false
 }
 
-/// One connection: handshake, then request/response until the client leaves.
-fn serve(mut stream: UnixStream, shared: &Shared, uid: u32, pid: i32) {
+/// One connection: handshake (within the hello timeout), then request/response until the
+/// client leaves, idles out, or is closed to make room.
+fn serve(mut stream: UnixStream, shared: &Shared, id: u64, uid: u32, pid: i32) {
     let span = tracing::info_span!("control", uid, pid);
     let _g = span.enter();
-    let _ = stream.set_read_timeout(Some(shared.cfg.io_timeout));
+    let hello_by = Instant::now() + shared.cfg.hello_timeout;
     let mut hello = false;
-    while wait_readable(&stream, shared) {
-        let response = match read_frame(&mut stream) {
+    loop {
+        let wait_until = if hello {
+            Instant::now() + shared.cfg.idle_timeout
+        } else {
+            hello_by
+        };
+        if !wait_readable(&stream, shared, wait_until) {
+            if !hello && !shared.stop.load(Relaxed) {
+                shared.stats.hello_timeouts.fetch_add(1, Relaxed);
+                let why = format!("no hello within {:?}", shared.cfg.hello_timeout);
+                reply_and_close(stream, &Response::error(ErrorKind::Handshake, why));
+            }
+            return;
+        }
+        // The whole frame must arrive by its deadline, however it is spread out.
+        let mut frame_by = Instant::now() + shared.cfg.io_timeout;
+        if !hello {
+            frame_by = frame_by.min(hello_by);
+        }
+        let read = read_frame(&mut Deadline::new(&stream, frame_by));
+        shared.conns.set_busy(id, true);
+        let response = match read {
             Ok(payload) => match codec::decode::<Request>(&payload) {
                 Ok(req) => handler::handle(&shared.registry, req, &mut hello),
                 Err(e) => {
@@ -356,6 +432,9 @@ fn serve(mut stream: UnixStream, shared: &Shared, uid: u32, pid: i32) {
                 );
             }
         };
+        if hello {
+            shared.conns.set_hello(id);
+        }
         shared.stats.requests.fetch_add(1, Relaxed);
         let close = matches!(
             response,
@@ -378,5 +457,6 @@ fn serve(mut stream: UnixStream, shared: &Shared, uid: u32, pid: i32) {
         if stream.write_all(&frame).is_err() || close {
             return; // a client that does not read its replies is dropped
         }
+        shared.conns.set_busy(id, false);
     }
 }
