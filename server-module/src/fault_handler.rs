@@ -29,9 +29,9 @@ fn run(core: &GuestCore, stop: &EventFd) {
                 PollFd::new(stop.as_fd(), PollFlags::POLLIN),
             ];
             // Kernel-mode budgets need a clock: the kernel swaps pages back in without a fault
-            // memout could see, so the region's real RSS is checked every 50 ms.
+            // memout could see, so what is really in RAM is checked on every tick.
             let timeout = if core.needs_budget_tick() {
-                PollTimeout::from(50u16)
+                PollTimeout::from(crate::guest::KERNEL_BUDGET_TICK.as_millis() as u16)
             } else {
                 PollTimeout::NONE
             };

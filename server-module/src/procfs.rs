@@ -82,6 +82,39 @@ pub fn mapping_rss(addr: usize) -> Option<u64> {
         .map(|v| v.rss)
 }
 
+/// Which pages of `[addr, addr + len)` of this process are present in RAM (bit 63 of each
+/// `/proc/self/pagemap` entry; a page in swap or in the swap cache is not). Unprivileged.
+pub fn pages_present(addr: usize, len: usize) -> std::io::Result<Vec<bool>> {
+    use std::os::unix::fs::FileExt;
+    let pages = len.div_ceil(4096);
+    let mut raw = vec![0u8; pages * 8];
+    let f = std::fs::File::open("/proc/self/pagemap")?;
+    f.read_exact_at(&mut raw, (addr / 4096 * 8) as u64)?;
+    Ok(raw
+        .chunks_exact(8)
+        .map(|e| u64::from_le_bytes(e.try_into().expect("8 bytes")) >> 63 == 1)
+        .collect())
+}
+
+/// Free swap space in bytes across active swap areas, from the text of `/proc/swaps`
+/// (`Filename Type Size Used Priority`, sizes in KiB).
+pub fn parse_swap_free(text: &str) -> u64 {
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let size: u64 = f.get(2)?.parse().ok()?;
+            let used: u64 = f.get(3)?.parse().ok()?;
+            Some(size.saturating_sub(used) * 1024)
+        })
+        .sum()
+}
+
+/// Free swap space on this host now, in bytes (0 if `/proc/swaps` cannot be read).
+pub fn swap_free() -> u64 {
+    std::fs::read_to_string("/proc/swaps").map_or(0, |t| parse_swap_free(&t))
+}
+
 /// Why memory cannot be outsourced, or `None` if `[addr, addr + len)` is wholly covered by
 /// private, anonymous, writable, unlocked mappings.
 pub fn unsuitable(vmas: &[Vma], addr: usize, len: usize) -> Option<String> {
@@ -150,6 +183,15 @@ VmFlags: rd wr sh mr mw me ms
                 .contains("not mapped")
         );
         assert!(unsuitable(&v, 0x1000, 0x10000).is_some());
+    }
+
+    #[test]
+    fn sums_free_swap() {
+        let t = "Filename\tType\tSize\tUsed\tPriority\n\
+                 /swapfile file 1048572 1024 -2\n\
+                 /dev/zram0 partition 4096 4096 100\n";
+        assert_eq!(parse_swap_free(t), (1048572 - 1024) * 1024);
+        assert_eq!(parse_swap_free("Filename Type Size Used Priority\n"), 0);
     }
 
     #[test]

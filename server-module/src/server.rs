@@ -34,6 +34,12 @@ pub enum Error {
     /// The guest configuration is refused; the message says why.
     #[error("invalid guest configuration: {0}")]
     Config(String),
+    /// Kernel eviction was asked for but the host has no swap space with room: nothing could
+    /// ever be paged out.
+    #[error(
+        "kernel eviction needs swap space, and this host has none with free room (add a swapfile, or evict to a backing store)"
+    )]
+    NoSwap,
     /// Host memory for the region could not be set up.
     #[error(transparent)]
     HostMem(#[from] host_mem::Error),
@@ -263,6 +269,9 @@ impl GuestConfig {
                     "resident budget {b} is not a positive multiple of 4 KiB"
                 ));
             }
+        }
+        if matches!(self.eviction, Eviction::Kernel) && procfs::swap_free() == 0 {
+            return Err(Error::NoSwap);
         }
         let slots = self.channel.ring_slots;
         if !slots.is_power_of_two() || slots > 4096 {

@@ -17,6 +17,14 @@ use std::process::Command;
 use std::time::Duration;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
+/// Tests in this binary change the host's swap: one at a time, so a test that needs "no swap"
+/// does not see another's swapfile.
+static SWAP_STATE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn swap_lock() -> std::sync::MutexGuard<'static, ()> {
+    SWAP_STATE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 struct Swapfile(PathBuf);
 
 impl Swapfile {
@@ -50,11 +58,157 @@ impl Drop for Swapfile {
     }
 }
 
+/// Where a 32 MiB kernel-mode budget may stand right after a guest streamed through its 128 MiB
+/// working set: the kernel swaps in faster than memout can page out (74-96 MiB measured here),
+/// so the budget holds only once the guest pauses (see the steady-state test below).
+const BUDGET_SLACK_END: u64 = 112 << 20;
+
+#[test]
+fn kernel_mode_without_swap_is_refused() {
+    let _one = swap_lock();
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    let server = Server::builder().build().unwrap();
+    let cfg = host_test_config("noswap", 64 << 20, 64 << 20, Eviction::Kernel, &mem);
+    if memout_server::procfs::swap_free() > 0 {
+        // The host has swap of its own: the refusal cannot be shown here, only that kernel
+        // mode is accepted (the parser is unit-tested).
+        eprintln!("NOTE: host swap is on; kernel mode accepted, refusal not exercised");
+        assert!(server.add_guest(cfg).is_ok());
+        return;
+    }
+    match server.add_guest(cfg) {
+        Err(memout_server::server::Error::NoSwap) => {}
+        Err(e) => panic!("wrong refusal: {e}"),
+        Ok(_) => panic!("kernel mode accepted without swap"),
+    }
+}
+
+#[test]
+fn kernel_mode_counts_only_what_really_left_ram_and_backs_off() {
+    let _one = swap_lock();
+    // 8 MiB of swap for a 64 MiB guest asked down to 8 MiB: most of it cannot go.
+    let swap = Swapfile::new("tiny", 8).expect("a swapfile (needs root)");
+    const MIB: u64 = 1 << 20;
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    let server = Server::builder().build().unwrap();
+    let h = server
+        .add_guest(host_test_config(
+            "ktiny",
+            64 * MIB,
+            64 * MIB,
+            Eviction::Kernel,
+            &mem,
+        ))
+        .unwrap();
+    let mut ring = RingDriver::new(mem, 0x6000, 16);
+    assert_eq!(ring.hello(&h).status, 0);
+    let pages = 64 * MIB / PAGE_SIZE;
+    assert_eq!(ring.alloc(&h, pages, 0x8000, 1).status, 0);
+    let page = |p: u64| (h.region_host_addr() + (p * PAGE_SIZE) as usize) as *mut u64;
+    for p in 0..pages {
+        // SAFETY: page p lies in the region, in frames granted to the guest.
+        unsafe { page(p).write_volatile(p.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1) };
+    }
+    h.set_budget(Some(8 * MIB)).unwrap();
+    let cpu0 = cpu_time();
+    std::thread::sleep(Duration::from_secs(2));
+    let busy = cpu_time() - cpu0;
+    let s = h.stats();
+    let rss = memout_server::procfs::mapping_rss(h.region_host_addr()).unwrap();
+    assert!(
+        s.evictions_pages * PAGE_SIZE <= 9 * MIB,
+        "counted {} MiB paged out with 8 MiB of swap: {s:?}",
+        s.evictions_pages * PAGE_SIZE / MIB
+    );
+    assert!(rss >= 50 * MIB, "RSS {rss}");
+    let diff = (s.resident_pages * PAGE_SIZE) as i64 - rss as i64;
+    assert!(diff.unsigned_abs() <= 2 * MIB, "stats {s:?} vs RSS {rss}");
+    assert!(
+        busy < Duration::from_millis(400),
+        "memout burned {busy:?} of CPU in 2 s on a budget it cannot meet"
+    );
+    let bad = (0..pages)
+        // SAFETY: as above.
+        .filter(
+            |&p| unsafe { page(p).read_volatile() } != p.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
+        )
+        .count();
+    assert_eq!(bad, 0);
+    drop(h);
+    drop(swap);
+}
+
+#[test]
+fn kernel_mode_budget_holds_once_the_guest_pauses() {
+    let _one = swap_lock();
+    let swap = Swapfile::new("steady", 256).expect("a swapfile (needs root)");
+    const MIB: u64 = 1 << 20;
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    let server = Server::builder().build().unwrap();
+    let cfg = memout_server::GuestConfig {
+        resident_budget_bytes: Some(16 * MIB),
+        ..host_test_config("ksteady", 64 * MIB, 64 * MIB, Eviction::Kernel, &mem)
+    };
+    let h = server.add_guest(cfg).unwrap();
+    let mut ring = RingDriver::new(mem, 0x6000, 16);
+    assert_eq!(ring.hello(&h).status, 0);
+    let pages = 64 * MIB / PAGE_SIZE;
+    assert_eq!(ring.alloc(&h, pages, 0x8000, 1).status, 0);
+    let page = |p: u64| (h.region_host_addr() + (p * PAGE_SIZE) as usize) as *mut u64;
+    for round in 0..3u64 {
+        // Stream through the whole working set: the kernel swaps most of it back in.
+        for p in 0..pages {
+            // SAFETY: page p lies in the region, in frames granted to the guest.
+            unsafe {
+                if round > 0 {
+                    assert_eq!(page(p).read_volatile(), p + round - 1, "page {p}");
+                }
+                page(p).write_volatile(p + round);
+            }
+        }
+        // Paused: within a few ticks the region is back under its budget.
+        let t0 = std::time::Instant::now();
+        let mut rss = u64::MAX;
+        while t0.elapsed() < Duration::from_secs(2) {
+            rss = memout_server::procfs::mapping_rss(h.region_host_addr()).unwrap();
+            if rss <= 16 * MIB {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            rss <= 16 * MIB,
+            "round {round}: RSS {} MiB after a 2 s pause",
+            rss >> 20
+        );
+        eprintln!(
+            "round {round}: under budget {:?} after the pause began",
+            t0.elapsed()
+        );
+    }
+    drop(h);
+    drop(swap);
+}
+
+/// CPU time this process has used (user + system).
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // Fields 14 and 15 (utime, stime) are at 11 and 12 after the command name.
+    let ticks = f[11] + f[12];
+    Duration::from_millis(ticks * 1000 / 100)
+}
+
 #[test]
 fn kernel_mode_pages_out_and_stays_correct() {
     if !kvm_or_skip("kernel-swap") {
         return;
     }
+    let _one = swap_lock();
     let swap = match Swapfile::new("budget", 512) {
         Ok(s) => s,
         Err(e) => {
@@ -89,21 +243,23 @@ fn kernel_mode_pages_out_and_stays_correct() {
     assert_eq!(after_evict.stats.eviction_mode, "kernel");
     assert!(r.stats.evictions_pages > 128 * 256, "{:?}", r.stats);
     // The kernel swaps pages back in behind memout's back; the budget is re-checked every
-    // 50 ms against the real RSS, so it holds loosely: well under the 128 MiB working set.
+    // 10 ms against what is really in RAM, so it can be overshot by what the guest swaps in
+    // within a tick or two.
     let end = r.checkpoints.iter().find(|c| c.id == 3).unwrap();
     eprintln!(
         "kernel mode: RSS {} MiB at the end (budget 32 MiB)",
         end.region_rss >> 20
     );
     assert!(
-        end.region_rss <= 96 << 20,
-        "RSS {} at the end",
-        end.region_rss
+        end.region_rss <= BUDGET_SLACK_END,
+        "RSS {} MiB at the end",
+        end.region_rss >> 20
     );
 }
 
 #[test]
 fn kernel_mode_resize_pages_out_to_the_target_and_keeps_the_data() {
+    let _one = swap_lock();
     let swap = match Swapfile::new("resize", 256) {
         Ok(s) => s,
         Err(e) => {

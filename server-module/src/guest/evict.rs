@@ -154,7 +154,7 @@ impl GuestCore {
         }
         if matches!(self.eviction, Eviction::Kernel) && self.counters.faults.load(Relaxed) % 8 != 0
         {
-            return; // kernel mode reads smaps to see what is resident: not on every fault
+            return; // kernel mode asks the kernel what is resident: not on every fault
         }
         let _ = self.enforce_budget_now();
     }
@@ -174,12 +174,10 @@ impl GuestCore {
         // (the budget raised, or another evictor done) and evict memory for nothing.
         let _one = self.evict_lock.lock().unwrap_or_else(|p| p.into_inner());
         let budget = self.limit();
-        let resident = match self.eviction {
-            Eviction::Kernel => {
-                crate::procfs::mapping_rss(self.region.addr()).unwrap_or(0) / PAGE_SIZE
-            }
-            _ => self.state().resident.count(),
-        };
+        if matches!(self.eviction, Eviction::Kernel) {
+            return self.enforce_kernel_budget(budget);
+        }
+        let resident = self.state().resident.count();
         if resident > budget {
             // At least a chunk at a time, so a guest at its budget does not evict per fault.
             self.evict_locked((resident - budget).max(CHUNK_PAGES))
@@ -465,37 +463,6 @@ impl GuestCore {
         for s in slots {
             st.slots.free(*s);
         }
-    }
-
-    /// Kernel mode: `MADV_PAGEOUT` the coldest chunks, rotating them to the young end (the
-    /// kernel brings pages back without telling memout, so a chunk stays a candidate).
-    fn page_out_cold(&self, target: u64) -> Result<u64, EvictError> {
-        let mut done = 0;
-        let rounds = self.state().cold.len();
-        for _ in 0..rounds {
-            if done >= target {
-                break;
-            }
-            let runs = {
-                let mut st = self.state();
-                let Some(chunk) = st.cold.oldest() else { break };
-                st.cold.touch(chunk);
-                let start = chunk * CHUNK_PAGES;
-                let frames = st.alloc.frames();
-                st.resident.present(Run {
-                    start,
-                    len: CHUNK_PAGES.min(frames - start),
-                })
-            };
-            for r in &runs {
-                self.region
-                    .page_out((r.start * PAGE_SIZE) as usize, (r.len * PAGE_SIZE) as usize)
-                    .map_err(|e| EvictError::Host(e.to_string()))?;
-                done += r.len;
-            }
-        }
-        self.counters.evicted_pages.fetch_add(done, Relaxed);
-        Ok(done)
     }
 }
 

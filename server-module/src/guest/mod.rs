@@ -9,9 +9,11 @@
 
 mod evict;
 mod fill;
+mod kernel_swap;
 mod resize;
 
 pub use evict::{EvictError, Eviction};
+pub use kernel_swap::KERNEL_BUDGET_TICK;
 pub use resize::{ResizeError, ResizeOptions};
 
 use crate::cold::ColdQueue;
@@ -185,6 +187,8 @@ pub struct GuestCore {
     resize: resize::ResizeTracker,
     /// One evictor at a time.
     evict_lock: Mutex<()>,
+    /// Kernel mode: pause after futile page-out sweeps.
+    kernel_backoff: Mutex<kernel_swap::Backoff>,
     /// Page-aligned buffers for store I/O, reused.
     staging: Mutex<Vec<AlignedBuf>>,
     last_evict_error: Mutex<Option<String>>,
@@ -236,6 +240,7 @@ impl GuestCore {
             mailbox: p.mailbox,
             resize: Default::default(),
             evict_lock: Mutex::new(()),
+            kernel_backoff: Mutex::default(),
             staging: Mutex::new(Vec::new()),
             last_evict_error: Mutex::new(None),
             me,
@@ -559,17 +564,10 @@ impl GuestCore {
                 st.evicted.entries(),
             )
         };
-        // In kernel mode the kernel swaps pages in and out behind memout's back: report what
-        // it says about the region instead of memout's own view.
+        // In kernel mode the kernel swaps pages in and out behind memout's back: ask it what
+        // is in RAM (mincore over the backed runs; memout's own map says backed).
         let (resident, evicted) = match self.eviction {
-            Eviction::Kernel => {
-                let vma = crate::procfs::vmas()
-                    .ok()
-                    .and_then(|v| v.into_iter().find(|m| m.start == self.region.addr()));
-                vma.map_or((resident, evicted), |m| {
-                    (m.rss / PAGE_SIZE, m.swap / PAGE_SIZE)
-                })
-            }
+            Eviction::Kernel => self.kernel_residency(),
             _ => (resident, evicted),
         };
         let c = &self.counters;

@@ -158,9 +158,7 @@ impl GuestCore {
     /// reports the target reached before host memory really is there.
     fn resident_pages(&self) -> u64 {
         match self.eviction {
-            Eviction::Kernel => {
-                crate::procfs::mapping_rss(self.region.addr()).unwrap_or(0) / PAGE_SIZE
-            }
+            Eviction::Kernel => self.kernel_residency().0,
             _ => {
                 let st = self.state();
                 st.resident.count() + st.alloc.releasing()
