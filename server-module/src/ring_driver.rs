@@ -117,4 +117,17 @@ impl RingDriver {
             },
         )
     }
+
+    /// FREE of the `count` extents listed at `list_gpa`.
+    pub fn free(&mut self, h: &GuestHandle, list_gpa: u64, count: u32) -> Descriptor {
+        self.submit(
+            h,
+            Descriptor {
+                opcode: Opcode::Free as u16,
+                nr_extents: count,
+                extents_gpa: list_gpa,
+                ..Default::default()
+            },
+        )
+    }
 }
