@@ -62,11 +62,8 @@ fn a_failed_free_keeps_the_frames_and_a_later_alloc_reads_zeroes() {
     assert_eq!(gpa, h.region_gpa(), "the same frames come back");
     for p in 0..PAGES {
         // SAFETY: granted again.
-        assert_eq!(
-            unsafe { word(base, p).read_volatile() },
-            0,
-            "page {p} is stale"
-        );
+        let v = unsafe { word(base, p).read_volatile() };
+        assert_eq!(v, 0, "page {p} is stale");
     }
     assert_eq!(h.fatal_error(), None);
 }

@@ -127,11 +127,13 @@ fn kernel_mode_counts_only_what_really_left_ram_and_backs_off() {
         busy < Duration::from_millis(400),
         "memout burned {busy:?} of CPU in 2 s on a budget it cannot meet"
     );
+    let pattern = |p: u64| p.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     let bad = (0..pages)
-        // SAFETY: as above.
-        .filter(
-            |&p| unsafe { page(p).read_volatile() } != p.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
-        )
+        .filter(|&p| {
+            // SAFETY: as above.
+            let v = unsafe { page(p).read_volatile() };
+            v != pattern(p)
+        })
         .count();
     assert_eq!(bad, 0);
     drop(h);

@@ -159,9 +159,17 @@ impl GuestCore {
         let _ = self.enforce_budget_now();
     }
 
-    /// True if the budget must be checked on a clock (kernel mode with a budget).
+    /// True if the budget must be checked on a clock: kernel mode with a budget (the kernel
+    /// swaps in behind memout's back), or a guest above its limit now (an eviction that met
+    /// frames in flight left some over it, and a guest that only touches resident memory
+    /// takes no fault that would check again).
     pub(crate) fn needs_budget_tick(&self) -> bool {
-        matches!(self.eviction, Eviction::Kernel) && self.limit() != u64::MAX
+        let limit = self.limit();
+        match self.eviction {
+            Eviction::None => false,
+            Eviction::Kernel => limit != u64::MAX,
+            Eviction::Store(_) => limit != u64::MAX && self.state().resident.count() > limit,
+        }
     }
 
     /// The periodic check of [`needs_budget_tick`](Self::needs_budget_tick).
