@@ -39,7 +39,7 @@ fn run(core: &GuestCore, stop: &EventFd) {
                 Ok(_) => {}
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
-                    core.stop(crate::guest::GuestFault::Uffd(format!("poll: {e}")));
+                    core.stop(crate::guest::GuestFault::Poll(e));
                     return;
                 }
             }
@@ -94,7 +94,7 @@ fn drain(core: &GuestCore, buf: &mut EventBuffer, pending: &mut VecDeque<Fault>)
     let events = match core.uffd().read_events(buf) {
         Ok(ev) => ev,
         Err(e) => {
-            core.stop(crate::guest::GuestFault::Uffd(e.to_string()));
+            core.stop(crate::guest::GuestFault::Uffd(e.into()));
             return false;
         }
     };

@@ -25,6 +25,7 @@
 #![deny(missing_docs)]
 
 pub mod cold;
+pub mod config;
 pub mod control;
 pub mod eager;
 pub mod evicted;
@@ -32,6 +33,7 @@ pub mod extents;
 pub mod fault_handler;
 pub mod frames;
 pub mod guest;
+mod handle;
 pub mod host_mem;
 #[cfg(feature = "fault-injection")]
 pub mod inject;
@@ -39,17 +41,23 @@ pub mod log_limit;
 mod mailbox;
 pub mod populate;
 pub mod procfs;
+mod registry;
 pub mod resident;
+#[cfg(feature = "test-util")]
 pub mod ring_driver;
 pub mod rpc;
 pub mod server;
+pub mod shared_error;
 pub mod slots;
 pub mod stats;
 pub mod store;
 pub mod uffd;
 
+pub use config::{ChannelConfig, ConfigError, GuestConfig, RegionMemory};
 pub use guest::{EvictError, Eviction, FatalNotifier, GuestFault, ResizeError, ResizeOptions};
+pub use handle::GuestHandle;
 pub use populate::PopulatePolicy;
-pub use server::{ChannelConfig, GuestConfig, GuestHandle, RegionMemory, Server, ServerBuilder};
+pub use registry::Registry;
+pub use server::{Server, ServerBuilder};
 pub use stats::GuestStatsSnapshot;
 pub use store::{BackingStore, FileStore};

@@ -115,42 +115,58 @@ pub fn swap_free() -> u64 {
     std::fs::read_to_string("/proc/swaps").map_or(0, |t| parse_swap_free(&t))
 }
 
+/// Why memory cannot be outsourced.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unsuitable {
+    /// Part of the range is not mapped.
+    #[error("{0:#x} is not mapped")]
+    Unmapped(usize),
+    /// A mapping is locked.
+    #[error("mapping at {0:#x} is locked (mlock): memout memory must stay pageable")]
+    Locked(usize),
+    /// A mapping is shared.
+    #[error("mapping at {0:#x} is shared: memout needs private anonymous memory")]
+    Shared(usize),
+    /// A mapping is backed by a file.
+    #[error("mapping at {addr:#x} is backed by {path}: memout needs anonymous memory")]
+    FileBacked {
+        /// Start of the mapping.
+        addr: usize,
+        /// The file.
+        path: String,
+    },
+    /// A mapping is not readable and writable.
+    #[error("mapping at {0:#x} is not readable and writable")]
+    NotWritable(usize),
+}
+
 /// Why memory cannot be outsourced, or `None` if `[addr, addr + len)` is wholly covered by
 /// private, anonymous, writable, unlocked mappings.
-pub fn unsuitable(vmas: &[Vma], addr: usize, len: usize) -> Option<String> {
+pub fn unsuitable(vmas: &[Vma], addr: usize, len: usize) -> Option<Unsuitable> {
     let end = addr.checked_add(len)?;
     let mut at = addr;
     for v in vmas.iter().filter(|v| v.end > addr && v.start < end) {
         if v.start > at {
-            return Some(format!("{at:#x} is not mapped"));
+            return Some(Unsuitable::Unmapped(at));
         }
         if v.flags.iter().any(|f| f == "lo") {
-            return Some(format!(
-                "mapping at {:#x} is locked (mlock): memout memory must stay pageable",
-                v.start
-            ));
+            return Some(Unsuitable::Locked(v.start));
         }
         if !v.perms.ends_with('p') || v.flags.iter().any(|f| f == "sh") {
-            return Some(format!(
-                "mapping at {:#x} is shared: memout needs private anonymous memory",
-                v.start
-            ));
+            return Some(Unsuitable::Shared(v.start));
         }
         if !v.path.is_empty() && !v.path.starts_with("[anon") {
-            return Some(format!(
-                "mapping at {:#x} is backed by {}: memout needs anonymous memory",
-                v.start, v.path
-            ));
+            return Some(Unsuitable::FileBacked {
+                addr: v.start,
+                path: v.path.clone(),
+            });
         }
         if !v.perms.starts_with("rw") {
-            return Some(format!(
-                "mapping at {:#x} is not readable and writable",
-                v.start
-            ));
+            return Some(Unsuitable::NotWritable(v.start));
         }
         at = v.end;
     }
-    (at < end).then(|| format!("{at:#x} is not mapped"))
+    (at < end).then_some(Unsuitable::Unmapped(at))
 }
 
 #[cfg(test)]
@@ -175,14 +191,22 @@ VmFlags: rd wr sh mr mw me ms
         assert_eq!(v.len(), 3);
         assert_eq!((v[0].start, v[0].end, v[0].rss), (0x1000, 0x3000, 8192));
         assert_eq!(unsuitable(&v, 0x1000, 0x2000), None);
-        assert!(unsuitable(&v, 0x2000, 0x2000).unwrap().contains("locked"));
-        assert!(unsuitable(&v, 0x4000, 0x1000).unwrap().contains("shared"));
-        assert!(
-            unsuitable(&v, 0x8000, 0x1000)
-                .unwrap()
-                .contains("not mapped")
+        assert_eq!(
+            unsuitable(&v, 0x2000, 0x2000),
+            Some(Unsuitable::Locked(0x3000))
         );
-        assert!(unsuitable(&v, 0x1000, 0x10000).is_some());
+        assert_eq!(
+            unsuitable(&v, 0x4000, 0x1000),
+            Some(Unsuitable::Shared(0x4000))
+        );
+        assert_eq!(
+            unsuitable(&v, 0x8000, 0x1000),
+            Some(Unsuitable::Unmapped(0x8000))
+        );
+        assert_eq!(
+            unsuitable(&v, 0x1000, 0x10000),
+            Some(Unsuitable::Locked(0x3000))
+        );
     }
 
     #[test]

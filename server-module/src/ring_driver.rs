@@ -1,11 +1,38 @@
-//! Driving a guest's request ring from the host, as the C driver would from inside the guest:
-//! for tests, probes and tools that exercise a server without a VM.
+//! Driving a guest from the host, as the C driver would from inside the guest: its request
+//! ring ([`RingDriver`]), or its ALLOC and FREE directly from several threads at once
+//! ([`alloc`], [`free`]). For tests and probes that exercise a server without a VM; only with
+//! the `test-util` feature.
 
-use crate::guest::Eviction;
+use crate::config::{ChannelConfig, GuestConfig, RegionMemory};
+use crate::extents::Run;
+use crate::guest::{Eviction, GuestCore};
+use crate::handle::GuestHandle;
 use crate::populate::PopulatePolicy;
-use crate::server::{ChannelConfig, GuestConfig, GuestHandle, RegionMemory};
-use memout_protocol::ring::{ABI_VERSION, Descriptor, Opcode, RING_REQ_PROD_OFFSET, RingHeader};
+use memout_protocol::ring::{
+    ABI_VERSION, Descriptor, Extent, Opcode, RING_REQ_PROD_OFFSET, RingHeader, Status,
+};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+/// ALLOC of `pages` frames in at most `max_extents` extents, as the ring's ALLOC does (from
+/// any thread, without a ring).
+pub fn alloc(
+    core: &GuestCore,
+    pages: u64,
+    max_extents: usize,
+    partial: bool,
+) -> Result<Vec<Extent>, Status> {
+    core.alloc(pages, max_extents, partial)
+}
+
+/// FREE of `runs`, as the ring's FREE does (from any thread, without a ring).
+pub fn free(core: &GuestCore, runs: &[Run]) -> Result<u64, Status> {
+    core.free(runs)
+}
+
+/// The frames an extent names, if it lies in the guest's region.
+pub fn run_of(core: &GuestCore, e: &Extent) -> Option<Run> {
+    core.run_of(e)
+}
 
 /// Where [`host_test_config`] puts the ring.
 pub const TEST_RING_GPA: u64 = 0x6000;
@@ -30,7 +57,7 @@ pub fn host_test_config(
         region_size,
         quota_bytes,
         policy: PopulatePolicy::default(),
-        memory: RegionMemory::Allocate,
+        memory: RegionMemory::allocate(),
         eviction,
         resident_budget_bytes: None,
         min_bytes: 0,

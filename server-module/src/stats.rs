@@ -158,7 +158,7 @@ pub struct GuestStatsSnapshot {
     /// Evictions that stopped on an error.
     pub evict_errors: u64,
     /// The last eviction error.
-    pub last_evict_error: Option<String>,
+    pub last_evict_error: Option<crate::guest::EvictError>,
     /// Median latency of faults that swapped in, ns.
     pub swapin_p50_ns: u64,
     /// 99th percentile latency of faults that swapped in, ns.

@@ -4,7 +4,7 @@
 
 use memout_server::extents::Run;
 use memout_server::guest::GuestCore;
-use memout_server::ring_driver::{RingDriver, host_test_config};
+use memout_server::ring_driver::{self, RingDriver, host_test_config};
 use memout_server::{Eviction, FileStore, GuestHandle, PopulatePolicy, Server};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
@@ -35,7 +35,7 @@ fn guest(server: &Server, name: &str, policy: PopulatePolicy, eviction: Eviction
             policy,
             ..host_test_config(name, REGION, REGION, eviction, &mem)
         })
-        .expect("add_guest (needs userfaultfd with kernel faults: run as root)");
+        .expect("add_guest");
     let mut ring = RingDriver::new(mem, 0x6000, 16);
     assert_eq!(ring.hello(&h).status, 0);
     let core = server.registry().find(name).expect("registered");
@@ -88,10 +88,11 @@ fn churn(g: &Guest, id: u64, stop: &AtomicBool, rounds: &AtomicU64) -> u64 {
         let tag = (id << 48) | (n << 20);
         let mut held = Vec::new();
         for k in 0..4 {
-            match g.core.alloc(PIECE, 4, false) {
+            match ring_driver::alloc(&g.core, PIECE, 4, false) {
                 Ok(ext) => {
                     for e in ext {
-                        let run = g.core.run_of(&e).expect("granted extent is in the region");
+                        let run = ring_driver::run_of(&g.core, &e)
+                            .expect("granted extent is in the region");
                         fill(base, run, tag + k);
                         held.push((run, tag + k));
                     }
@@ -105,7 +106,7 @@ fn churn(g: &Guest, id: u64, stop: &AtomicBool, rounds: &AtomicU64) -> u64 {
         }
         let runs: Vec<Run> = held.iter().map(|(r, _)| *r).collect();
         if !runs.is_empty() {
-            g.core.free(&runs).expect("free what we hold");
+            ring_driver::free(&g.core, &runs).expect("free what we hold");
         }
         rounds.fetch_add(1, SeqCst);
     }
@@ -145,6 +146,12 @@ fn run_churn(g: &Guest, workers: u64, evict: bool) -> (u64, u64) {
 
 #[test]
 fn frees_racing_evictions_never_zero_data() {
+    if !memout_test_support::require(
+        memout_test_support::Piece::Uffd,
+        "frees_racing_evictions_never_zero_data",
+    ) {
+        return;
+    }
     let server = Server::builder().build().unwrap();
     let g = guest(
         &server,
@@ -167,6 +174,12 @@ fn frees_racing_evictions_never_zero_data() {
 
 #[test]
 fn churn_never_stops_a_well_behaved_guest() {
+    if !memout_test_support::require(
+        memout_test_support::Piece::Uffd,
+        "churn_never_stops_a_well_behaved_guest",
+    ) {
+        return;
+    }
     let server = Server::builder().build().unwrap();
     for policy in PopulatePolicy::ALL {
         for evict in [false, true] {

@@ -42,7 +42,7 @@ fn server_with_guest() -> (Server, memout_server::GuestHandle) {
             Eviction::None,
             &mem,
         ))
-        .expect("add_guest (needs userfaultfd with kernel faults: run as root)");
+        .expect("add_guest");
     (server, g)
 }
 
@@ -60,6 +60,12 @@ fn operator(path: &Path) -> Duration {
 
 #[test]
 fn silent_clients_cannot_lock_out_an_operator() {
+    if !memout_test_support::require(
+        memout_test_support::Piece::Uffd,
+        "silent_clients_cannot_lock_out_an_operator",
+    ) {
+        return;
+    }
     let (server, _g) = server_with_guest();
     let dir = Scratch::new("silent");
     let ctl = server.serve_control(dir.0.join("ctl.sock")).unwrap();
@@ -88,6 +94,12 @@ fn silent_clients_cannot_lock_out_an_operator() {
 
 #[test]
 fn trickling_clients_are_cut_off_at_the_frame_deadline() {
+    if !memout_test_support::require(
+        memout_test_support::Piece::Uffd,
+        "trickling_clients_are_cut_off_at_the_frame_deadline",
+    ) {
+        return;
+    }
     let (server, _g) = server_with_guest();
     let dir = Scratch::new("trickle");
     let ctl = server.serve_control(dir.0.join("ctl.sock")).unwrap();

@@ -58,15 +58,11 @@ fn guest_config(name: &str) -> GuestConfig {
 }
 
 fn fixture(tag: &str) -> Option<Fixture> {
+    if !memout_test_support::require(memout_test_support::Piece::Uffd, "control socket") {
+        return None;
+    }
     let server = Server::builder().build().unwrap();
-    let guest = match server.add_guest(guest_config("g1")) {
-        Ok(g) => g,
-        Err(e) if e.to_string().contains("userfaultfd") => {
-            eprintln!("SKIPPED: no userfaultfd: {e}");
-            return None;
-        }
-        Err(e) => panic!("{e}"),
-    };
+    let guest = server.add_guest(guest_config("g1")).expect("add_guest");
     let dir = Scratch::new(tag);
     let control = server.serve_control(dir.sock()).unwrap();
     Some(Fixture {
@@ -448,11 +444,11 @@ fn a_peer_of_another_uid_is_refused_counted_and_logged() {
         .with_writer(|| LogWriter)
         .with_ansi(false)
         .try_init();
-    let Some(f) = fixture("uid") else { return };
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED: the other-uid check needs root to become another uid");
+    // Becoming uid 65534 needs root.
+    if !memout_test_support::require(memout_test_support::Piece::Root, "other-uid peer") {
         return;
     }
+    let Some(f) = fixture("uid") else { return };
     let path = f.control.path().to_path_buf();
     // Mode 0600 keeps uid 65534 from connecting at all.
     assert_eq!(connect_as_nobody(&path).0, ChildResult::NoAccess);

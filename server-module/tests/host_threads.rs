@@ -14,20 +14,7 @@ const LIST: u64 = 0x8000;
 const STATS: u64 = 0x9000;
 
 fn uffd_available() -> bool {
-    let ok = userfaultfd_usable();
-    if !ok {
-        eprintln!("SKIPPED: no userfaultfd (needs root or vm.unprivileged_userfaultfd=1)");
-    }
-    ok
-}
-
-fn userfaultfd_usable() -> bool {
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-    Server::builder()
-        .build()
-        .unwrap()
-        .add_guest(config(mem, 2 << 20, None))
-        .is_ok()
+    memout_test_support::require(memout_test_support::Piece::Uffd, "host threads")
 }
 
 fn config(shared: GuestMemoryMmap, quota: u64, tx: Option<mpsc::Sender<String>>) -> GuestConfig {

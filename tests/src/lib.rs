@@ -1,25 +1,12 @@
 //! Shared helpers for memout's workspace-level integration tests, which run real KVM guests.
+//! What a test needs from the host is checked by [`memout_test_support`]: a missing piece
+//! fails the test naming it, unless the user opted out with `MEMOUT_ALLOW_SKIP`.
 #![deny(missing_docs)]
 
-/// True if KVM can be used. Otherwise prints a loud `SKIPPED` line, and panics if
-/// `MEMOUT_REQUIRE_KVM=1` (set by `.ci/run` when `/dev/kvm` exists) so a broken KVM setup can
-/// never pass silently.
-pub fn kvm_or_skip(test: &str) -> bool {
-    if std::fs::metadata("/dev/kvm").is_ok() && kvm_opens() {
-        return true;
-    }
-    eprintln!("SKIPPED: no /dev/kvm ({test} needs KVM)");
-    assert!(
-        std::env::var("MEMOUT_REQUIRE_KVM").as_deref() != Ok("1"),
-        "MEMOUT_REQUIRE_KVM=1 but /dev/kvm cannot be opened"
-    );
-    false
-}
+pub use memout_test_support::{Piece, require, require_all};
 
-fn kvm_opens() -> bool {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok()
+/// True if KVM guests can run here (KVM and userfaultfd with kernel faults). A missing piece
+/// fails the test naming it, or skips it with one loud line if the user opted out of it.
+pub fn needs_kvm(test: &str) -> bool {
+    require_all(&[Piece::Kvm, Piece::Uffd], test)
 }

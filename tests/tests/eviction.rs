@@ -2,7 +2,7 @@
 //! page by page over several passes; explicit eviction of everything; store files.
 
 use memout_server::{Eviction, FileStore, Server};
-use memout_tests::kvm_or_skip;
+use memout_tests::needs_kvm;
 use memout_vmm::image::GuestImage;
 use memout_vmm::runner::{RunConfig, RunReport, run_guest};
 use std::sync::Arc;
@@ -44,7 +44,7 @@ fn scratch_dir(tag: &str) -> Scratch {
 
 #[test]
 fn working_set_larger_than_budget_stays_correct() {
-    if !kvm_or_skip("eviction-budget") {
+    if !needs_kvm("eviction-budget") {
         return;
     }
     let dir = scratch_dir("budget");
@@ -77,7 +77,7 @@ fn working_set_larger_than_budget_stays_correct() {
 
 #[test]
 fn evicting_everything_then_reading_it_back() {
-    if !kvm_or_skip("eviction-all") {
+    if !needs_kvm("eviction-all") {
         return;
     }
     let dir = scratch_dir("all");

@@ -2,7 +2,7 @@
 //! stops that guest with a clear error; the server and the other guests carry on.
 
 use memout_server::{GuestFault, Server};
-use memout_tests::kvm_or_skip;
+use memout_tests::needs_kvm;
 use memout_vmm::image::GuestImage;
 use memout_vmm::runner::{GuestSetup, Outcome, RunConfig, run_guest};
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 #[test]
 fn populate_enomem_stops_only_that_guest() {
-    if !kvm_or_skip("host-oom") {
+    if !needs_kvm("host-oom") {
         return;
     }
     let server = Server::builder().build().unwrap();

@@ -9,7 +9,7 @@ use memout_protocol::control::ResizePhase;
 use memout_protocol::ring::PAGE_SIZE;
 use memout_server::ring_driver::{RingDriver, host_test_config};
 use memout_server::{Eviction, ResizeOptions, Server};
-use memout_tests::kvm_or_skip;
+use memout_tests::needs_kvm;
 use memout_vmm::image::GuestImage;
 use memout_vmm::runner::{RunConfig, run_guest};
 use std::path::PathBuf;
@@ -51,6 +51,18 @@ impl Swapfile {
     }
 }
 
+/// A swapfile for `test`, or `None` if the user opted out of the pieces it needs (uffd, swap);
+/// if they are missing without an opt-out the test fails naming them.
+fn swapfile(test: &str, tag: &str, mib: u64) -> Option<Swapfile> {
+    if !memout_tests::require_all(
+        &[memout_tests::Piece::Uffd, memout_tests::Piece::Swap],
+        test,
+    ) {
+        return None;
+    }
+    Some(Swapfile::new(tag, mib).unwrap_or_else(|e| panic!("{test}: cannot make a swapfile: {e}")))
+}
+
 impl Drop for Swapfile {
     fn drop(&mut self) {
         let _ = Command::new("swapoff").arg(&self.0).output();
@@ -65,6 +77,9 @@ const BUDGET_SLACK_END: u64 = 112 << 20;
 
 #[test]
 fn kernel_mode_without_swap_is_refused() {
+    if !memout_tests::require(memout_tests::Piece::Uffd, "kernel mode without swap") {
+        return;
+    }
     let _one = swap_lock();
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
     let server = Server::builder().build().unwrap();
@@ -77,7 +92,7 @@ fn kernel_mode_without_swap_is_refused() {
         return;
     }
     match server.add_guest(cfg) {
-        Err(memout_server::server::Error::NoSwap) => {}
+        Err(memout_server::server::Error::Config(memout_server::ConfigError::NoSwap)) => {}
         Err(e) => panic!("wrong refusal: {e}"),
         Ok(_) => panic!("kernel mode accepted without swap"),
     }
@@ -87,7 +102,9 @@ fn kernel_mode_without_swap_is_refused() {
 fn kernel_mode_counts_only_what_really_left_ram_and_backs_off() {
     let _one = swap_lock();
     // 8 MiB of swap for a 64 MiB guest asked down to 8 MiB: most of it cannot go.
-    let swap = Swapfile::new("tiny", 8).expect("a swapfile (needs root)");
+    let Some(swap) = swapfile("kernel tiny swap", "tiny", 8) else {
+        return;
+    };
     const MIB: u64 = 1 << 20;
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
     let server = Server::builder().build().unwrap();
@@ -143,7 +160,9 @@ fn kernel_mode_counts_only_what_really_left_ram_and_backs_off() {
 #[test]
 fn kernel_mode_budget_holds_once_the_guest_pauses() {
     let _one = swap_lock();
-    let swap = Swapfile::new("steady", 256).expect("a swapfile (needs root)");
+    let Some(swap) = swapfile("kernel steady budget", "steady", 256) else {
+        return;
+    };
     const MIB: u64 = 1 << 20;
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
     let server = Server::builder().build().unwrap();
@@ -207,16 +226,12 @@ fn cpu_time() -> Duration {
 
 #[test]
 fn kernel_mode_pages_out_and_stays_correct() {
-    if !kvm_or_skip("kernel-swap") {
+    if !needs_kvm("kernel-swap") {
         return;
     }
     let _one = swap_lock();
-    let swap = match Swapfile::new("budget", 512) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("SKIPPED: cannot set up a swapfile here: {e}");
-            return;
-        }
+    let Some(swap) = swapfile("kernel-swap", "budget", 512) else {
+        return;
     };
     let img = GuestImage::parse(memout_vmm::images::get("swapper").unwrap().to_vec()).unwrap();
     let cfg = RunConfig {
@@ -262,30 +277,22 @@ fn kernel_mode_pages_out_and_stays_correct() {
 #[test]
 fn kernel_mode_resize_pages_out_to_the_target_and_keeps_the_data() {
     let _one = swap_lock();
-    let swap = match Swapfile::new("resize", 256) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("SKIPPED: cannot set up a swapfile here: {e}");
-            return;
-        }
+    let Some(swap) = swapfile("kernel resize", "resize", 256) else {
+        return;
     };
     const MIB: u64 = 1 << 20;
     const PAGES: u64 = 64 * MIB / PAGE_SIZE;
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
     let server = Server::builder().build().unwrap();
-    let h = match server.add_guest(host_test_config(
-        "kresize",
-        64 * MIB,
-        64 * MIB,
-        Eviction::Kernel,
-        &mem,
-    )) {
-        Ok(h) => h,
-        Err(e) => {
-            eprintln!("SKIPPED: {e}");
-            return;
-        }
-    };
+    let h = server
+        .add_guest(host_test_config(
+            "kresize",
+            64 * MIB,
+            64 * MIB,
+            Eviction::Kernel,
+            &mem,
+        ))
+        .expect("add_guest");
     let mut ring = RingDriver::new(mem, 0x6000, 16);
     assert_eq!(ring.hello(&h).status, 0);
     assert_eq!(ring.alloc(&h, PAGES, 0x8000, 1).status, 0);

@@ -1,7 +1,7 @@
 //! Real KVM guests against the real server: the demo, and every malicious mode.
 
 use memout_server::{GuestFault, Server};
-use memout_tests::kvm_or_skip;
+use memout_tests::needs_kvm;
 use memout_vmm::image::GuestImage;
 use memout_vmm::layout::REGION_GPA;
 use memout_vmm::runner::{Outcome, RunConfig, RunReport, run_guest};
@@ -22,7 +22,7 @@ fn run(name: &str, arg: u32, quota: u64) -> RunReport {
 
 #[test]
 fn demo_verifies_its_data_and_host_rss_follows_frees() {
-    if !kvm_or_skip("demo") {
+    if !needs_kvm("demo") {
         return;
     }
     let r = run("demo", 0, 256 << 20);
@@ -55,7 +55,7 @@ fn demo_verifies_its_data_and_host_rss_follows_frees() {
 
 #[test]
 fn malicious_requests_get_error_statuses_and_no_memory() {
-    if !kvm_or_skip("malicious") {
+    if !needs_kvm("malicious") {
         return;
     }
     for mode in [1, 2, 3, 4, 5, 6, 9] {
@@ -78,7 +78,7 @@ fn malicious_requests_get_error_statuses_and_no_memory() {
 
 #[test]
 fn touching_frames_not_held_stops_the_guest_with_the_address() {
-    if !kvm_or_skip("malicious-touch") {
+    if !needs_kvm("malicious-touch") {
         return;
     }
     let r = run("malicious", 7, 64 << 20);
@@ -106,7 +106,7 @@ fn touching_frames_not_held_stops_the_guest_with_the_address() {
 
 #[test]
 fn kvm_touching_frames_not_held_for_the_guest_ends_the_run() {
-    if !kvm_or_skip("malicious-string-io") {
+    if !needs_kvm("malicious-string-io") {
         return;
     }
     // KVM itself writes (rep insl) or reads (rep outsl) the frame while emulating: its fault
@@ -135,7 +135,7 @@ fn kvm_touching_frames_not_held_for_the_guest_ends_the_run() {
 
 #[test]
 fn a_hung_guest_times_out_instead_of_hanging() {
-    if !kvm_or_skip("timeout") {
+    if !needs_kvm("timeout") {
         return;
     }
     let img = GuestImage::parse(memout_vmm::images::get("malicious").unwrap().to_vec()).unwrap();

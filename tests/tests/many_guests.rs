@@ -2,14 +2,14 @@
 //! its own data, while another guest floods its doorbell with garbage.
 
 use memout_server::{PopulatePolicy, Server};
-use memout_tests::kvm_or_skip;
+use memout_tests::needs_kvm;
 use memout_vmm::image::GuestImage;
 use memout_vmm::runner::{RunConfig, run_guest};
 use std::time::Duration;
 
 #[test]
 fn four_guests_and_a_flooder_share_one_server() {
-    if !kvm_or_skip("many-guests") {
+    if !needs_kvm("many-guests") {
         return;
     }
     let server = Server::builder().build().unwrap();

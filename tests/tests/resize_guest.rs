@@ -7,7 +7,7 @@ use memout_protocol::control::{GuestStatus, Request, ResizePhase, ResizeProgress
 use memout_server::control::Client;
 use memout_server::procfs::mapping_rss;
 use memout_server::{Eviction, FileStore, Server};
-use memout_tests::kvm_or_skip;
+use memout_tests::needs_kvm;
 use memout_vmm::image::GuestImage;
 use memout_vmm::runner::{GuestSetup, RunConfig, run_guest};
 use std::path::{Path, PathBuf};
@@ -89,7 +89,7 @@ fn connect(p: &Path) -> Client {
 
 #[test]
 fn resize_a_running_guest_up_and_down_while_it_verifies_its_data() {
-    if !kvm_or_skip("resize") {
+    if !needs_kvm("resize") {
         return;
     }
     let dir = Scratch(std::env::temp_dir().join(format!("memout-resize-{}", std::process::id())));

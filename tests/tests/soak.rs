@@ -7,7 +7,7 @@
 
 use memout_server::procfs::mapping_rss;
 use memout_server::{Eviction, FileStore, ResizeOptions, Server};
-use memout_tests::kvm_or_skip;
+use memout_tests::needs_kvm;
 use memout_vmm::image::GuestImage;
 use memout_vmm::runner::{Outcome, RunConfig, run_guest};
 use std::sync::Arc;
@@ -48,7 +48,7 @@ impl Rng {
 
 #[test]
 fn eight_guests_under_eviction_resizes_budgets_and_churn_lose_nothing() {
-    if !kvm_or_skip("soak") {
+    if !needs_kvm("soak") {
         return;
     }
     let img = GuestImage::parse(memout_vmm::images::get("resizer").unwrap().to_vec()).unwrap();

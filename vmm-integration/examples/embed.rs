@@ -26,7 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ram = GuestRegionMmap::new(mapping, GuestAddress(layout::REGION_GPA)).ok_or("region")?;
 
     let kick = Arc::new(Kick::default());
-    kick.register_current_thread();
+    let _registered = kick.register_current_thread();
     let kicker = kick.clone();
     let server = Server::builder().build()?;
     let guest = server.add_guest(GuestConfig {
@@ -47,7 +47,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         shared: vm.boot().clone(),
         on_fatal: Some(Box::new(move |_| kicker.kick())),
     })?;
-    vm.map(layout::REGION_GPA, size as u64, ram.as_ptr() as usize)?;
+    // SAFETY: `ram` lives until the end of main, after `vm` is dropped.
+    unsafe { vm.map(layout::REGION_GPA, size as u64, ram.as_ptr() as usize)? };
     vm.setup_cpl3(image.entry, &[(layout::REGION_GPA, size as u64)])?;
 
     let code = loop {

@@ -1,6 +1,6 @@
 //! `memout bench <scenario>`: memout and its baseline measured side by side in one process.
 //!
-//! Method (BRIEF §4): one warm-up round of every side (discarded; on this host the first touch
+//! Method: one warm-up round of every side (discarded; on this host the first touch
 //! of never-used host memory is several times slower), then rounds that alternate the sides
 //! (A B A B …), reporting medians and `ratio` = memout ÷ baseline. Each round is a fresh VM.
 //! Times are host-clock intervals between two guest checkpoints (one exit each, counted
@@ -47,6 +47,9 @@ impl Series {
         }
     }
 }
+
+/// Fewest rounds for which a ratio is judged against its target.
+pub const MIN_ROUNDS_FOR_TARGET: usize = 5;
 
 /// A ratio of two medians and the target it is held to.
 #[derive(Debug, Clone)]
@@ -99,7 +102,7 @@ impl BenchResult {
             .iter()
             .filter_map(|r| {
                 r.target_max
-                    .map(|t| (r.name.clone(), json!({"max": t, "met": r.value <= t})))
+                    .map(|t| (r.name.clone(), json!({"max": t, "met": self.met(r, t)})))
             })
             .collect();
         json!({
@@ -113,6 +116,12 @@ impl BenchResult {
             "samples": samples,
             "extra": self.extra,
         })
+    }
+
+    /// Whether ratio `r` met its target `t`; `None` (not judged) with fewer than
+    /// [`MIN_ROUNDS_FOR_TARGET`] rounds: one or two rounds say nothing about the spread.
+    fn met(&self, r: &Ratio, t: f64) -> Option<bool> {
+        (self.rounds >= MIN_ROUNDS_FOR_TARGET).then_some(r.value <= t)
     }
 
     /// A table for people.
@@ -131,7 +140,14 @@ impl BenchResult {
         );
         for r in &self.ratios {
             let (t, met) = match r.target_max {
-                Some(t) => (format!("≤ {t}"), if r.value <= t { "yes" } else { "NO" }),
+                Some(t) => (
+                    format!("≤ {t}"),
+                    match self.met(r, t) {
+                        Some(true) => "yes",
+                        Some(false) => "NO",
+                        None => "n/a",
+                    },
+                ),
                 None => ("-".into(), ""),
             };
             println!("{:<36} {:>9.3} {:>9} {:>6}", r.name, r.value, t, met);

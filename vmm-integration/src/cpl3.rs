@@ -22,7 +22,7 @@ pub enum Error {
     },
     /// Writing the tables into boot memory failed.
     #[error("writing page tables: {0}")]
-    Write(String),
+    Write(#[source] vm_memory::GuestMemoryError),
 }
 
 /// `Result` with this module's [`enum@Error`].
@@ -36,10 +36,7 @@ const SEL_USER_CODE: u16 = 0x20 | 3;
 /// Writes identity page tables (2 MiB pages, user-accessible) covering `[0, BOOT_SIZE)` and
 /// every range in `ranges`, and a GDT with DPL-3 code and data segments.
 pub fn write_tables(mem: &GuestMemoryMmap, ranges: &[(u64, u64)]) -> Result<()> {
-    let w = |v: u64, gpa: u64| {
-        mem.write_obj(v, GuestAddress(gpa))
-            .map_err(|e| Error::Write(e.to_string()))
-    };
+    let w = |v: u64, gpa: u64| mem.write_obj(v, GuestAddress(gpa)).map_err(Error::Write);
     w(PDPT | PTE_P_RW_US, PML4)?;
     let mut gibs: Vec<u64> = vec![0];
     for &(start, size) in std::iter::once(&(0, BOOT_SIZE)).chain(ranges) {
@@ -62,7 +59,7 @@ pub fn write_tables(mem: &GuestMemoryMmap, ranges: &[(u64, u64)]) -> Result<()> 
             table[(j * 8) as usize..(j * 8 + 8) as usize].copy_from_slice(&e.to_le_bytes());
         }
         mem.write_slice(&table, GuestAddress(pd))
-            .map_err(|e| Error::Write(e.to_string()))?;
+            .map_err(Error::Write)?;
     }
     // null, kernel code, kernel data, user data (0x18), user code 64-bit (0x20)
     let gdt: [u64; 5] = [

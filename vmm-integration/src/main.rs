@@ -38,7 +38,7 @@ enum Cmd {
         /// Quota (e.g. 1G).
         #[arg(long, default_value = "1G", value_parser = cli_size::parse)]
         quota: u64,
-        /// Population policy: per-page or fault-around.
+        /// Population policy: per-page, fault-around or eager.
         #[arg(long, default_value = "fault-around", value_parser = parse_policy)]
         policy: PopulatePolicy,
         /// Argument the guest reads from its argument port.
@@ -110,7 +110,8 @@ fn eviction_of(
 }
 
 fn parse_policy(s: &str) -> Result<PopulatePolicy, String> {
-    PopulatePolicy::parse(s).ok_or_else(|| format!("unknown policy {s:?} (per-page, fault-around)"))
+    PopulatePolicy::parse(s)
+        .ok_or_else(|| format!("unknown policy {s:?} (per-page, fault-around, eager)"))
 }
 
 fn load(image: &str) -> Result<GuestImage, String> {

@@ -45,9 +45,15 @@ pub enum Error {
     /// The server refused the guest.
     #[error(transparent)]
     Server(#[from] memout_server::server::Error),
-    /// The image could not be placed.
+    /// The image could not be placed in boot memory.
     #[error("cannot load the guest image: {0}")]
-    Load(String),
+    Load(#[source] vm_memory::GuestMemoryError),
+    /// The plain (baseline) region could not be mapped or discarded.
+    #[error("plain region: {0}")]
+    PlainRegion(#[source] memout_server::host_mem::Error),
+    /// The watchdog thread could not be started.
+    #[error("cannot start the watchdog: {0}")]
+    Watchdog(#[source] std::io::Error),
     /// The control socket could not be served.
     #[error("{0} (choose another path with --control, or --no-control)")]
     Control(#[from] memout_server::control::Error),
@@ -304,7 +310,7 @@ pub fn run_guest(server: &Server, image: &GuestImage, cfg: &RunConfig) -> Result
     let mut vm = GuestVm::new()?;
     vm.boot()
         .write_slice(&image.bytes, GuestAddress(image.load_addr))
-        .map_err(|e| Error::Load(e.to_string()))?;
+        .map_err(Error::Load)?;
     let (tx, rx): (Sender<Watch>, Receiver<Watch>) = crossbeam_channel::unbounded();
     let fatal_tx = tx.clone();
     let backend = match cfg.backing {
@@ -314,7 +320,7 @@ pub fn run_guest(server: &Server, image: &GuestImage, cfg: &RunConfig) -> Result
             region_size: cfg.region_size,
             quota_bytes: cfg.quota_bytes,
             policy: cfg.policy,
-            memory: memout_server::RegionMemory::Allocate,
+            memory: memout_server::RegionMemory::allocate(),
             eviction: cfg.eviction.clone(),
             resident_budget_bytes: cfg.budget_bytes,
             min_bytes: cfg.min_bytes,
@@ -327,9 +333,9 @@ pub fn run_guest(server: &Server, image: &GuestImage, cfg: &RunConfig) -> Result
                 let _ = fatal_tx.send(Watch::Kick);
             })),
         })?),
-        Backing::Plain { .. } => Backend::Plain(
-            HostRegion::new(cfg.region_size as usize).map_err(|e| Error::Load(e.to_string()))?,
-        ),
+        Backing::Plain { .. } => {
+            Backend::Plain(HostRegion::new(cfg.region_size as usize).map_err(Error::PlainRegion)?)
+        }
     };
     if let (Backend::Memout(h), Some(setup)) = (&backend, &cfg.setup) {
         (setup.0)(h);
@@ -344,18 +350,19 @@ pub fn run_guest(server: &Server, image: &GuestImage, cfg: &RunConfig) -> Result
         }
         None => None,
     };
-    vm.map(REGION_GPA, backend.size(), backend.host_addr())?;
+    // SAFETY: the region belongs to `backend`, which is dropped after `vm` (below).
+    unsafe { vm.map(REGION_GPA, backend.size(), backend.host_addr())? };
     vm.setup_cpl3(image.entry, &[(REGION_GPA, backend.size())])?;
 
     let kick = Arc::new(Kick::default());
-    kick.register_current_thread();
+    let _registered = kick.register_current_thread();
     let timed_out = Arc::new(AtomicBool::new(false));
     let dog = {
         let (kick, timed_out, limit) = (kick.clone(), timed_out.clone(), cfg.timeout);
         std::thread::Builder::new()
             .name(format!("memout-watchdog-{}", cfg.name))
             .spawn(move || watchdog(rx, kick, limit, timed_out))
-            .map_err(|e| Error::Load(format!("cannot start watchdog: {e}")))?
+            .map_err(Error::Watchdog)?
     };
 
     let mut output = Vec::new();
@@ -466,8 +473,7 @@ pub fn run_guest(server: &Server, image: &GuestImage, cfg: &RunConfig) -> Result
             },
         ) => {
             let t = Instant::now();
-            r.discard(0, r.size())
-                .map_err(|e| Error::Load(e.to_string()))?;
+            r.discard(0, r.size()).map_err(Error::PlainRegion)?;
             let elapsed = t.elapsed();
             let rss_after = mapping_rss(r.addr()).unwrap_or(0);
             Some(Discard {

@@ -4,8 +4,9 @@
 //! fault the server refused can be stopped. A kick can race with the vCPU entering `KVM_RUN`,
 //! so the kicker repeats it until the vCPU thread acknowledges.
 
+use std::sync::Mutex;
 use std::sync::Once;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 
 /// The signal used for kicks.
 pub fn kick_signal() -> i32 {
@@ -30,19 +31,43 @@ pub fn install_handler() {
 }
 
 /// Shared between a vCPU thread and whoever may need to stop it.
+///
+/// The vCPU thread registers itself and gets a [`Registration`]; while it lives, [`Kick::kick`]
+/// may signal the thread. Dropping the registration (before the thread ends) takes the thread
+/// out under the same lock a kick holds while it signals, so a kick never signals a thread that
+/// has exited (whose `pthread_t` may already name another thread).
 #[derive(Debug, Default)]
 pub struct Kick {
-    thread: AtomicU64,
+    thread: Mutex<Option<libc::pthread_t>>,
     requested: AtomicBool,
 }
 
+/// The vCPU thread's registration with a [`Kick`]; unregisters on drop. Not `Send`: it must be
+/// dropped on the thread it registered.
+#[derive(Debug)]
+pub struct Registration<'a> {
+    kick: &'a Kick,
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        *self.kick.thread.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
 impl Kick {
-    /// Called on the vCPU thread before it first runs.
-    pub fn register_current_thread(&self) {
+    /// Called on the vCPU thread before it first runs; keep the registration until the thread
+    /// stops running the vCPU.
+    pub fn register_current_thread(&self) -> Registration<'_> {
         install_handler();
         // SAFETY: pthread_self has no preconditions.
         let me = unsafe { libc::pthread_self() };
-        self.thread.store(me as u64, SeqCst);
+        *self.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(me);
+        Registration {
+            kick: self,
+            _not_send: std::marker::PhantomData,
+        }
     }
 
     /// True once a stop was requested.
@@ -50,14 +75,15 @@ impl Kick {
         self.requested.load(SeqCst)
     }
 
-    /// Requests a stop and signals the vCPU thread (call again to repeat the signal).
+    /// Requests a stop and signals the vCPU thread if one is registered (call again to repeat
+    /// the signal: one can arrive just before the thread enters `KVM_RUN`).
     pub fn kick(&self) {
         self.requested.store(true, SeqCst);
-        let t = self.thread.load(SeqCst);
-        if t != 0 {
-            // SAFETY: `t` is the pthread_t of the vCPU thread, which outlives every kick: the
-            // runner joins the kicker before the vCPU thread returns.
-            unsafe { libc::pthread_kill(t as libc::pthread_t, kick_signal()) };
+        let t = self.thread.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = *t {
+            // SAFETY: `t` is the pthread_t of a registered thread; it stays registered, and so
+            // alive, while we hold the lock (its registration's drop takes the same lock).
+            unsafe { libc::pthread_kill(t, kick_signal()) };
         }
     }
 }

@@ -25,7 +25,7 @@ pub enum Error {
     },
     /// Boot memory could not be mapped.
     #[error("cannot map boot memory: {0}")]
-    BootMemory(String),
+    BootMemory(#[source] vm_memory::mmap::FromRangesError),
     /// Page tables could not be written.
     #[error(transparent)]
     Tables(#[from] cpl3::Error),
@@ -60,7 +60,7 @@ impl GuestVm {
         vm.set_tss_address(0xfffb_d000)
             .map_err(kvm("KVM_SET_TSS_ADDR"))?;
         let boot = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), BOOT_SIZE as usize)])
-            .map_err(|e| Error::BootMemory(e.to_string()))?;
+            .map_err(Error::BootMemory)?;
         let mut this = Self {
             _kvm: kvm_fd,
             vcpu: vm.create_vcpu(0).map_err(kvm("KVM_CREATE_VCPU"))?,
@@ -69,7 +69,9 @@ impl GuestVm {
             next_slot: 0,
         };
         let host = this.boot.iter().next().expect("one region").as_ptr() as usize;
-        this.map(0, BOOT_SIZE, host)?;
+        // SAFETY: the boot memory is owned by `this` and declared after `vm`, so it is unmapped
+        // only after the VM (and its memslots) are gone.
+        unsafe { this.map(0, BOOT_SIZE, host)? };
         let cpuid = this
             ._kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -87,9 +89,11 @@ impl GuestVm {
 
     /// Adds a memslot at `gpa` over `size` bytes of host memory at `host_addr`.
     ///
-    /// The memory must stay mapped for as long as the VM exists; memout's outsourced regions
-    /// are owned by the server's guest handle, which the runner drops after the VM.
-    pub fn map(&mut self, gpa: u64, size: u64, host_addr: usize) -> Result<()> {
+    /// # Safety
+    /// `[host_addr, host_addr + size)` must be a mapping that stays mapped for as long as the
+    /// VM exists (the guest reads and writes it through KVM); memout's outsourced regions are
+    /// owned by the server's guest handle, which the runner drops after the VM.
+    pub unsafe fn map(&mut self, gpa: u64, size: u64, host_addr: usize) -> Result<()> {
         let region = kvm_userspace_memory_region {
             slot: self.next_slot,
             flags: 0,
@@ -97,8 +101,8 @@ impl GuestVm {
             memory_size: size,
             userspace_addr: host_addr as u64,
         };
-        // SAFETY: the host range is a live mapping of `size` bytes (boot memory owned by
-        // `self`, or a region the caller keeps alive longer than the VM, as documented).
+        // SAFETY: the caller promises the host range is a live mapping of `size` bytes that
+        // outlives the VM.
         unsafe { self.vm.set_user_memory_region(region) }
             .map_err(kvm("KVM_SET_USER_MEMORY_REGION"))?;
         self.next_slot += 1;

@@ -4,17 +4,21 @@ use std::process::Command;
 
 #[test]
 fn embed_example_runs_the_demo() {
+    if !memout_test_support::require_all(
+        &[
+            memout_test_support::Piece::Kvm,
+            memout_test_support::Piece::Uffd,
+        ],
+        "embed example",
+    ) {
+        return;
+    }
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap().join("examples");
     let example = dir.join("embed");
     assert!(example.exists(), "{} not built", example.display());
     let out = Command::new(&example).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    if stdout.contains("SKIPPED: no /dev/kvm") {
-        eprintln!("SKIPPED: no /dev/kvm (embed example)");
-        assert_ne!(std::env::var("MEMOUT_REQUIRE_KVM").as_deref(), Ok("1"));
-        return;
-    }
     assert!(
         out.status.success(),
         "{stdout}\n{}",

@@ -21,14 +21,15 @@ impl Drop for Guest {
     }
 }
 
-/// True if KVM is there; otherwise a loud SKIPPED line (a failure under MEMOUT_REQUIRE_KVM=1).
+/// True if KVM guests can run here; a missing piece fails the test unless opted out.
 fn kvm_or_skip(test: &str) -> bool {
-    if std::fs::metadata("/dev/kvm").is_ok() {
-        return true;
-    }
-    eprintln!("SKIPPED: no /dev/kvm ({test})");
-    assert_ne!(std::env::var("MEMOUT_REQUIRE_KVM").as_deref(), Ok("1"));
-    false
+    memout_test_support::require_all(
+        &[
+            memout_test_support::Piece::Kvm,
+            memout_test_support::Piece::Uffd,
+        ],
+        test,
+    )
 }
 
 fn ctl(sock: &Path, args: &[&str]) -> (i32, String, String) {

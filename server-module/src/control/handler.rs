@@ -3,7 +3,7 @@
 
 use crate::guest::{EvictError, GuestCore, ResizeError, ResizeOptions};
 use crate::populate::PopulatePolicy;
-use crate::server::Registry;
+use crate::registry::Registry;
 use memout_protocol::control::{
     CONTROL_VERSION, ErrorKind, GuestStatus, Policy, Request, Response,
 };
@@ -134,7 +134,9 @@ fn resize(
         .resize(bytes, ResizeOptions { release_deadline })
         .map_err(|e| {
             let kind = match e {
-                ResizeError::Stopped(_) | ResizeError::Spawn(_) => ErrorKind::Failed,
+                ResizeError::Stopped(_) | ResizeError::Removed | ResizeError::Spawn(_) => {
+                    ErrorKind::Failed
+                }
                 _ => ErrorKind::InvalidSize,
             };
             Response::error(kind, e.to_string())
@@ -167,7 +169,7 @@ pub(crate) fn status(g: &GuestCore) -> GuestStatus {
         evicted_pages_total: s.evictions_pages,
         swapped_in_pages: s.swapins_pages,
         evict_errors: s.evict_errors,
-        last_evict_error: s.last_evict_error,
+        last_evict_error: s.last_evict_error.map(|e| e.to_string()),
         stopped: g.fatal().map(|f| f.to_string()),
         resize: g.resize_progress(),
     }

@@ -25,7 +25,7 @@ mod handler;
 pub use client::{Client, ClientError};
 
 use crate::log_limit::LogLimiter;
-use crate::server::Registry;
+use crate::registry::Registry;
 use conns::{Admission, ConnTable, Deadline};
 use memout_protocol::codec::{self, encode_frame, read_frame};
 use memout_protocol::control::{ErrorKind, Request, Response};

@@ -9,6 +9,7 @@
 
 use super::{CHUNK_PAGES, GuestCore};
 use crate::extents::Run;
+use crate::shared_error::Shared;
 use crate::store::BackingStore;
 use memout_protocol::ring::PAGE_SIZE;
 use std::sync::Arc;
@@ -97,19 +98,29 @@ pub enum EvictError {
     #[error("eviction is not configured for this guest")]
     NotConfigured,
     /// The store has no free slots left.
-    #[error("backing store is full ({0})")]
-    StoreFull(String),
+    #[error("backing store is full ({store})")]
+    StoreFull {
+        /// The store (its description).
+        store: String,
+    },
     /// Writing to the store failed (e.g. ENOSPC, EIO).
-    #[error("writing to backing store {store} failed: {error}")]
+    #[error("writing to backing store {store} failed: {source}")]
     Store {
-        /// The store.
+        /// The store (its description).
         store: String,
         /// The error.
-        error: String,
+        #[source]
+        source: Shared<std::io::Error>,
     },
-    /// A userfaultfd or madvise call failed.
-    #[error("{0}")]
-    Host(String),
+    /// Write-protecting guest pages failed.
+    #[error("write-protecting pages to evict: {0}")]
+    Uffd(#[source] Shared<crate::uffd::Error>),
+    /// Dropping or paging out host pages failed.
+    #[error("dropping evicted pages: {0}")]
+    HostMem(#[source] Shared<crate::host_mem::Error>),
+    /// The thread that finishes a pipelined eviction panicked (a memout bug).
+    #[error("the eviction helper thread panicked")]
+    HelperPanicked,
 }
 
 /// True if the page is all zeroes; leaves at the first non-zero word, so a page with data
@@ -239,7 +250,7 @@ impl GuestCore {
             Eviction::Store(store) => self.evict_to_store(store.as_ref(), pages),
         };
         if let Err(e) = &r {
-            if *e != EvictError::NotConfigured {
+            if !matches!(e, EvictError::NotConfigured) {
                 self.counters.evict_errors.fetch_add(1, Relaxed);
                 if let Some(suppressed) = self.log_limit.allow() {
                     tracing::warn!(parent: &self.span, suppressed, "eviction stopped: {e}");
@@ -248,7 +259,7 @@ impl GuestCore {
             *self
                 .last_evict_error
                 .lock()
-                .unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                .unwrap_or_else(|p| p.into_inner()) = Some(e.clone());
         }
         r
     }
@@ -361,7 +372,7 @@ impl GuestCore {
             drop(tx);
             let (done, finish_err) = finisher
                 .join()
-                .unwrap_or((0, Some(EvictError::Host("eviction helper panicked".into()))));
+                .unwrap_or((0, Some(EvictError::HelperPanicked)));
             match err.or(finish_err) {
                 Some(e) => Err(e),
                 None => Ok(done),
@@ -382,7 +393,7 @@ impl GuestCore {
                 .uffd
                 .write_protect(self.host_addr(r.start), (r.len * PAGE_SIZE) as usize)
             {
-                return fail(EvictError::Host(e.to_string()), &[], &runs);
+                return fail(EvictError::Uffd(e.into()), &[], &runs);
             }
         }
         // Split into zero and non-zero stretches; only non-zero pages are written.
@@ -402,7 +413,10 @@ impl GuestCore {
                     continue;
                 }
                 let Some(slot_runs) = self.state().slots.alloc(n) else {
-                    return fail(EvictError::StoreFull(store.describe()), &slots_taken, &runs);
+                    let full = EvictError::StoreFull {
+                        store: store.describe(),
+                    };
+                    return fail(full, &slots_taken, &runs);
                 };
                 let mut g = sub.start;
                 for s in slot_runs {
@@ -412,7 +426,7 @@ impl GuestCore {
                     if let Err(e) = store.write(s.start, data) {
                         let err = EvictError::Store {
                             store: store.describe(),
-                            error: e.to_string(),
+                            source: e.into(),
                         };
                         return fail(err, &slots_taken, &runs);
                     }
@@ -442,7 +456,7 @@ impl GuestCore {
             if let Err(e) = self.drop_frames(*r) {
                 self.free_slots(&s.slots);
                 self.abandon(&s.runs);
-                return Err(EvictError::Host(e.to_string()));
+                return Err(EvictError::HostMem(e.into()));
             }
         }
         let n: u64 = s.runs.iter().map(|r| r.len).sum();

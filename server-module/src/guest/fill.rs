@@ -75,7 +75,7 @@ impl GuestCore {
                 if *strikes < UNOWNED_STRIKES {
                     drop(st);
                     self.counters.stale_faults.fetch_add(1, Relaxed);
-                    return self.wake_or_stop(self.host_addr(frame), gpa);
+                    return self.wake_or_stop(self.host_addr(frame));
                 }
                 st.strikes.remove(&frame);
                 drop(st);
@@ -85,7 +85,7 @@ impl GuestCore {
             };
             if st.resident.get(frame) {
                 drop(st);
-                return self.wake_or_stop(self.host_addr(frame), gpa);
+                return self.wake_or_stop(self.host_addr(frame));
             }
             if st.inflight.containing(frame).is_none() {
                 // An evicted frame reads ahead its whole chunk (within the granted run), whatever
@@ -137,7 +137,7 @@ impl GuestCore {
             } => {
                 self.stop(GuestFault::SwapIn {
                     gpa: self.gpa(failed),
-                    error,
+                    source: error,
                 });
                 self.answer_stopped(frame)
             }
@@ -190,9 +190,7 @@ impl GuestCore {
             self.uffd.wake(page, PAGE_SIZE as usize)
         };
         if let Err(e) = r {
-            self.stop(GuestFault::Uffd(format!(
-                "write-protect fault at {addr:#x}: {e}"
-            )));
+            self.stop(GuestFault::Uffd(e.into()));
         }
     }
 
@@ -218,16 +216,16 @@ impl GuestCore {
             }),
             Fill::StoreFailed { frame, error } => self.stop(GuestFault::SwapIn {
                 gpa: self.gpa(frame),
-                error,
+                source: error,
             }),
         }
     }
 
-    pub(super) fn wake_or_stop(&self, page_addr: usize, gpa: u64) -> Resolution {
+    pub(super) fn wake_or_stop(&self, page_addr: usize) -> Resolution {
         match self.uffd.wake(page_addr, PAGE_SIZE as usize) {
             Ok(()) => Resolution::Served,
             Err(e) => {
-                self.stop(GuestFault::Uffd(format!("wake at gpa {gpa:#x}: {e}")));
+                self.stop(GuestFault::Uffd(e.into()));
                 Resolution::Refused
             }
         }
@@ -290,11 +288,11 @@ impl GuestCore {
         out
     }
 
-    fn take_staging(&self) -> Result<AlignedBuf, String> {
+    fn take_staging(&self) -> std::io::Result<AlignedBuf> {
         if let Some(b) = self.staging.lock().unwrap_or_else(|p| p.into_inner()).pop() {
             return Ok(b);
         }
-        AlignedBuf::new((self.zero.pages * PAGE_SIZE) as usize).map_err(|e| e.to_string())
+        AlignedBuf::new((self.zero.pages * PAGE_SIZE) as usize).map_err(std::io::Error::other)
     }
 
     /// Copies content into claimed runs without the lock, settles them (what was copied becomes
@@ -323,7 +321,10 @@ impl GuestCore {
                             let buf = match staging.take().map_or_else(|| self.take_staging(), Ok) {
                                 Ok(b) => staging.insert(b),
                                 Err(error) => {
-                                    outcome = Fill::StoreFailed { frame: f, error };
+                                    outcome = Fill::StoreFailed {
+                                        frame: f,
+                                        error: error.into(),
+                                    };
                                     break 'claims;
                                 }
                             };
@@ -334,7 +335,7 @@ impl GuestCore {
                             {
                                 outcome = Fill::StoreFailed {
                                     frame: f,
-                                    error: e.to_string(),
+                                    error: e.into(),
                                 };
                                 break 'claims;
                             }

@@ -102,7 +102,7 @@ impl GuestCore {
                 }
                 self.region
                     .page_out((r.start * PAGE_SIZE) as usize, (r.len * PAGE_SIZE) as usize)
-                    .map_err(|e| EvictError::Host(e.to_string()))?;
+                    .map_err(|e| EvictError::HostMem(e.into()))?;
                 done += before.saturating_sub(self.in_core(*r));
             }
         }

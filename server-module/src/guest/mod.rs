@@ -26,6 +26,7 @@ use crate::log_limit::LogLimiter;
 use crate::mailbox::HostMailbox;
 use crate::populate::PopulatePolicy;
 use crate::resident::ResidentMap;
+use crate::shared_error::Shared;
 use crate::slots::SlotAllocator;
 use crate::stats::{GuestCounters, GuestStatsSnapshot};
 use crate::uffd::GuestUffd;
@@ -58,17 +59,21 @@ pub enum GuestFault {
     /// An evicted frame could not be read back from the backing store. The guest is stopped
     /// rather than given zeroes in place of its data.
     #[error(
-        "cannot read evicted frame at guest-physical address {gpa:#x} back from the store: {error}"
+        "cannot read evicted frame at guest-physical address {gpa:#x} back from the store: {source}"
     )]
     SwapIn {
         /// The frame that could not be restored.
         gpa: u64,
         /// The store's error.
-        error: String,
+        #[source]
+        source: Shared<std::io::Error>,
     },
     /// The userfaultfd itself failed; the guest's faults can no longer be served.
     #[error("userfaultfd failed: {0}")]
-    Uffd(String),
+    Uffd(#[source] Shared<crate::uffd::Error>),
+    /// Waiting on the userfaultfd failed.
+    #[error("polling the userfaultfd failed: {0}")]
+    Poll(#[source] nix::errno::Errno),
 }
 
 /// Called (from the fault-handler thread) when the server stops a guest; the VMM kicks the
@@ -103,7 +108,10 @@ enum Fill {
     Done,
     Retry,
     Failed(i32),
-    StoreFailed { frame: u64, error: String },
+    StoreFailed {
+        frame: u64,
+        error: Shared<std::io::Error>,
+    },
 }
 
 /// A zero-filled, page-aligned source buffer for UFFDIO_COPY, shared by all guests.
@@ -191,7 +199,7 @@ pub struct GuestCore {
     kernel_backoff: Mutex<kernel_swap::Backoff>,
     /// Page-aligned buffers for store I/O, reused.
     staging: Mutex<Vec<AlignedBuf>>,
-    last_evict_error: Mutex<Option<String>>,
+    last_evict_error: Mutex<Option<EvictError>>,
     me: Weak<GuestCore>,
     #[cfg(feature = "fault-injection")]
     inject: crate::inject::PopulateFailure,
@@ -341,7 +349,7 @@ impl GuestCore {
 
     /// Converts a guest extent to a run of frames; `None` if misaligned, empty or outside the
     /// region.
-    pub fn run_of(&self, e: &Extent) -> Option<Run> {
+    pub(crate) fn run_of(&self, e: &Extent) -> Option<Run> {
         let off = e.gpa.checked_sub(self.region_gpa)?;
         if off % PAGE_SIZE != 0 || e.pages == 0 {
             return None;
@@ -363,7 +371,7 @@ impl GuestCore {
 
     /// Grants `pages` frames in at most `max_extents` extents (see
     /// [`FrameAllocator::allocate`]).
-    pub fn alloc(
+    pub(crate) fn alloc(
         &self,
         pages: u64,
         max_extents: usize,
@@ -411,7 +419,7 @@ impl GuestCore {
     /// host pages cannot be dropped, the FREE fails with [`Status::HostError`] and the guest
     /// keeps every frame (none returns to the free pool with stale content); the resident map
     /// is rebuilt from what the kernel really holds.
-    pub fn free(&self, runs: &[Run]) -> Result<u64, Status> {
+    pub(crate) fn free(&self, runs: &[Run]) -> Result<u64, Status> {
         let (pages, present, pieces) = {
             let mut st = self.state();
             let pages = st.alloc.begin_release(runs).map_err(|e| match e {

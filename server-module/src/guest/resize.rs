@@ -15,8 +15,9 @@
 //!
 //! One resize runs per guest; a newer one supersedes it.
 
-use super::{Eviction, GuestCore, coalesce};
+use super::{Eviction, GuestCore, GuestFault, coalesce};
 use crate::extents::Run;
+use crate::shared_error::Shared;
 use memout_protocol::control::{ResizePhase, ResizeProgress};
 use memout_protocol::ring::PAGE_SIZE;
 use std::sync::atomic::AtomicU64;
@@ -52,10 +53,13 @@ pub enum ResizeError {
     },
     /// The server stopped the guest.
     #[error("the guest was stopped: {0}")]
-    Stopped(String),
+    Stopped(#[source] GuestFault),
+    /// The guest's handle was dropped.
+    #[error("the guest was removed")]
+    Removed,
     /// The resize thread could not be started.
     #[error("cannot start the resize: {0}")]
-    Spawn(String),
+    Spawn(#[source] Shared<std::io::Error>),
 }
 
 /// How a resize proceeds.
@@ -201,12 +205,9 @@ impl GuestCore {
             return Err(ResizeError::BelowMinimum { bytes, min });
         }
         if let Some(f) = self.fatal() {
-            return Err(ResizeError::Stopped(f.to_string()));
+            return Err(ResizeError::Stopped(f));
         }
-        let me = self
-            .me
-            .upgrade()
-            .ok_or(ResizeError::Stopped("guest removed".into()))?;
+        let me = self.me.upgrade().ok_or(ResizeError::Removed)?;
         let t0 = Instant::now();
         let target = bytes / PAGE_SIZE;
         let id = self.resize.generation.fetch_add(1, SeqCst) + 1;
@@ -254,7 +255,7 @@ impl GuestCore {
         std::thread::Builder::new()
             .name(format!("memout-resize-{}", self.name))
             .spawn(move || me.finish_shrink(p, t0, opts))
-            .map_err(|e| ResizeError::Spawn(e.to_string()))?;
+            .map_err(|e| ResizeError::Spawn(e.into()))?;
         Ok(first)
     }
 

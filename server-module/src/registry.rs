@@ -1,0 +1,43 @@
+//! The guests a server serves, by name: what the control socket lists and finds. Holds them
+//! weakly, so a guest ends when its handle is dropped.
+
+use crate::config::ConfigError;
+use crate::guest::GuestCore;
+use std::sync::{Arc, Mutex, Weak};
+
+/// The guests a server serves, by name (weakly: a guest ends when its handle is dropped).
+#[derive(Default)]
+pub struct Registry {
+    guests: Mutex<Vec<Weak<GuestCore>>>,
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Weak<GuestCore>>> {
+        self.guests.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The live guests, in the order they were added.
+    pub fn guests(&self) -> Vec<Arc<GuestCore>> {
+        let mut g = self.lock();
+        g.retain(|w| w.strong_count() > 0);
+        g.iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// The live guest called `name`.
+    pub fn find(&self, name: &str) -> Option<Arc<GuestCore>> {
+        self.guests().into_iter().find(|g| g.name() == name)
+    }
+
+    pub(crate) fn add(&self, core: &Arc<GuestCore>) -> Result<(), ConfigError> {
+        let mut g = self.lock();
+        g.retain(|w| w.strong_count() > 0);
+        if g.iter()
+            .filter_map(Weak::upgrade)
+            .any(|c| c.name() == core.name())
+        {
+            return Err(ConfigError::DuplicateName(core.name().to_string()));
+        }
+        g.push(Arc::downgrade(core));
+        Ok(())
+    }
+}

@@ -1,0 +1,191 @@
+//! # memout-test-support
+//!
+//! What memout's tests need from the host, checked one piece at a time. A test that lacks a
+//! piece **fails**, naming it, unless the user opted out of that piece explicitly with
+//! `MEMOUT_ALLOW_SKIP` (a comma-separated list such as `kvm,swap`, or `all`); then the test
+//! prints one loud `SKIPPED` line and returns. A skip is only ever for the specific absence the
+//! piece names, never for a generic error.
+//!
+//! ```text
+//!  server-module/tests, vmm-integration/tests, tests/tests
+//!        └── require(Piece::Kvm, "demo") ──▶ present? run : opted out? SKIPPED line : panic
+//! ```
+#![deny(missing_docs)]
+
+use std::fmt;
+
+/// A piece of the host a test may need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Piece {
+    /// `/dev/kvm`, readable and writable.
+    Kvm,
+    /// userfaultfd that also reports faults the kernel takes on a process's behalf (KVM's):
+    /// root, `CAP_SYS_PTRACE` or `vm.unprivileged_userfaultfd=1`.
+    Uffd,
+    /// Running as root (becoming another uid, swapon, cgroups).
+    Root,
+    /// Making a swapfile: root and `mkswap`/`swapon` on the PATH.
+    Swap,
+    /// The cgroup v1 memory controller at `/sys/fs/cgroup/memory`.
+    CgroupV1Memory,
+}
+
+impl Piece {
+    /// The name used in `MEMOUT_ALLOW_SKIP`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Kvm => "kvm",
+            Self::Uffd => "uffd",
+            Self::Root => "root",
+            Self::Swap => "swap",
+            Self::CgroupV1Memory => "cgroup-v1",
+        }
+    }
+
+    /// Whether this host has the piece.
+    pub fn present(self) -> bool {
+        match self {
+            Self::Kvm => std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/kvm")
+                .is_ok(),
+            Self::Uffd => uffd_with_kernel_faults(),
+            Self::Root => is_root(),
+            Self::Swap => is_root() && on_path("mkswap") && on_path("swapon"),
+            Self::CgroupV1Memory => {
+                std::path::Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists()
+            }
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Self::Kvm => "/dev/kvm cannot be opened read-write",
+            Self::Uffd => {
+                "userfaultfd with kernel faults is not permitted (run as root, or set vm.unprivileged_userfaultfd=1)"
+            }
+            Self::Root => "not running as root",
+            Self::Swap => "cannot make a swapfile (needs root, mkswap and swapon)",
+            Self::CgroupV1Memory => "no cgroup v1 memory controller at /sys/fs/cgroup/memory",
+        }
+    }
+}
+
+impl fmt::Display for Piece {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// True if the user opted out of `piece` in `allow` (the value of `MEMOUT_ALLOW_SKIP`).
+pub fn allowed_to_skip(piece: Piece, allow: Option<&str>) -> bool {
+    allow.is_some_and(|v| {
+        v.split(',')
+            .map(str::trim)
+            .any(|p| p == "all" || p == piece.name())
+    })
+}
+
+/// What to do about a test's piece.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// The piece is there: run the test.
+    Run,
+    /// Missing, and the user opted out of it: skip loudly.
+    Skip,
+    /// Missing, and no opt-out: fail naming it.
+    Fail,
+}
+
+/// The decision for a piece that is `present` or not, given `MEMOUT_ALLOW_SKIP`'s value.
+pub fn decide(piece: Piece, present: bool, allow: Option<&str>) -> Decision {
+    if present {
+        Decision::Run
+    } else if allowed_to_skip(piece, allow) {
+        Decision::Skip
+    } else {
+        Decision::Fail
+    }
+}
+
+/// `true` if the host has `piece`: run the test. If not, and the user opted out of it in
+/// `MEMOUT_ALLOW_SKIP`, prints one loud line and returns `false`: the test returns at once.
+///
+/// # Panics
+/// If the piece is missing and the user did not opt out: the test fails, naming the piece.
+pub fn require(piece: Piece, test: &str) -> bool {
+    let allow = std::env::var("MEMOUT_ALLOW_SKIP").ok();
+    match decide(piece, piece.present(), allow.as_deref()) {
+        Decision::Run => true,
+        Decision::Skip => {
+            eprintln!(
+                "SKIPPED ({test}): {} [MEMOUT_ALLOW_SKIP={}]",
+                piece.what(),
+                allow.unwrap_or_default()
+            );
+            false
+        }
+        Decision::Fail => panic!(
+            "{test} needs {piece}: {}. Fix the host, or opt out explicitly with MEMOUT_ALLOW_SKIP={piece}",
+            piece.what()
+        ),
+    }
+}
+
+/// [`require`] for several pieces at once.
+pub fn require_all(pieces: &[Piece], test: &str) -> bool {
+    pieces.iter().all(|p| require(*p, test))
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn on_path(cmd: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/sbin", "/usr/sbin"].map(Into::into))
+        .any(|d| d.join(cmd).exists())
+}
+
+/// Creates a userfaultfd without `UFFD_USER_MODE_ONLY` (the flag memout must not set) and
+/// closes it again.
+fn uffd_with_kernel_faults() -> bool {
+    // SAFETY: the userfaultfd syscall with O_CLOEXEC | O_NONBLOCK takes no pointers; on success
+    // it returns a new fd that we own and close at once.
+    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: `fd` is ours, opened just above.
+    unsafe { libc::close(fd as i32) };
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opt_out_names_pieces_exactly() {
+        assert!(allowed_to_skip(Piece::Kvm, Some("kvm,swap")));
+        assert!(allowed_to_skip(Piece::Swap, Some("kvm, swap")));
+        assert!(allowed_to_skip(Piece::Root, Some("all")));
+        assert!(!allowed_to_skip(Piece::Root, Some("kvm,swap")));
+        assert!(!allowed_to_skip(Piece::Kvm, Some("kvmx")));
+        assert!(!allowed_to_skip(Piece::Kvm, None));
+        assert!(!allowed_to_skip(Piece::Kvm, Some("")));
+    }
+
+    #[test]
+    fn missing_pieces_fail_unless_opted_out() {
+        assert_eq!(decide(Piece::Kvm, true, None), Decision::Run);
+        assert_eq!(decide(Piece::Kvm, true, Some("kvm")), Decision::Run);
+        assert_eq!(decide(Piece::Kvm, false, None), Decision::Fail);
+        assert_eq!(decide(Piece::Kvm, false, Some("swap")), Decision::Fail);
+        assert_eq!(decide(Piece::Kvm, false, Some("kvm")), Decision::Skip);
+        assert_eq!(decide(Piece::Uffd, false, Some("all")), Decision::Skip);
+    }
+}
