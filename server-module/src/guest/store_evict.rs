@@ -1,0 +1,290 @@
+//! Eviction to memout's backing store. For each run of the coldest chunk: write-protect it
+//! (userfaultfd), write its non-zero pages to the store, drop the host pages, settle, wake. A
+//! guest write during that window blocks on the write-protect fault and never reaches the old
+//! page; once woken it faults as missing and is served from the store, so no write is lost. If
+//! anything fails, the protection is lifted and the frames stay resident. An eviction of four
+//! chunks or more runs as a pipeline: this thread writes chunk N+1 while a helper drops,
+//! settles and wakes chunk N.
+
+use super::{CHUNK_PAGES, EvictError, GuestCore};
+use crate::extents::Run;
+use crate::store::BackingStore;
+use memout_protocol::ring::PAGE_SIZE;
+use std::sync::atomic::Ordering::Relaxed;
+
+/// Evictions at least this large run as a pipeline (store writes alongside host page drops).
+const PIPELINE_MIN_PAGES: u64 = 4 * CHUNK_PAGES;
+
+/// Runs whose content is in the store while their host pages are still there, write-protected
+/// (between the two halves of an eviction).
+struct Stored {
+    runs: Vec<Run>,
+    placed: Vec<(Run, Option<u64>)>,
+    slots: Vec<Run>,
+}
+
+/// True if the page is all zeroes; leaves at the first non-zero word, so a page with data
+/// costs a few loads and only a truly zero page is read in full.
+fn is_zero(page: &[u8]) -> bool {
+    page.chunks_exact(8)
+        .all(|w| u64::from_ne_bytes(w.try_into().expect("8 bytes")) == 0)
+}
+
+impl GuestCore {
+    /// Claims up to `max` resident, idle frames of the coldest chunk that has any.
+    fn claim_cold(&self, max: u64) -> Option<Vec<Run>> {
+        let mut st = self.state();
+        let frames = st.alloc.frames();
+        while let Some(chunk) = st.cold.oldest() {
+            let start = chunk * CHUNK_PAGES;
+            let window = Run {
+                start,
+                len: CHUNK_PAGES.min(frames - start),
+            };
+            let mut runs = Vec::new();
+            let mut left = max;
+            for r in st.resident.present(window) {
+                let mut f = r.start;
+                while f < r.end() && left > 0 {
+                    if let Some(busy) = st.inflight.containing(f) {
+                        f = busy.end();
+                        continue;
+                    }
+                    let next_busy = st.inflight.first_after(f).map_or(r.end(), |b| b.start);
+                    let len = (next_busy.min(r.end()) - f).min(left);
+                    runs.push(Run { start: f, len });
+                    left -= len;
+                    f += len;
+                }
+            }
+            if runs.is_empty() {
+                st.cold.forget(chunk);
+                continue;
+            }
+            if left > 0 {
+                st.cold.forget(chunk); // everything idle in it is being taken
+            }
+            for r in &runs {
+                st.inflight.insert(*r);
+            }
+            return Some(runs);
+        }
+        None
+    }
+
+    /// Gives claimed runs back untouched (resident, writable again).
+    fn abandon(&self, runs: &[Run]) {
+        for r in runs {
+            let _ = self
+                .uffd
+                .unprotect(self.host_addr(r.start), (r.len * PAGE_SIZE) as usize);
+        }
+        let mut st = self.state();
+        for r in runs {
+            st.inflight.remove(*r);
+            for chunk in r.start / CHUNK_PAGES..=(r.end() - 1) / CHUNK_PAGES {
+                st.cold.touch(chunk);
+            }
+        }
+        drop(st);
+        self.settled.notify_all();
+    }
+
+    pub(super) fn evict_to_store(
+        &self,
+        store: &dyn BackingStore,
+        target: u64,
+    ) -> Result<u64, EvictError> {
+        if target < PIPELINE_MIN_PAGES {
+            let mut done = 0;
+            while done < target {
+                let Some(runs) = self.claim_cold(target - done) else {
+                    break;
+                };
+                done += self.finish_stored(self.store_runs(store, runs)?)?;
+            }
+            return Ok(done);
+        }
+        // A large eviction is a pipeline: this thread writes chunk N+1 to the store while a
+        // helper drops, settles and wakes chunk N (the two halves cost about the same).
+        std::thread::scope(|scope| {
+            let (tx, rx) = crossbeam_channel::bounded::<Stored>(1);
+            let finisher = scope.spawn(move || {
+                let (mut done, mut first_err) = (0, None);
+                for stored in rx {
+                    match self.finish_stored(stored) {
+                        Ok(n) => done += n,
+                        Err(e) => {
+                            first_err.get_or_insert(e);
+                        }
+                    }
+                }
+                (done, first_err)
+            });
+            let mut claimed = 0;
+            let mut err = None;
+            while claimed < target {
+                let Some(runs) = self.claim_cold(target - claimed) else {
+                    break;
+                };
+                claimed += runs.iter().map(|r| r.len).sum::<u64>();
+                match self.store_runs(store, runs) {
+                    Ok(stored) => {
+                        if tx.send(stored).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        err = Some(e);
+                        break;
+                    }
+                }
+            }
+            drop(tx);
+            let (done, finish_err) = finisher
+                .join()
+                .unwrap_or((0, Some(EvictError::HelperPanicked)));
+            match err.or(finish_err) {
+                Some(e) => Err(e),
+                None => Ok(done),
+            }
+        })
+    }
+
+    /// First half of evicting `runs`: write-protect them and write their non-zero pages to the
+    /// store. On an error the runs are given back untouched.
+    fn store_runs(&self, store: &dyn BackingStore, runs: Vec<Run>) -> Result<Stored, EvictError> {
+        let fail = |e: EvictError, slots: &[Run], runs: &[Run]| {
+            self.free_slots(slots);
+            self.abandon(runs);
+            Err(e)
+        };
+        for r in &runs {
+            if let Err(e) = self
+                .uffd
+                .write_protect(self.host_addr(r.start), (r.len * PAGE_SIZE) as usize)
+            {
+                return fail(EvictError::Uffd(e.into()), &[], &runs);
+            }
+        }
+        // Split into zero and non-zero stretches; only non-zero pages are written.
+        let mut placed: Vec<(Run, Option<u64>)> = Vec::new();
+        let mut slots_taken: Vec<Run> = Vec::new();
+        for r in &runs {
+            let off = (r.start * PAGE_SIZE) as usize;
+            // SAFETY: the run is resident (claimed from the resident map) and write-protected
+            // above, so nothing writes it while we read.
+            let bytes = unsafe { self.region.bytes(off, (r.len * PAGE_SIZE) as usize) };
+            let mut f = r.start;
+            for (zero, n) in stretches(bytes) {
+                let sub = Run { start: f, len: n };
+                f += n;
+                if zero {
+                    placed.push((sub, None));
+                    continue;
+                }
+                let Some(slot_runs) = self.state().slots.alloc(n) else {
+                    let full = EvictError::StoreFull {
+                        store: store.describe(),
+                    };
+                    return fail(full, &slots_taken, &runs);
+                };
+                let mut g = sub.start;
+                for s in slot_runs {
+                    slots_taken.push(s);
+                    let at = ((g - r.start) * PAGE_SIZE) as usize;
+                    let data = &bytes[at..at + (s.len * PAGE_SIZE) as usize];
+                    if let Err(e) = store.write(s.start, data) {
+                        let err = EvictError::Store {
+                            store: store.describe(),
+                            source: e.into(),
+                        };
+                        return fail(err, &slots_taken, &runs);
+                    }
+                    placed.push((
+                        Run {
+                            start: g,
+                            len: s.len,
+                        },
+                        Some(s.start),
+                    ));
+                    g += s.len;
+                }
+            }
+        }
+        Ok(Stored {
+            runs,
+            placed,
+            slots: slots_taken,
+        })
+    }
+
+    /// Second half: the content is durable in the store, so the host pages go; the runs become
+    /// evicted, and writers blocked on the protection are woken (they then fault as missing
+    /// and are swapped in). Returns the frames evicted.
+    fn finish_stored(&self, s: Stored) -> Result<u64, EvictError> {
+        for r in &s.runs {
+            if let Err(e) = self.drop_frames(*r) {
+                self.free_slots(&s.slots);
+                self.abandon(&s.runs);
+                return Err(EvictError::HostMem(e.into()));
+            }
+        }
+        let n: u64 = s.runs.iter().map(|r| r.len).sum();
+        {
+            let mut st = self.state();
+            for r in &s.runs {
+                st.inflight.remove(*r);
+                st.resident.clear(*r);
+            }
+            for (frames, slot) in &s.placed {
+                st.evicted.insert(*frames, *slot);
+            }
+        }
+        self.settled.notify_all();
+        for r in &s.runs {
+            let _ = self
+                .uffd
+                .wake(self.host_addr(r.start), (r.len * PAGE_SIZE) as usize);
+        }
+        self.counters.evicted_pages.fetch_add(n, Relaxed);
+        Ok(n)
+    }
+
+    fn free_slots(&self, slots: &[Run]) {
+        let mut st = self.state();
+        for s in slots {
+            st.slots.free(*s);
+        }
+    }
+}
+
+/// Splits page-aligned bytes into stretches of all-zero and non-zero pages: (zero, pages).
+fn stretches(bytes: &[u8]) -> Vec<(bool, u64)> {
+    let mut out: Vec<(bool, u64)> = Vec::new();
+    for page in bytes.chunks(PAGE_SIZE as usize) {
+        let z = is_zero(page);
+        match out.last_mut() {
+            Some((kind, n)) if *kind == z => *n += 1,
+            _ => out.push((z, 1)),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stretches;
+
+    #[test]
+    fn zero_and_data_stretches() {
+        let mut b = vec![0u8; 4096 * 5];
+        b[4096 + 17] = 1;
+        b[4096 * 2] = 9;
+        b[4096 * 4 + 4095] = 3;
+        assert_eq!(
+            stretches(&b),
+            vec![(true, 1), (false, 2), (true, 1), (false, 1)]
+        );
+    }
+}
