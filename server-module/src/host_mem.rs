@@ -58,6 +58,15 @@ impl HostRegion {
     /// nothing up front, and asks for transparent huge pages to stay off (memout populates in
     /// its own chunks and returns 4 KiB frames).
     pub fn new(size: usize) -> Result<Self> {
+        let region = Self::plain(size)?;
+        region.advise(0, size, libc::MADV_NOHUGEPAGE, "MADV_NOHUGEPAGE")?;
+        Ok(region)
+    }
+
+    /// Maps `size` bytes of private anonymous memory with `MAP_NORESERVE` and the machine's
+    /// default transparent-huge-page policy: what a VMM without memout would map (benchmark
+    /// baselines).
+    pub fn plain(size: usize) -> Result<Self> {
         // SAFETY: a fresh anonymous mapping at an address the kernel chooses; it aliases nothing.
         let p = unsafe {
             libc::mmap(
@@ -75,13 +84,11 @@ impl HostRegion {
                 source: std::io::Error::last_os_error(),
             });
         }
-        let region = Self {
+        Ok(Self {
             addr: p as usize,
             size,
             owned: true,
-        };
-        region.advise(0, size, libc::MADV_NOHUGEPAGE, "MADV_NOHUGEPAGE")?;
-        Ok(region)
+        })
     }
 
     /// Wraps memory the caller mapped (it is not unmapped on drop).
@@ -164,6 +171,17 @@ impl HostRegion {
             len,
             source,
         })
+    }
+
+    /// Backs `[offset, offset + len)` with writable pages now (`MADV_POPULATE_WRITE`), as a
+    /// VMM's prefault thread would.
+    pub fn populate_write(&self, offset: usize, len: usize) -> Result<()> {
+        self.advise(
+            offset,
+            len,
+            libc::MADV_POPULATE_WRITE,
+            "MADV_POPULATE_WRITE",
+        )
     }
 
     /// Asks the kernel to swap out `[offset, offset + len)` now (`MADV_PAGEOUT`).

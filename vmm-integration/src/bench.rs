@@ -6,12 +6,17 @@
 //! Times are host-clock intervals between two guest checkpoints (one exit each, counted
 //! against memout), except the shrink baseline, which times the host's madvise alone.
 
+pub mod populate;
 pub mod resize;
+pub mod swap;
+
+pub use populate::populate;
+pub use swap::swap;
 
 use crate::image::GuestImage;
 use crate::runner::{Backing, RunConfig, RunReport, run_guest};
 use indicatif::{ProgressBar, ProgressStyle};
-use memout_server::{PopulatePolicy, Server};
+use memout_server::Server;
 use serde_json::{Map, Value, json};
 use std::time::Duration;
 
@@ -22,8 +27,10 @@ pub struct BenchOpts {
     pub mib: Option<u64>,
     /// Measured rounds per side (after the warm-up).
     pub rounds: usize,
-    /// Directory for backing-store and baseline files (swap).
+    /// Directory for backing-store, baseline and swap files (swap).
     pub dir: std::path::PathBuf,
+    /// Percentage of zero pages in the swapped guest memory (swap; the rest is random data).
+    pub zero_pct: u32,
 }
 
 /// One measured quantity: its samples in `unit`.
@@ -36,6 +43,16 @@ pub struct Series {
 }
 
 impl Series {
+    /// The smallest sample.
+    pub fn min(&self) -> f64 {
+        self.samples.iter().copied().fold(f64::NAN, f64::min)
+    }
+
+    /// The largest sample.
+    pub fn max(&self) -> f64 {
+        self.samples.iter().copied().fold(f64::NAN, f64::max)
+    }
+
     /// The median sample.
     pub fn median(&self) -> f64 {
         let mut v = self.samples.clone();
@@ -87,6 +104,14 @@ impl BenchResult {
             .iter()
             .map(|s| (s.name.clone(), json!(s.median())))
             .collect();
+        let spread: Map<String, Value> = self
+            .series
+            .iter()
+            .map(|s| {
+                let v = json!({"min": s.min(), "median": s.median(), "max": s.max()});
+                (s.name.clone(), v)
+            })
+            .collect();
         let samples: Map<String, Value> = self
             .series
             .iter()
@@ -111,6 +136,7 @@ impl BenchResult {
             "rounds": self.rounds,
             "ratio": self.ratios.first().map(|r| r.value),
             "medians": medians,
+            "spread": spread,
             "ratios": ratios,
             "targets": targets,
             "samples": samples,
@@ -130,9 +156,21 @@ impl BenchResult {
             "\nscenario {} ({} rounds after warm-up, medians)",
             self.scenario, self.rounds
         );
-        println!("{:<28} {:>14}", "series", format!("median {}", self.unit));
+        println!(
+            "{:<40} {:>12} {:>12} {:>12}",
+            format!("series ({})", self.unit),
+            "min",
+            "median",
+            "max"
+        );
         for s in &self.series {
-            println!("{:<28} {:>14.3}", s.name, s.median());
+            println!(
+                "{:<40} {:>12.3} {:>12.3} {:>12.3}",
+                s.name,
+                s.min(),
+                s.median(),
+                s.max()
+            );
         }
         println!(
             "\n{:<36} {:>9} {:>9} {:>6}",
@@ -159,18 +197,24 @@ impl BenchResult {
 }
 
 /// One side of a comparison: how to run it and what to read from the report.
-struct Side {
-    name: String,
-    cfg: RunConfig,
-    measure: fn(&RunReport) -> Option<f64>,
+pub(crate) struct Side {
+    pub(crate) name: String,
+    pub(crate) cfg: RunConfig,
+    pub(crate) measure: fn(&RunReport) -> Option<f64>,
 }
 
-fn bench_image() -> Result<GuestImage, String> {
+pub(crate) fn bench_image() -> Result<GuestImage, String> {
     let bytes = crate::images::get("bench").ok_or("bench guest image missing")?;
     GuestImage::parse(bytes.to_vec()).map_err(|e| e.to_string())
 }
 
-fn cfg(name: &str, mode: u32, param: u32, quota_mib: u64, backing: Backing) -> RunConfig {
+pub(crate) fn cfg(
+    name: &str,
+    mode: u32,
+    param: u32,
+    quota_mib: u64,
+    backing: Backing,
+) -> RunConfig {
     RunConfig {
         name: name.into(),
         arg: mode | (param << 8),
@@ -181,12 +225,12 @@ fn cfg(name: &str, mode: u32, param: u32, quota_mib: u64, backing: Backing) -> R
     }
 }
 
-fn ms_between_checkpoints(r: &RunReport) -> Option<f64> {
+pub(crate) fn ms_between_checkpoints(r: &RunReport) -> Option<f64> {
     r.between(1, 2).map(|d| d.as_secs_f64() * 1e3)
 }
 
 /// Runs every side once as warm-up, then `rounds` alternating rounds. `keep` sees each report.
-fn measure(
+pub(crate) fn measure(
     sides: &[Side],
     rounds: usize,
     mut keep: impl FnMut(&str, &RunReport),
@@ -230,7 +274,13 @@ fn measure(
     Ok(series)
 }
 
-fn ratio(series: &[Series], num: &str, den: &str, name: &str, target_max: Option<f64>) -> Ratio {
+pub(crate) fn ratio(
+    series: &[Series],
+    num: &str,
+    den: &str,
+    name: &str,
+    target_max: Option<f64>,
+) -> Ratio {
     let m = |n: &str| {
         series
             .iter()
@@ -242,61 +292,6 @@ fn ratio(series: &[Series], num: &str, den: &str, name: &str, target_max: Option
         value: m(num) / m(den),
         target_max,
     }
-}
-
-/// `populate`: a guest first-touches N MiB it got from memout, under each policy, vs the same
-/// guest first-touching N MiB of a plain anonymous memslot.
-pub fn populate(o: &BenchOpts) -> Result<BenchResult, String> {
-    let mib = o.mib.unwrap_or(256);
-    let mut sides = vec![Side {
-        name: "baseline (kernel demand paging)".into(),
-        cfg: cfg(
-            "populate-plain",
-            2,
-            mib as u32,
-            mib,
-            Backing::Plain {
-                discard_at_exit: false,
-            },
-        ),
-        measure: ms_between_checkpoints,
-    }];
-    for p in PopulatePolicy::ALL {
-        let mut c = cfg("populate-memout", 1, mib as u32, mib, Backing::Memout);
-        c.policy = p;
-        sides.push(Side {
-            name: format!("memout/{}", p.name()),
-            cfg: c,
-            measure: ms_between_checkpoints,
-        });
-    }
-    let series = measure(&sides, o.rounds, |_, _| {})?;
-    let base = sides[0].name.clone();
-    let mut ratios: Vec<Ratio> = PopulatePolicy::ALL
-        .iter()
-        .map(|p| {
-            ratio(
-                &series,
-                &format!("memout/{}", p.name()),
-                &base,
-                p.name(),
-                Some(0.6),
-            )
-        })
-        .collect();
-    // Headline: the best policy (the target asks that one policy reach it).
-    ratios.sort_by(|a, b| a.value.total_cmp(&b.value));
-    let mut extra = Map::new();
-    extra.insert("mib".into(), json!(mib));
-    extra.insert("best_policy".into(), json!(ratios[0].name));
-    Ok(BenchResult {
-        scenario: "populate",
-        unit: "ms",
-        rounds: o.rounds,
-        series,
-        ratios,
-        extra,
-    })
 }
 
 /// `rpc`: ALLOC+FREE of one page per doorbell (pipelined: the FREE of the page held and the
@@ -379,6 +374,7 @@ pub fn shrink(o: &BenchOpts) -> Result<BenchResult, String> {
                 mib,
                 Backing::Plain {
                     discard_at_exit: true,
+                    populate_ahead: false,
                 },
             ),
             measure: |r| r.discard.map(|d| d.elapsed.as_secs_f64() * 1e3),
@@ -426,102 +422,6 @@ pub fn shrink(o: &BenchOpts) -> Result<BenchResult, String> {
     })
 }
 
-/// `swap`: evict N MiB (default 512) of a guest's memory to memout's store and fault it back
-/// in from the guest, vs O_DIRECT `pwrite`/`pread` of the same number of bytes in 2 MiB chunks
-/// to a file in the same directory.
-pub fn swap(o: &BenchOpts) -> Result<BenchResult, String> {
-    use memout_server::{BackingStore, Eviction, FileStore};
-    use std::sync::Arc;
-    let mib = o.mib.unwrap_or(512);
-    let server = Server::builder().build().map_err(|e| e.to_string())?;
-    let image = bench_image()?;
-    let names = [
-        "memout evict (out)",
-        "baseline O_DIRECT pwrite",
-        "memout fault-in (in)",
-        "baseline O_DIRECT pread",
-    ];
-    let mut series: Vec<Series> = names
-        .iter()
-        .map(|n| Series {
-            name: n.to_string(),
-            samples: Vec::new(),
-        })
-        .collect();
-    let bar = ProgressBar::new(((o.rounds + 1) * 2) as u64);
-    let chunk = 2usize << 20;
-    for round in 0..=o.rounds {
-        // memout
-        let store = FileStore::create(&o.dir, "bench", mib << 20).map_err(|e| e.to_string())?;
-        let mut c = cfg("swap-memout", 8, mib as u32, mib, Backing::Memout);
-        c.eviction = Eviction::Store(Arc::new(store));
-        let r = run_guest(&server, &image, &c).map_err(|e| e.to_string())?;
-        if !r.passed() {
-            return Err(format!(
-                "swap guest: {}\n{}",
-                r.outcome,
-                r.output.join("\n")
-            ));
-        }
-        let ev = r.evictions.first().ok_or("no eviction recorded")?;
-        let evicted = ev.result.clone().map_err(|e| e.to_string())?;
-        if evicted < (mib << 20) * 99 / 100 {
-            return Err(format!("evicted only {evicted} of {} bytes", mib << 20));
-        }
-        let out_ms = ev.took.as_secs_f64() * 1e3;
-        let in_ms = ms_between_checkpoints_at(&r, 2, 3).ok_or("no swap-in time")?;
-        bar.inc(1);
-        // baseline: the same bytes through the same filesystem, 2 MiB at a time
-        let file = FileStore::create(&o.dir, "baseline", mib << 20).map_err(|e| e.to_string())?;
-        let mut buf = memout_server::host_mem::AlignedBuf::new(chunk).map_err(|e| e.to_string())?;
-        buf.as_mut_slice()
-            .iter_mut()
-            .enumerate()
-            .for_each(|(i, b)| *b = (i % 251) as u8 + 1);
-        let n = (mib << 20) as usize / chunk;
-        let t = std::time::Instant::now();
-        for i in 0..n {
-            file.write((i * chunk / 4096) as u64, buf.as_slice())
-                .map_err(|e| e.to_string())?;
-        }
-        let write_ms = t.elapsed().as_secs_f64() * 1e3;
-        let t = std::time::Instant::now();
-        for i in 0..n {
-            file.read((i * chunk / 4096) as u64, buf.as_mut_slice())
-                .map_err(|e| e.to_string())?;
-        }
-        let read_ms = t.elapsed().as_secs_f64() * 1e3;
-        bar.inc(1);
-        if round > 0 {
-            for (s, v) in series.iter_mut().zip([out_ms, write_ms, in_ms, read_ms]) {
-                s.samples.push(v);
-            }
-        }
-    }
-    bar.finish_and_clear();
-    let ratios = vec![
-        ratio(&series, names[0], names[1], "swap-out", Some(1.43)),
-        ratio(&series, names[2], names[3], "swap-in", Some(2.0)),
-    ];
-    let mut extra = Map::new();
-    extra.insert("mib".into(), json!(mib));
-    extra.insert("dir".into(), json!(o.dir.display().to_string()));
-    let probe = FileStore::create(&o.dir, "probe", 1 << 20).map_err(|e| e.to_string())?;
-    extra.insert("store_o_direct".into(), json!(probe.direct()));
-    let mbps = |s: &Series| mib as f64 / (s.median() / 1e3);
-    for s in &series {
-        extra.insert(format!("{} MiB/s", s.name), json!(mbps(s).round()));
-    }
-    Ok(BenchResult {
-        scenario: "swap",
-        unit: "ms",
-        rounds: o.rounds,
-        series,
-        ratios,
-        extra,
-    })
-}
-
-fn ms_between_checkpoints_at(r: &RunReport, a: u32, b: u32) -> Option<f64> {
+pub(crate) fn ms_between_checkpoints_at(r: &RunReport, a: u32, b: u32) -> Option<f64> {
     r.between(a, b).map(|d| d.as_secs_f64() * 1e3)
 }

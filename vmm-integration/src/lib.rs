@@ -6,6 +6,7 @@
 //!  memout (binary) ── runner ── vm (kvm-ioctls: VM, vCPU, memslots)
 //!                        │        └─ cpl3 (long mode at CPL3), layout (boot region)
 //!                        ├─ image (guest images)          vcpu_kick (stop a vCPU)
+//!                        ├─ plain (baseline memory of benchmarks)
 //!                        └─ memout-server (GuestHandle: doorbell, faults, stats)
 //!  memoutctl (binary) ──── memout-server::control::Client ──▶ control socket of `memout run`
 //! ```
@@ -19,8 +20,9 @@ pub mod cli_size;
 pub mod cpl3;
 pub mod image;
 pub mod layout;
-
+pub mod plain;
 pub mod runner;
+pub mod swapfile;
 pub mod vcpu_kick;
 pub mod vm;
 

@@ -86,9 +86,12 @@ enum Cmd {
         /// Print one JSON object as the last line of stdout.
         #[arg(long)]
         json: bool,
-        /// Directory for backing-store and baseline files (swap).
+        /// Directory for backing-store, baseline and swap files (swap).
         #[arg(long, default_value = "/var/tmp")]
         dir: std::path::PathBuf,
+        /// Percentage of zero pages in the swapped memory (swap); the rest is random data.
+        #[arg(long, default_value_t = 10)]
+        zero_pct: u32,
     },
     /// List the built-in guest images.
     Guests,
@@ -187,7 +190,8 @@ fn main() -> ExitCode {
             rounds,
             json,
             dir,
-        } => bench(&scenario, mib, rounds, json, dir),
+            zero_pct,
+        } => bench(&scenario, mib, rounds, json, dir, zero_pct),
         Cmd::Guests => {
             for (name, bytes) in memout_vmm::images::ALL {
                 println!("{name:<12} {:>8} bytes", bytes.len());
@@ -317,6 +321,7 @@ fn bench(
     rounds: usize,
     json: bool,
     dir: std::path::PathBuf,
+    zero_pct: u32,
 ) -> Result<(), String> {
     use memout_vmm::bench;
     if rounds == 0 || rounds > 1000 {
@@ -341,7 +346,12 @@ fn bench(
     if !memout_vmm::vm::kvm_available() {
         return Err("SKIPPED: no /dev/kvm: benchmarks need KVM".into());
     }
-    let result = run(&bench::BenchOpts { mib, rounds, dir })?;
+    let result = run(&bench::BenchOpts {
+        mib,
+        rounds,
+        dir,
+        zero_pct,
+    })?;
     if json {
         println!("{}", result.to_json());
     } else {

@@ -4,12 +4,12 @@
 
 use crate::image::GuestImage;
 use crate::layout::{BOOT_SIZE, REGION_GPA, RING, RING_SLOTS};
+use crate::plain::{Discard, PlainRegion};
 use crate::vcpu_kick::Kick;
 use crate::vm::{self, GuestVm};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use kvm_ioctls::VcpuExit;
 use memout_protocol::ring::{PORT_DEBUG_STR, PORT_DOORBELL, PORT_EXIT};
-use memout_server::host_mem::HostRegion;
 use memout_server::procfs::mapping_rss;
 use memout_server::{
     ChannelConfig, GuestConfig, GuestFault, GuestHandle, GuestStatsSnapshot, PopulatePolicy, Server,
@@ -113,30 +113,21 @@ impl std::fmt::Debug for GuestSetup {
 pub enum Backing {
     /// memout: the server allocates frames and backs them with userfaultfd.
     Memout,
-    /// A plain anonymous memslot (kernel demand paging), no memout server: the baseline of
-    /// benchmarks. With `discard_at_exit`, the runner times `MADV_DONTNEED` of the whole region
-    /// after the guest exits.
+    /// A plain anonymous memslot (kernel demand paging, the machine's THP default), no memout
+    /// server: the baseline of benchmarks (see [`crate::plain`]).
     Plain {
         /// Time a discard of the region after the guest exits.
         discard_at_exit: bool,
+        /// From the guest's first checkpoint on, a helper thread populates the first
+        /// `quota_bytes` of the region ahead of the guest (`MADV_POPULATE_WRITE`).
+        populate_ahead: bool,
     },
-}
-
-/// A timed `MADV_DONTNEED` of the plain region (see [`Backing::Plain`]).
-#[derive(Debug, Clone, Copy)]
-pub struct Discard {
-    /// How long the madvise took.
-    pub elapsed: Duration,
-    /// Region RSS before.
-    pub rss_before: u64,
-    /// Region RSS after.
-    pub rss_after: u64,
 }
 
 /// The region's owner for one run.
 enum Backend {
     Memout(GuestHandle),
-    Plain(HostRegion),
+    Plain(PlainRegion),
 }
 
 impl Backend {
@@ -313,7 +304,7 @@ pub fn run_guest(server: &Server, image: &GuestImage, cfg: &RunConfig) -> Result
         .map_err(Error::Load)?;
     let (tx, rx): (Sender<Watch>, Receiver<Watch>) = crossbeam_channel::unbounded();
     let fatal_tx = tx.clone();
-    let backend = match cfg.backing {
+    let mut backend = match cfg.backing {
         Backing::Memout => Backend::Memout(server.add_guest(GuestConfig {
             name: cfg.name.clone(),
             region_gpa: REGION_GPA,
@@ -334,7 +325,7 @@ pub fn run_guest(server: &Server, image: &GuestImage, cfg: &RunConfig) -> Result
             })),
         })?),
         Backing::Plain { .. } => {
-            Backend::Plain(HostRegion::new(cfg.region_size as usize).map_err(Error::PlainRegion)?)
+            Backend::Plain(PlainRegion::new(cfg.region_size as usize).map_err(Error::PlainRegion)?)
         }
     };
     if let (Backend::Memout(h), Some(setup)) = (&backend, &cfg.setup) {
@@ -416,6 +407,20 @@ pub fn run_guest(server: &Server, image: &GuestImage, cfg: &RunConfig) -> Result
                             region_rss: mapping_rss(backend.host_addr()).unwrap_or(0),
                             stats: backend.stats(),
                         });
+                        if let (
+                            1,
+                            Backend::Plain(p),
+                            Backing::Plain {
+                                populate_ahead: true,
+                                ..
+                            },
+                        ) = (v, &mut backend, cfg.backing)
+                        {
+                            let ahead = cfg.quota_bytes as usize;
+                            if let Err(e) = p.populate_ahead(ahead) {
+                                break Outcome::Refused(format!("populate-ahead helper: {e}"));
+                            }
+                        }
                         harness += t.elapsed();
                     }
                     PORT_EVICT_ALL => {
@@ -458,6 +463,9 @@ pub fn run_guest(server: &Server, image: &GuestImage, cfg: &RunConfig) -> Result
         }
     };
     let elapsed = t0.elapsed();
+    if let Backend::Plain(p) = &mut backend {
+        p.stop_ahead();
+    }
     let _ = tx.send(Watch::Done);
     let _ = dog.join();
     if !partial.is_empty() {
@@ -465,22 +473,16 @@ pub fn run_guest(server: &Server, image: &GuestImage, cfg: &RunConfig) -> Result
     }
     let stats = backend.stats();
     let region_rss = mapping_rss(backend.host_addr()).unwrap_or(0);
-    let discard = match (&backend, cfg.backing) {
+    let discard = match (&mut backend, cfg.backing) {
         (
             Backend::Plain(r),
             Backing::Plain {
                 discard_at_exit: true,
+                ..
             },
         ) => {
-            let t = Instant::now();
-            r.discard(0, r.size()).map_err(Error::PlainRegion)?;
-            let elapsed = t.elapsed();
-            let rss_after = mapping_rss(r.addr()).unwrap_or(0);
-            Some(Discard {
-                elapsed,
-                rss_before: region_rss,
-                rss_after,
-            })
+            r.stop_ahead();
+            Some(r.timed_discard().map_err(Error::PlainRegion)?)
         }
         _ => None,
     };

@@ -259,6 +259,19 @@ impl GuestCore {
         claims
     }
 
+    /// Where a read starting at slot `from` (which must cover `[from, end)`) may stop: extended
+    /// over the claim's later pieces whose slots follow on, up to `cap` pages in all.
+    fn slot_span_end(c: &Claim, from: u64, end: u64, cap: u64) -> u64 {
+        let mut end = end;
+        for p in &c.pieces {
+            let Some(ps) = p.slot else { continue };
+            if ps == end && end - from + p.frames.len <= cap {
+                end += p.frames.len;
+            }
+        }
+        end
+    }
+
     /// The segments of a claim in frame order, each with its source.
     fn segments(c: &Claim) -> Vec<(Run, Source)> {
         let mut out = Vec::new();
@@ -304,6 +317,8 @@ impl GuestCore {
         let mut done: Vec<Run> = Vec::new();
         let mut staging: Option<AlignedBuf> = None;
         let mut stale_dropped: Option<u64> = None;
+        // The slots in the staging buffer: (first slot, pages).
+        let mut held: Option<(u64, u64)> = None;
         'claims: for c in claims {
             for (seg, source) in Self::segments(c) {
                 let mut f = seg.start;
@@ -328,18 +343,26 @@ impl GuestCore {
                                     break 'claims;
                                 }
                             };
-                            let len = (pages * PAGE_SIZE) as usize;
-                            if let Err(e) = self
-                                .eviction
-                                .read(slot + (f - seg.start), &mut buf.as_mut_slice()[..len])
-                            {
-                                outcome = Fill::StoreFailed {
-                                    frame: f,
-                                    error: e.into(),
-                                };
-                                break 'claims;
+                            // One read brings in this segment and the claim's following
+                            // pieces whose slots continue it (an eviction writes a run's data
+                            // pages to consecutive slots), up to the staging buffer's size.
+                            let at = slot + (f - seg.start);
+                            if !held.is_some_and(|(h, n)| at >= h && at + pages <= h + n) {
+                                let end = Self::slot_span_end(c, at, at + pages, self.zero.pages);
+                                let len = ((end - at) * PAGE_SIZE) as usize;
+                                if let Err(e) =
+                                    self.eviction.read(at, &mut buf.as_mut_slice()[..len])
+                                {
+                                    outcome = Fill::StoreFailed {
+                                        frame: f,
+                                        error: e.into(),
+                                    };
+                                    break 'claims;
+                                }
+                                held = Some((at, end - at));
                             }
-                            buf.as_slice().as_ptr()
+                            let (h, _) = held.expect("read above");
+                            buf.as_slice()[((at - h) * PAGE_SIZE) as usize..].as_ptr()
                         }
                     };
                     let step = match self

@@ -79,6 +79,7 @@ impl GuestCore {
     /// telling memout, so a chunk stays a candidate). Returns the pages really paged out.
     pub(super) fn page_out_cold(&self, target: u64) -> Result<u64, EvictError> {
         let mut done = 0;
+        let mut in_ram = 0;
         let rounds = self.state().cold.len();
         for _ in 0..rounds {
             if done >= target {
@@ -100,6 +101,7 @@ impl GuestCore {
                 if before == 0 {
                     continue;
                 }
+                in_ram += before;
                 self.region
                     .page_out((r.start * PAGE_SIZE) as usize, (r.len * PAGE_SIZE) as usize)
                     .map_err(|e| EvictError::HostMem(e.into()))?;
@@ -107,7 +109,9 @@ impl GuestCore {
             }
         }
         self.counters.evicted_pages.fetch_add(done, Relaxed);
-        self.note_sweep(target, done);
+        // Judge the sweep by what it could have paged out, not by the target (an evict-all asks
+        // for everything).
+        self.note_sweep(target.min(in_ram), done);
         Ok(done)
     }
 

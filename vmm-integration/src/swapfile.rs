@@ -1,0 +1,80 @@
+//! A temporary swapfile, for benchmarks and experiments that compare memout with the kernel's
+//! swap: made with `fallocate`, `mkswap` and `swapon` under a unique name, and switched off and
+//! removed when dropped, also when the caller fails part-way.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use thiserror::Error;
+
+/// Why a swapfile could not be made.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// A command could not be run at all.
+    #[error("cannot run {cmd}: {source}")]
+    Spawn {
+        /// The command.
+        cmd: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A command failed (not root, no room, a filesystem that cannot hold swap).
+    #[error("{cmd} failed: {stderr}")]
+    Failed {
+        /// The command.
+        cmd: &'static str,
+        /// What it printed.
+        stderr: String,
+    },
+}
+
+/// An active swapfile; gone when dropped.
+#[derive(Debug)]
+pub struct Swapfile {
+    path: PathBuf,
+    on: bool,
+}
+
+fn run(cmd: &'static str, args: &[&str]) -> Result<(), Error> {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .map_err(|source| Error::Spawn { cmd, source })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(Error::Failed {
+            cmd,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
+impl Swapfile {
+    /// Makes and switches on a swapfile of `bytes` in `dir`, named with `tag` and the process id.
+    pub fn create(dir: &Path, tag: &str, bytes: u64) -> Result<Self, Error> {
+        let path = dir.join(format!("memout-swap-{tag}-{}", std::process::id()));
+        let mut s = Self { path, on: false };
+        let p = s.path.to_string_lossy().into_owned();
+        run("fallocate", &["-l", &bytes.to_string(), &p])?;
+        run("chmod", &["600", &p])?;
+        run("mkswap", &[&p])?;
+        run("swapon", &[&p])?;
+        s.on = true;
+        Ok(s)
+    }
+
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Swapfile {
+    fn drop(&mut self) {
+        if self.on {
+            let _ = Command::new("swapoff").arg(&self.path).output();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
