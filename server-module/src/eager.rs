@@ -8,9 +8,10 @@
 //! only weak references: a guest that goes away has its queued work dropped.
 
 use crate::extents::{ExtentSet, Run};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Weak};
 
 /// Most separate runs one guest may have queued; a submit beyond it is dropped and counted
 /// (the guest's faults still populate those frames). About 100 bytes of host memory a run.
@@ -78,7 +79,7 @@ struct Ready {
 
 impl Shared {
     fn ready(&self) -> MutexGuard<'_, Ready> {
-        self.ready.lock().unwrap_or_else(|p| p.into_inner())
+        self.ready.lock()
     }
 }
 
@@ -119,7 +120,7 @@ pub struct EagerQueue {
 
 impl EagerQueue {
     fn pending(&self) -> MutexGuard<'_, Pending> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+        self.pending.lock()
     }
 
     /// Queues `run` of `guest` (whose queue this is).
@@ -194,7 +195,7 @@ fn work(shared: &Shared) {
                 if let Some(g) = r.guests.pop_front() {
                     break g;
                 }
-                r = shared.wake.wait(r).unwrap_or_else(|p| p.into_inner());
+                shared.wake.wait(&mut r);
             }
         };
         let Some(guest) = weak.upgrade() else {

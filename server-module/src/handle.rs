@@ -10,7 +10,8 @@ use crate::stats::GuestStatsSnapshot;
 use memout_protocol::control::ResizeProgress;
 use memout_protocol::ring::PAGE_SIZE;
 use nix::sys::eventfd::EventFd;
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use vm_memory::GuestMemoryMmap;
 
@@ -48,7 +49,7 @@ impl GuestHandle {
     /// Call on every doorbell exit: processes the requests the guest posted.
     pub fn on_doorbell(&self) -> DoorbellOutcome {
         let _g = self.core.span().enter();
-        let mut cur = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cur = self.ring.lock();
         rpc::process_doorbell(&self.core, &self.shared, &mut cur)
     }
 

@@ -1,7 +1,7 @@
 //! Rate limiting for log lines a guest can trigger: at most `burst` lines per window per guest,
 //! then one line saying how many were suppressed.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 /// A per-guest log budget.
@@ -25,7 +25,7 @@ impl LogLimiter {
     /// Returns `Some(suppressed_before)` if a line may be logged now, `None` if it must be
     /// dropped. `suppressed_before` counts lines dropped since the last one allowed.
     pub fn allow(&self) -> Option<u64> {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = self.state.lock();
         if s.0.elapsed() >= self.window {
             *s = (Instant::now(), 0, s.2);
         }

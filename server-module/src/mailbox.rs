@@ -6,7 +6,7 @@
 use memout_protocol::ring::{
     PAGE_SIZE, RING_HOST_MSG_PROD_OFFSET, RING_QUOTA_OFFSET, RING_RELEASE_OFFSET,
 };
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::sync::atomic::Ordering;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -48,7 +48,7 @@ impl HostMailbox {
 
     /// Writes the state fields and tells the guest they changed.
     pub(crate) fn post(&self, quota_pages: u64, release_pages: u64) {
-        let mut posted = self.posted.lock().unwrap_or_else(|p| p.into_inner());
+        let mut posted = self.posted.lock();
         self.refresh(quota_pages, release_pages);
         *posted = posted.wrapping_add(1);
         // Release: the guest that sees the new count sees the fields written before it.

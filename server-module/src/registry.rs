@@ -3,7 +3,8 @@
 
 use crate::config::ConfigError;
 use crate::guest::GuestCore;
-use std::sync::{Arc, Mutex, Weak};
+use parking_lot::Mutex;
+use std::sync::{Arc, Weak};
 
 /// The guests a server serves, by name (weakly: a guest ends when its handle is dropped).
 #[derive(Default)]
@@ -12,8 +13,8 @@ pub struct Registry {
 }
 
 impl Registry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Weak<GuestCore>>> {
-        self.guests.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Vec<Weak<GuestCore>>> {
+        self.guests.lock()
     }
 
     /// The live guests, in the order they were added.

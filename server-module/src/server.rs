@@ -19,7 +19,8 @@ use memout_protocol::ring::{
     RING_MAGIC, RingHeader,
 };
 use nix::sys::eventfd::{EfdFlags, EventFd};
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress};
 

@@ -4,7 +4,7 @@
 //! fault the server refused can be stopped. A kick can race with the vCPU entering `KVM_RUN`,
 //! so the kicker repeats it until the vCPU thread acknowledges.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::sync::Once;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 
@@ -52,7 +52,7 @@ pub struct Registration<'a> {
 
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
-        *self.kick.thread.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.kick.thread.lock() = None;
     }
 }
 
@@ -63,7 +63,7 @@ impl Kick {
         install_handler();
         // SAFETY: pthread_self has no preconditions.
         let me = unsafe { libc::pthread_self() };
-        *self.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(me);
+        *self.thread.lock() = Some(me);
         Registration {
             kick: self,
             _not_send: std::marker::PhantomData,
@@ -79,7 +79,7 @@ impl Kick {
     /// the signal: one can arrive just before the thread enters `KVM_RUN`).
     pub fn kick(&self) {
         self.requested.store(true, SeqCst);
-        let t = self.thread.lock().unwrap_or_else(|p| p.into_inner());
+        let t = self.thread.lock();
         if let Some(t) = *t {
             // SAFETY: `t` is the pthread_t of a registered thread; it stays registered, and so
             // alive, while we hold the lock (its registration's drop takes the same lock).

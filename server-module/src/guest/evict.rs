@@ -167,7 +167,7 @@ impl GuestCore {
     fn enforce_budget_now(&self) -> Result<(), EvictError> {
         // Decide under the evict lock: a decision taken before waiting for it could be stale
         // (the budget raised, or another evictor done) and evict memory for nothing.
-        let _one = self.evict_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _one = self.evict_lock.lock();
         let budget = self.limit();
         if matches!(self.eviction, Eviction::Kernel) {
             return self.enforce_kernel_budget(budget);
@@ -214,7 +214,7 @@ impl GuestCore {
     /// Evicts up to `pages` of the guest's coldest resident frames. Returns how many were
     /// evicted; on an error, those evicted before it stay evicted and the rest stay resident.
     pub fn evict(&self, pages: u64) -> Result<u64, EvictError> {
-        let _one = self.evict_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _one = self.evict_lock.lock();
         self.evict_locked(pages)
     }
 
@@ -232,10 +232,7 @@ impl GuestCore {
                     tracing::warn!(parent: &self.span, suppressed, "eviction stopped: {e}");
                 }
             }
-            *self
-                .last_evict_error
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = Some(e.clone());
+            *self.last_evict_error.lock() = Some(e.clone());
         }
         r
     }

@@ -108,7 +108,7 @@ impl GuestCore {
             }
             // Someone is copying (or evicting) this frame; its wake-up releases the faulting
             // thread, but wait for it to settle in case it failed and the frame is missing.
-            st = self.settled.wait(st).unwrap_or_else(|p| p.into_inner());
+            self.settled.wait(&mut st);
         };
         drop(st);
         if let Some(next) = window {
@@ -302,7 +302,7 @@ impl GuestCore {
     }
 
     fn take_staging(&self) -> std::io::Result<AlignedBuf> {
-        if let Some(b) = self.staging.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+        if let Some(b) = self.staging.lock().pop() {
             return Ok(b);
         }
         AlignedBuf::new((self.zero.pages * PAGE_SIZE) as usize).map_err(std::io::Error::other)
@@ -408,10 +408,7 @@ impl GuestCore {
             }
         }
         if let Some(b) = staging {
-            self.staging
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(b);
+            self.staging.lock().push(b);
         }
         let (populated, swapped_in) = self.settle(claims, &done);
         self.settled.notify_all();

@@ -95,7 +95,7 @@ impl GuestCore {
             // (or store) a frame that is no longer the guest's. Releasing frames cannot be
             // claimed again, so this wait ends.
             while runs.iter().any(|&r| st.inflight.overlaps(r)) {
-                st = self.settled.wait(st).unwrap_or_else(|p| p.into_inner());
+                self.settled.wait(&mut st);
             }
             // Only frames with a host page need dropping: in MISSING mode every host page of
             // the region is one memout copied in, so the resident map is exact. Coalesce the

@@ -58,10 +58,7 @@ impl GuestCore {
     /// do not push it straight back over), unless backing off.
     pub(super) fn enforce_kernel_budget(&self, budget: u64) -> Result<(), EvictError> {
         {
-            let b = self
-                .kernel_backoff
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let b = self.kernel_backoff.lock();
             if b.until.is_some_and(|t| Instant::now() < t) {
                 return Ok(());
             }
@@ -117,10 +114,7 @@ impl GuestCore {
 
     /// Backs off after a sweep that paged (almost) nothing out, and says why once per streak.
     fn note_sweep(&self, target: u64, done: u64) {
-        let mut b = self
-            .kernel_backoff
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut b = self.kernel_backoff.lock();
         if target == 0 || done * 8 >= target {
             *b = Backoff::default();
             return;

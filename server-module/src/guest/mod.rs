@@ -34,9 +34,10 @@ use crate::slots::SlotAllocator;
 use crate::stats::GuestCounters;
 use crate::uffd::GuestUffd;
 use memout_protocol::ring::PAGE_SIZE;
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Weak};
 use thiserror::Error;
 
 /// Frames per chunk: the unit of fault-around, eager population, eviction and read-ahead.
@@ -267,7 +268,7 @@ impl GuestCore {
     fn state(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock is a memout bug; the state is consistent between
         // statements, so keep serving rather than poisoning every later call.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock()
     }
 
     /// The guest's name.
@@ -305,12 +306,12 @@ impl GuestCore {
 
     /// The current population policy.
     pub fn policy(&self) -> PopulatePolicy {
-        *self.policy.lock().unwrap_or_else(|p| p.into_inner())
+        *self.policy.lock()
     }
 
     /// Changes the population policy (takes effect at the next fault).
     pub fn set_policy(&self, p: PopulatePolicy) {
-        *self.policy.lock().unwrap_or_else(|p| p.into_inner()) = p;
+        *self.policy.lock() = p;
     }
 
     /// Changes the quota in pages.
@@ -325,7 +326,7 @@ impl GuestCore {
 
     /// Why the guest was stopped, if it was.
     pub fn fatal(&self) -> Option<GuestFault> {
-        self.fatal.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.fatal.lock().clone()
     }
 
     pub(crate) fn hello_done(&self) -> bool {
@@ -352,7 +353,7 @@ impl GuestCore {
 
     /// Stops the guest: records the first fault and notifies the VMM.
     pub(crate) fn stop(&self, fault: GuestFault) {
-        let mut slot = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = self.fatal.lock();
         if slot.is_some() {
             return; // already stopping; one log line per guest, whatever the guest does
         }

@@ -20,9 +20,9 @@ use crate::extents::Run;
 use crate::shared_error::Shared;
 use memout_protocol::control::{ResizePhase, ResizeProgress};
 use memout_protocol::ring::PAGE_SIZE;
+use parking_lot::{Condvar, Mutex};
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
-use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
@@ -120,12 +120,7 @@ impl GuestCore {
 
     /// The latest resize, with live allocated/resident figures.
     pub fn resize_progress(&self) -> Option<ResizeProgress> {
-        let mut p = self
-            .resize
-            .latest
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()?;
+        let mut p = self.resize.latest.lock().clone()?;
         if !p.phase.is_final() {
             self.fill_live(&mut p);
         }
@@ -135,7 +130,7 @@ impl GuestCore {
     /// Waits until resize `id` is final, at most `timeout`; returns its progress.
     pub fn wait_resize(&self, id: u64, timeout: Duration) -> Option<ResizeProgress> {
         let end = Instant::now() + timeout;
-        let mut g = self.resize.latest.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = self.resize.latest.lock();
         loop {
             match g.as_ref() {
                 Some(p) if p.id != id || p.phase.is_final() => break,
@@ -146,12 +141,7 @@ impl GuestCore {
             if left.is_zero() {
                 break;
             }
-            g = self
-                .resize
-                .ended
-                .wait_timeout(g, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            self.resize.ended.wait_for(&mut g, left);
         }
         drop(g);
         self.resize_progress()
@@ -176,7 +166,7 @@ impl GuestCore {
     }
 
     fn record(&self, p: &ResizeProgress) {
-        let mut g = self.resize.latest.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = self.resize.latest.lock();
         if g.as_ref().is_none_or(|cur| cur.id <= p.id) {
             *g = Some(p.clone());
         }
@@ -211,7 +201,7 @@ impl GuestCore {
         let t0 = Instant::now();
         let target = bytes / PAGE_SIZE;
         let id = self.resize.generation.fetch_add(1, SeqCst) + 1;
-        let steps = self.resize.steps.lock().unwrap_or_else(|p| p.into_inner());
+        let steps = self.resize.steps.lock();
         let (from, allocated) = {
             let mut st = self.state();
             let from = st.alloc.quota();
@@ -321,7 +311,7 @@ impl GuestCore {
             ));
             return self.end(p, t0, ResizePhase::Incomplete);
         }
-        let steps = self.resize.steps.lock().unwrap_or_else(|p| p.into_inner());
+        let steps = self.resize.steps.lock();
         if self.superseded(p.id) {
             drop(steps);
             return self.end(p, t0, ResizePhase::Superseded);

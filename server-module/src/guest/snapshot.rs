@@ -52,11 +52,7 @@ impl GuestCore {
             evictions_pages: c.evicted_pages.load(Relaxed),
             swapins_pages: c.swapped_in_pages.load(Relaxed),
             evict_errors: c.evict_errors.load(Relaxed),
-            last_evict_error: self
-                .last_evict_error
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+            last_evict_error: self.last_evict_error.lock().clone(),
             populate_p50_ns: c.populate_latency.quantile(0.5),
             populate_p99_ns: c.populate_latency.quantile(0.99),
             swapin_p50_ns: c.swapin_latency.quantile(0.5),
