@@ -157,6 +157,31 @@ impl ExtentSet {
         out
     }
 
+    /// The parts of `r` not in the set, in order, at most `max` frames in all: what a
+    /// populator or an evictor may claim of `r` when the set holds the runs in flight.
+    pub fn gaps(&self, r: Run, max: u64) -> Vec<Run> {
+        let mut out = Vec::new();
+        let mut left = max;
+        let mut f = r.start;
+        let mut take = |start: u64, end: u64, out: &mut Vec<Run>| {
+            let len = (end - start).min(left);
+            if len > 0 {
+                out.push(Run { start, len });
+                left -= len;
+            }
+        };
+        for c in self.within(r) {
+            if c.start > f {
+                take(f, c.start, &mut out);
+            }
+            f = c.end();
+        }
+        if f < r.end() {
+            take(f, r.end(), &mut out);
+        }
+        out
+    }
+
     /// Adds the frames of `r` not in the set yet (unlike [`insert`](Self::insert), overlap is
     /// fine).
     pub fn add(&mut self, r: Run) {
@@ -304,6 +329,18 @@ mod tests {
                 let runs: Vec<Run> = set.iter().collect();
                 for w in runs.windows(2) {
                     prop_assert!(w[0].end() < w[1].start, "not coalesced: {:?}", w);
+                }
+                // The gaps of a window are exactly its frames outside the set, up to `max`.
+                let window = Run { start: start / 2, len: len * 3 };
+                let max = len + 7;
+                let gaps = set.gaps(window, max);
+                let want: Vec<u64> = (window.start..window.end().min(260))
+                    .filter(|&f| !model[f as usize])
+                    .take(max as usize)
+                    .collect();
+                let got: Vec<u64> = gaps.iter().flat_map(|g| g.start..g.end()).collect();
+                if window.end() <= 260 {
+                    prop_assert_eq!(got, want);
                 }
             }
         }

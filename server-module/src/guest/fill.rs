@@ -235,22 +235,11 @@ impl GuestCore {
     fn claim(&self, st: &mut State, window: Run) -> Vec<Claim> {
         let mut claims = Vec::new();
         for hole in st.resident.holes(window) {
-            let mut f = hole.start;
-            while f < hole.end() {
-                if let Some(busy) = st.inflight.containing(f) {
-                    f = busy.end();
-                    continue;
-                }
-                let next_busy = st.inflight.first_after(f).map_or(hole.end(), |b| b.start);
-                let run = Run {
-                    start: f,
-                    len: next_busy.min(hole.end()) - f,
-                };
+            for run in st.inflight.gaps(hole, u64::MAX) {
                 claims.push(Claim {
                     run,
                     pieces: st.evicted.pieces(run),
                 });
-                f = run.end();
             }
         }
         for c in &claims {

@@ -44,18 +44,9 @@ impl GuestCore {
             let mut runs = Vec::new();
             let mut left = max;
             for r in st.resident.present(window) {
-                let mut f = r.start;
-                while f < r.end() && left > 0 {
-                    if let Some(busy) = st.inflight.containing(f) {
-                        f = busy.end();
-                        continue;
-                    }
-                    let next_busy = st.inflight.first_after(f).map_or(r.end(), |b| b.start);
-                    let len = (next_busy.min(r.end()) - f).min(left);
-                    runs.push(Run { start: f, len });
-                    left -= len;
-                    f += len;
-                }
+                let idle = st.inflight.gaps(r, left);
+                left -= idle.iter().map(|g| g.len).sum::<u64>();
+                runs.extend(idle);
             }
             if runs.is_empty() {
                 st.cold.forget(chunk);
