@@ -13,7 +13,7 @@
  *                      word of every page back (checkpoints 2..3), then verify every word */
 #include "common.h"
 
-#define REGION_GPA 0x100000000ull /* memout VMM layout; the plain memslot sits there too */
+#define REGION_GPA MEMOUT_HARNESS_REGION_GPA /* the plain memslot sits there too */
 #define BATCH 512
 
 static struct memout_extent ext[64];
@@ -162,7 +162,7 @@ int guest_main(void)
                 zeros += zero;
             }
         rt_checkpoint(1);
-        rt_out32(0x523, 0); /* evict everything */
+        rt_out32(RT_PORT_EVICT_ALL, 0); /* evict everything */
         rt_checkpoint(2);
         uint64_t sum = 0;
         for (uint32_t i = 0; i < l.count; i++)

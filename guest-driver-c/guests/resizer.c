@@ -13,8 +13,6 @@
 
 #define CHUNK_PAGES 512
 #define MAX_CHUNKS 2048
-#define RT_PORT_FINISH 0x524
-#define RT_PORT_FLAGS 0x525
 
 static struct memout_extent chunk[MAX_CHUNKS];
 static uint64_t seed[MAX_CHUNKS];

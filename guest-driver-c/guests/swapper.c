@@ -7,7 +7,6 @@
 
 #define MAX_PIECES 4096
 #define PASSES 3
-#define RT_PORT_EVICT_ALL 0x523
 
 static struct memout_extent piece[MAX_PIECES];
 

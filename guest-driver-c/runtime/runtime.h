@@ -7,9 +7,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../include/memout_harness.h"
+
 /* Ports of the memout VMM that are not part of the memout ABI (harness only). */
-#define RT_PORT_CHECKPOINT 0x520 /* out32: the VMM records host time, RSS and stats */
-#define RT_PORT_ARG 0x521        /* in32: the argument the VMM was given for this run */
+#define RT_PORT_CHECKPOINT MEMOUT_HARNESS_PORT_CHECKPOINT
+#define RT_PORT_ARG MEMOUT_HARNESS_PORT_ARG
+#define RT_PORT_EVICT_ALL MEMOUT_HARNESS_PORT_EVICT_ALL
+#define RT_PORT_FINISH MEMOUT_HARNESS_PORT_FINISH
+#define RT_PORT_FLAGS MEMOUT_HARNESS_PORT_FLAGS
 
 static inline void rt_out32(uint16_t port, uint32_t v)
 {

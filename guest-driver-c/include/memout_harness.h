@@ -1,0 +1,23 @@
+/* SPDX-License-Identifier: Apache-2.0 OR MIT */
+/* The memout VMM's own harness, shared by its guest programs and checked against the Rust side
+ * (vmm-integration/src/layout.rs and runner.rs) by vmm-integration/tests/harness_layout.rs.
+ * Not part of the memout ABI (memout_abi.h): another VMM has none of this. */
+#ifndef MEMOUT_HARNESS_H
+#define MEMOUT_HARNESS_H
+
+/* Harness ports. */
+#define MEMOUT_HARNESS_PORT_CHECKPOINT 0x520 /* out32: the VMM records host time, RSS, stats */
+#define MEMOUT_HARNESS_PORT_ARG 0x521        /* in32: the run's argument (memout run --arg) */
+#define MEMOUT_HARNESS_PORT_EVICT_ALL 0x523  /* out32: evict everything resident, timed */
+#define MEMOUT_HARNESS_PORT_FINISH 0x524     /* in32: 1 once the host wants the guest to finish */
+#define MEMOUT_HARNESS_PORT_FLAGS 0x525      /* in32: a word a test changes while the guest runs */
+
+/* Guest-physical layout of the memout VMM. */
+#define MEMOUT_HARNESS_BOOT_SIZE 0x1000000ull    /* boot region: tables, ring, image, stack */
+#define MEMOUT_HARNESS_RING_GPA 0x6000ull        /* the request ring */
+#define MEMOUT_HARNESS_RING_SLOTS 64
+#define MEMOUT_HARNESS_IMAGE_BASE 0x200000ull    /* where guest images load */
+#define MEMOUT_HARNESS_IMAGE_LIMIT 0xe00000ull   /* images (with bss) end below this */
+#define MEMOUT_HARNESS_REGION_GPA 0x100000000ull /* the outsourced region (4 GiB) */
+
+#endif
