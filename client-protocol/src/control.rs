@@ -106,7 +106,8 @@ pub enum Request {
 }
 
 /// Where a resize is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ResizePhase {
     /// Waiting for the guest to release frames (until the deadline).
     Releasing,
@@ -138,8 +139,8 @@ impl ResizePhase {
     }
 }
 
-/// What a resize did so far.
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+/// What a resize did so far. Serializes (serde) as `memoutctl --json` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, serde::Serialize)]
 pub struct ResizeProgress {
     /// Increases with every resize of this guest.
     pub id: u64,
@@ -165,8 +166,8 @@ pub struct ResizeProgress {
     pub note: Option<String>,
 }
 
-/// One guest's state.
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+/// One guest's state. Serializes (serde) as `memoutctl --json` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, serde::Serialize)]
 pub struct GuestStatus {
     /// Guest name.
     pub name: String,

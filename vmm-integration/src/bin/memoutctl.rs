@@ -418,41 +418,9 @@ fn print_resize(p: &ResizeProgress) {
 }
 
 fn resize_json(p: &ResizeProgress) -> serde_json::Value {
-    json!({
-        "id": p.id,
-        "from_bytes": p.from_bytes,
-        "target_bytes": p.target_bytes,
-        "phase": p.phase.name(),
-        "freed_bytes": p.freed_bytes,
-        "released_bytes": p.released_bytes,
-        "evicted_bytes": p.evicted_bytes,
-        "elapsed_us": p.elapsed_us,
-        "allocated_bytes": p.allocated_bytes,
-        "resident_bytes": p.resident_bytes,
-        "note": p.note,
-    })
+    serde_json::to_value(p).expect("plain data serializes")
 }
 
 fn status_json(g: &GuestStatus) -> serde_json::Value {
-    json!({
-        "name": g.name,
-        "region_bytes": g.region_bytes,
-        "requested_bytes": g.requested_bytes,
-        "min_bytes": g.min_bytes,
-        "allocated_bytes": g.allocated_bytes,
-        "resident_bytes": g.resident_bytes,
-        "evicted_bytes": g.evicted_bytes,
-        "budget_bytes": g.budget_bytes,
-        "policy": g.policy,
-        "eviction": g.eviction,
-        "faults": g.faults,
-        "populated_pages": g.populated_pages,
-        "freed_pages": g.freed_pages,
-        "evicted_pages_total": g.evicted_pages_total,
-        "swapped_in_pages": g.swapped_in_pages,
-        "evict_errors": g.evict_errors,
-        "last_evict_error": g.last_evict_error,
-        "stopped": g.stopped,
-        "resize": g.resize.as_ref().map(resize_json),
-    })
+    serde_json::to_value(g).expect("plain data serializes")
 }
