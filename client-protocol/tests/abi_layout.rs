@@ -2,10 +2,8 @@
 //! offset and constant the C side sees equals the Rust definition in `memout_protocol::ring`.
 
 use memout_protocol::ring::*;
-use std::collections::BTreeMap;
 use std::mem::{offset_of, size_of};
 use std::path::PathBuf;
-use std::process::Command;
 
 /// (C expression, Rust value) pairs; the C program prints each expression's value.
 fn expectations() -> Vec<(&'static str, u64)> {
@@ -101,50 +99,6 @@ fn expectations() -> Vec<(&'static str, u64)> {
 
 #[test]
 fn c_header_matches_rust_layout() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let include = root.join("guest-driver-c/include");
-    let exp = expectations();
-    let mut src = String::from(
-        "#include <stddef.h>\n#include <stdio.h>\n#include \"memout_abi.h\"\nint main(void) {\n",
-    );
-    for (expr, _) in &exp {
-        src += &format!("  printf(\"%s=%llu\\n\", \"{expr}\", (unsigned long long)({expr}));\n");
-    }
-    src += "  return 0;\n}\n";
-    let dir = std::env::temp_dir().join(format!("memout-abi-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let c = dir.join("layout.c");
-    let exe = dir.join("layout");
-    std::fs::write(&c, src).unwrap();
-    let cc = std::env::var("CC").unwrap_or_else(|_| "gcc".into());
-    let st = Command::new(&cc)
-        .args(["-std=c11", "-Wall", "-Werror", "-I"])
-        .arg(&include)
-        .arg(&c)
-        .arg("-o")
-        .arg(&exe)
-        .status()
-        .expect("run gcc");
-    assert!(st.success(), "gcc failed on memout_abi.h");
-    let out = Command::new(&exe).output().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
-    let text = String::from_utf8(out.stdout).unwrap();
-    let c_values: BTreeMap<&str, u64> = text
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k, v.parse().unwrap()))
-        .collect();
-    let mut mismatches = Vec::new();
-    for (expr, rust) in &exp {
-        match c_values.get(expr) {
-            Some(c) if c == rust => {}
-            other => mismatches.push(format!("{expr}: C {other:?} vs Rust {rust}")),
-        }
-    }
-    assert!(
-        mismatches.is_empty(),
-        "ABI mismatches:\n{}",
-        mismatches.join("\n")
-    );
-    assert_eq!(c_values.len(), exp.len());
+    let include = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../guest-driver-c/include");
+    memout_test_support::assert_c_header_matches(&include, "memout_abi.h", &expectations());
 }

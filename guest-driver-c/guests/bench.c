@@ -31,6 +31,24 @@ static int is_zero_page(uint64_t page, uint64_t pct)
     return (page * 2654435761ull >> 7) % 100 < pct;
 }
 
+/* The content of page number `page` of the swap bench: zero, or pseudo-random words seeded by
+ * its number. With `fill`, writes it at `gpa`; otherwise returns 1 if `gpa` differs from it. */
+static uint64_t swap_page(uint64_t gpa, uint64_t page, uint64_t zero_pct, int fill)
+{
+    volatile uint64_t *w = (volatile uint64_t *)(uintptr_t)gpa;
+    int zero = is_zero_page(page, zero_pct);
+    uint64_t x = page * 0x9e3779b97f4a7c15ull + 1;
+    for (int k = 0; k < 512; k++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        uint64_t want = zero ? 0 : x;
+        if (fill)
+            w[k] = want;
+        else if (w[k] != want)
+            return 1;
+    }
+    return 0;
+}
+
 static void init(void)
 {
     int r = memout_init();
@@ -152,14 +170,8 @@ int guest_main(void)
         uint64_t page = 0, zeros = 0;
         for (uint32_t i = 0; i < l.count; i++)
             for (uint64_t p = 0; p < ext[i].pages; p++, page++) {
-                volatile uint64_t *w = (volatile uint64_t *)(uintptr_t)(ext[i].gpa + p * MEMOUT_PAGE_SIZE);
-                int zero = is_zero_page(page, zero_pct);
-                uint64_t x = page * 0x9e3779b97f4a7c15ull + 1;
-                for (int k = 0; k < 512; k++) {
-                    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
-                    w[k] = zero ? 0 : x;
-                }
-                zeros += zero;
+                zeros += is_zero_page(page, zero_pct);
+                swap_page(ext[i].gpa + p * MEMOUT_PAGE_SIZE, page, zero_pct, 1);
             }
         rt_checkpoint(1);
         rt_out32(RT_PORT_EVICT_ALL, 0); /* evict everything */
@@ -175,16 +187,7 @@ int guest_main(void)
         page = 0;
         for (uint32_t i = 0; i < l.count; i++)
             for (uint64_t p = 0; p < ext[i].pages; p++, page++) {
-                volatile uint64_t *w = (volatile uint64_t *)(uintptr_t)(ext[i].gpa + p * MEMOUT_PAGE_SIZE);
-                int zero = is_zero_page(page, zero_pct);
-                uint64_t x = page * 0x9e3779b97f4a7c15ull + 1;
-                for (int k = 0; k < 512; k++) {
-                    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
-                    if (w[k] != (zero ? 0 : x)) {
-                        bad++;
-                        break;
-                    }
-                }
+                bad += swap_page(ext[i].gpa + p * MEMOUT_PAGE_SIZE, page, zero_pct, 0);
             }
         CHECK(bad == 0, 20, "%lu pages came back wrong\n", bad);
         rt_printf("bench: swap %lu MiB, %lu zero pages (%lu%%)\n", mib, zeros, zero_pct);

@@ -142,6 +142,66 @@ pub fn require_all(pieces: &[Piece], test: &str) -> bool {
     pieces.iter().all(|p| require(*p, test))
 }
 
+/// Compiles a C program that includes `header` (from `include_dir`) and prints the value of
+/// each of `checks`' C expressions, and asserts each equals its Rust value: how the ABI and
+/// harness headers are held to the Rust definitions.
+///
+/// # Panics
+/// If gcc (or `$CC`) fails, or any value differs (all differences are listed).
+pub fn assert_c_header_matches(
+    include_dir: &std::path::Path,
+    header: &str,
+    checks: &[(&str, u64)],
+) {
+    use std::fmt::Write as _;
+    let mut src = format!(
+        "#include <stddef.h>\n#include <stdio.h>\n#include \"{header}\"\nint main(void) {{\n"
+    );
+    for (expr, _) in checks {
+        let _ = writeln!(
+            src,
+            "  printf(\"%s=%llu\\n\", \"{expr}\", (unsigned long long)({expr}));"
+        );
+    }
+    src += "  return 0;\n}\n";
+    let stem = header.trim_end_matches(".h");
+    let dir = std::env::temp_dir().join(format!("memout-{stem}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch directory");
+    let (c, exe) = (dir.join("check.c"), dir.join("check"));
+    std::fs::write(&c, src).expect("write the check program");
+    let cc = std::env::var("CC").unwrap_or_else(|_| "gcc".into());
+    let st = std::process::Command::new(&cc)
+        .args(["-std=c11", "-Wall", "-Werror", "-I"])
+        .arg(include_dir)
+        .arg(&c)
+        .arg("-o")
+        .arg(&exe)
+        .status()
+        .expect("run the C compiler");
+    assert!(st.success(), "{cc} failed on {header}");
+    let out = std::process::Command::new(&exe)
+        .output()
+        .expect("run the check program");
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = String::from_utf8(out.stdout).expect("ASCII output");
+    let c_values: std::collections::BTreeMap<&str, u64> = text
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k, v.parse().expect("a number")))
+        .collect();
+    let bad: Vec<String> = checks
+        .iter()
+        .filter(|(k, v)| c_values.get(k) != Some(v))
+        .map(|(k, v)| format!("{k}: C {:?} vs Rust {v}", c_values.get(k)))
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{header} differs from Rust:\n{}",
+        bad.join("\n")
+    );
+    assert_eq!(c_values.len(), checks.len());
+}
+
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
