@@ -109,6 +109,43 @@ fn bench_rpc_reports_json_with_ratios() {
 }
 
 #[test]
+fn bench_swap_verifies_random_content_against_two_baselines() {
+    use memout_test_support::Piece;
+    if !memout_test_support::require_all(&[Piece::Kvm, Piece::Uffd, Piece::Swap], "bench swap") {
+        return;
+    }
+    // 32 MiB of random pages with 25 % zero pages; the guest verifies every word after the
+    // swap-in, so a wrong slot mapping fails the run.
+    let args = [
+        "bench",
+        "swap",
+        "--rounds",
+        "1",
+        "--mib",
+        "32",
+        "--zero-pct",
+        "25",
+        "--json",
+    ];
+    let (code, out, err) = memout(&args);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(v["extra"]["zero_page_percent"], 25);
+    assert_eq!(v["spread"].as_object().unwrap().len(), 6, "{v}");
+    for r in ["swap-out vs kernel swap", "swap-in vs kernel swap"] {
+        assert!(v["ratios"][r].as_f64().is_some_and(|x| x > 0.0), "{v}");
+    }
+    assert!(
+        v["extra"]["kernel_paged_out_fraction_worst"]
+            .as_f64()
+            .unwrap()
+            > 0.9,
+        "{v}"
+    );
+    assert_eq!(v["extra"]["memout_evicted_fraction_worst"], 1.0, "{v}");
+}
+
+#[test]
 fn bench_rejects_unknown_scenarios_and_bad_rounds() {
     assert_clean_failure(&["bench", "teleport"], "unknown scenario");
     assert_clean_failure(&["bench", "rpc", "--rounds", "0"], "--rounds");
