@@ -4,7 +4,7 @@
 
 use crate::image::GuestImage;
 use crate::layout::{BOOT_SIZE, REGION_GPA, RING, RING_SLOTS};
-use crate::plain::{Discard, PlainRegion};
+use crate::plain::PlainRegion;
 use crate::vcpu_kick::Kick;
 use crate::vm::{self, GuestVm};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -12,13 +12,19 @@ use kvm_ioctls::VcpuExit;
 use memout_protocol::ring::{PORT_DEBUG_STR, PORT_DOORBELL, PORT_EXIT};
 use memout_server::procfs::mapping_rss;
 use memout_server::{
-    ChannelConfig, GuestConfig, GuestFault, GuestHandle, GuestStatsSnapshot, PopulatePolicy, Server,
+    ChannelConfig, GuestConfig, GuestFault, GuestHandle, GuestStatsSnapshot, Server,
 };
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress};
+
+mod config;
+mod report;
+
+pub use config::{Backing, GuestSetup, RunConfig};
+pub use report::{Checkpoint, EvictRecord, Outcome, RunReport};
 
 /// Harness port (not memout ABI): record a checkpoint (host time, region RSS, stats).
 pub const PORT_CHECKPOINT: u16 = 0x520;
@@ -62,68 +68,6 @@ pub enum Error {
 /// `Result` with this module's [`enum@Error`].
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// How to run a guest.
-#[derive(Debug, Clone)]
-pub struct RunConfig {
-    /// Name for logs.
-    pub name: String,
-    /// Outsourced region size in bytes.
-    pub region_size: u64,
-    /// Quota in bytes.
-    pub quota_bytes: u64,
-    /// Population policy.
-    pub policy: PopulatePolicy,
-    /// Value the guest reads from [`PORT_ARG`].
-    pub arg: u32,
-    /// The run is stopped after this long.
-    pub timeout: Duration,
-    /// Print guest output lines to stdout as they arrive.
-    pub echo: bool,
-    /// What backs the region.
-    pub backing: Backing,
-    /// Called with the guest's handle before the vCPU first runs (memout backing only).
-    pub setup: Option<GuestSetup>,
-    /// Where evicted memory goes.
-    pub eviction: memout_server::Eviction,
-    /// Resident budget in bytes.
-    pub budget_bytes: Option<u64>,
-    /// The guest's pinned minimum in bytes (no resize goes below it).
-    pub min_bytes: u64,
-    /// Set it to ask the guest to finish (it reads [`PORT_FINISH`]).
-    pub finish: Arc<AtomicBool>,
-    /// A word the guest reads from [`PORT_FLAGS`] while it runs.
-    pub flags: Arc<AtomicU32>,
-    /// Serve the server's control socket here while the guest runs (bound once the guest has
-    /// been accepted, so a refused configuration never touches the socket path).
-    pub control: Option<std::path::PathBuf>,
-}
-
-/// A hook that sees the guest's handle before it runs (tests use it to inject faults).
-#[derive(Clone)]
-pub struct GuestSetup(pub Arc<dyn Fn(&GuestHandle) + Send + Sync>);
-
-impl std::fmt::Debug for GuestSetup {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("GuestSetup(..)")
-    }
-}
-
-/// What backs the guest's region at `REGION_GPA`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backing {
-    /// memout: the server allocates frames and backs them with userfaultfd.
-    Memout,
-    /// A plain anonymous memslot (kernel demand paging, the machine's THP default), no memout
-    /// server: the baseline of benchmarks (see [`crate::plain`]).
-    Plain {
-        /// Time a discard of the region after the guest exits.
-        discard_at_exit: bool,
-        /// From the guest's first checkpoint on, a helper thread populates the first
-        /// `quota_bytes` of the region ahead of the guest (`MADV_POPULATE_WRITE`).
-        populate_ahead: bool,
-    },
-}
-
 /// The region's owner for one run.
 enum Backend {
     Memout(GuestHandle),
@@ -157,113 +101,6 @@ impl Backend {
             Self::Memout(h) => h.fatal_error(),
             Self::Plain(_) => None,
         }
-    }
-}
-
-impl Default for RunConfig {
-    fn default() -> Self {
-        Self {
-            name: "guest".into(),
-            region_size: 4 << 30,
-            quota_bytes: 1 << 30,
-            policy: PopulatePolicy::default(),
-            arg: 0,
-            timeout: Duration::from_secs(120),
-            echo: false,
-            backing: Backing::Memout,
-            setup: None,
-            eviction: memout_server::Eviction::None,
-            budget_bytes: None,
-            min_bytes: 0,
-            finish: Arc::default(),
-            flags: Arc::default(),
-            control: None,
-        }
-    }
-}
-
-/// How a run ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// The guest exited through the exit port with this code.
-    Exited(i32),
-    /// The server stopped the guest.
-    Stopped(GuestFault),
-    /// The guest took an exception (no IDT: a shutdown exit) or halted.
-    Crashed(String),
-    /// The run exceeded its time limit.
-    TimedOut(Duration),
-    /// The guest did something the VMM does not support (unknown port, unmapped address).
-    Refused(String),
-}
-
-impl std::fmt::Display for Outcome {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Exited(c) => write!(f, "guest exited with code {c}"),
-            Self::Stopped(fault) => write!(f, "guest stopped by the server: {fault}"),
-            Self::Crashed(m) => write!(f, "guest crashed: {m}"),
-            Self::TimedOut(t) => write!(f, "guest timed out after {t:?}"),
-            Self::Refused(m) => write!(f, "guest refused: {m}"),
-        }
-    }
-}
-
-/// A point the guest marked with [`PORT_CHECKPOINT`].
-#[derive(Debug, Clone)]
-pub struct Checkpoint {
-    /// The value the guest wrote.
-    pub id: u32,
-    /// Host time since the vCPU first ran, less the time the harness spent on checkpoints.
-    pub at: Duration,
-    /// Host RSS of the outsourced region.
-    pub region_rss: u64,
-    /// Server statistics at that moment.
-    pub stats: GuestStatsSnapshot,
-}
-
-/// What a run did.
-#[derive(Debug, Clone)]
-pub struct RunReport {
-    /// How it ended.
-    pub outcome: Outcome,
-    /// Lines the guest printed.
-    pub output: Vec<String>,
-    /// Checkpoints in order.
-    pub checkpoints: Vec<Checkpoint>,
-    /// Server statistics at the end.
-    pub stats: GuestStatsSnapshot,
-    /// Host RSS of the outsourced region at the end.
-    pub region_rss: u64,
-    /// Wall time of the vCPU loop.
-    pub elapsed: Duration,
-    /// The timed discard, for [`Backing::Plain`] with `discard_at_exit`.
-    pub discard: Option<Discard>,
-    /// Evictions the guest asked for through [`PORT_EVICT_ALL`].
-    pub evictions: Vec<EvictRecord>,
-}
-
-/// One eviction done for [`PORT_EVICT_ALL`].
-#[derive(Debug, Clone)]
-pub struct EvictRecord {
-    /// How long the eviction took.
-    pub took: Duration,
-    /// Bytes evicted, or the error.
-    pub result: std::result::Result<u64, memout_server::EvictError>,
-}
-
-impl RunReport {
-    /// Host time between checkpoints `a` and `b`, if both were recorded.
-    pub fn between(&self, a: u32, b: u32) -> Option<Duration> {
-        let at = |id| self.checkpoints.iter().find(|c| c.id == id).map(|c| c.at);
-        Some(at(b)?.saturating_sub(at(a)?))
-    }
-}
-
-impl RunReport {
-    /// True if the guest exited with code 0.
-    pub fn passed(&self) -> bool {
-        self.outcome == Outcome::Exited(0)
     }
 }
 
