@@ -126,7 +126,7 @@ impl RegionMemory {
     ///
     /// # Safety
     /// The mapping must stay mapped, and must not be accessed through Rust references, for as
-    /// long as the [`GuestHandle`] lives; the server does not unmap it.
+    /// long as the [`GuestHandle`](crate::GuestHandle) lives; the server does not unmap it.
     pub unsafe fn existing(host_addr: usize) -> Self {
         Self(Source::Existing(host_addr))
     }
@@ -168,7 +168,7 @@ pub struct GuestConfig {
     /// info page, the ring and extent lists must lie here. Must not include the outsourced
     /// region.
     pub shared: GuestMemoryMmap,
-    /// Called when the server stops the guest (see [`GuestFault`]); the VMM must then kick the
+    /// Called when the server stops the guest (see [`GuestFault`](crate::GuestFault)); the VMM must then kick the
     /// guest's vCPUs out of `KVM_RUN`, or the faulting vCPU stays blocked.
     pub on_fatal: Option<FatalNotifier>,
 }

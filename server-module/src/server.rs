@@ -70,7 +70,7 @@ impl ServerBuilder {
         self
     }
 
-    /// Threads that populate memory ahead of guests under [`PopulatePolicy::Eager`]
+    /// Threads that populate memory ahead of guests under [`PopulatePolicy::Eager`](crate::PopulatePolicy::Eager)
     /// (default 1: on a two-core host, one core runs the guest, the other fills ahead of it).
     pub fn eager_workers(mut self, n: usize) -> Self {
         self.eager_workers = n;
