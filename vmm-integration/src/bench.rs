@@ -6,10 +6,12 @@
 //! Times are host-clock intervals between two guest checkpoints (one exit each, counted
 //! against memout), except the shrink baseline, which times the host's madvise alone.
 
+mod error;
 pub mod populate;
 pub mod resize;
 pub mod swap;
 
+pub use error::{Error, Result};
 pub use populate::populate;
 pub use swap::swap;
 
@@ -203,9 +205,27 @@ pub(crate) struct Side {
     pub(crate) measure: fn(&RunReport) -> Option<f64>,
 }
 
-pub(crate) fn bench_image() -> Result<GuestImage, String> {
-    let bytes = crate::images::get("bench").ok_or("bench guest image missing")?;
-    GuestImage::parse(bytes.to_vec()).map_err(|e| e.to_string())
+pub(crate) fn bench_image() -> Result<GuestImage> {
+    image("bench")
+}
+
+/// The built-in guest image `name`.
+pub(crate) fn image(name: &'static str) -> Result<GuestImage> {
+    let bytes = crate::images::get(name).ok_or(Error::NoImage(name))?;
+    GuestImage::parse(bytes.to_vec()).map_err(|source| Error::Image { name, source })
+}
+
+/// Checks that `report` ended well (exit 0).
+pub(crate) fn passed(side: &str, report: &RunReport) -> Result<()> {
+    if report.passed() {
+        Ok(())
+    } else {
+        Err(Error::GuestFailed {
+            side: side.to_string(),
+            outcome: report.outcome.clone(),
+            output: report.output.join("\n"),
+        })
+    }
 }
 
 pub(crate) fn cfg(
@@ -234,8 +254,8 @@ pub(crate) fn measure(
     sides: &[Side],
     rounds: usize,
     mut keep: impl FnMut(&str, &RunReport),
-) -> Result<Vec<Series>, String> {
-    let server = Server::builder().build().map_err(|e| e.to_string())?;
+) -> Result<Vec<Series>> {
+    let server = Server::builder().build()?;
     let image = bench_image()?;
     let bar = ProgressBar::new(((rounds + 1) * sides.len()) as u64);
     bar.set_style(
@@ -252,17 +272,12 @@ pub(crate) fn measure(
     for round in 0..=rounds {
         for (i, side) in sides.iter().enumerate() {
             bar.set_message(side.name.clone());
-            let report = run_guest(&server, &image, &side.cfg).map_err(|e| e.to_string())?;
-            if !report.passed() {
-                return Err(format!(
-                    "{}: {}\n{}",
-                    side.name,
-                    report.outcome,
-                    report.output.join("\n")
-                ));
-            }
-            let v =
-                (side.measure)(&report).ok_or_else(|| format!("{}: no measurement", side.name))?;
+            let report = run_guest(&server, &image, &side.cfg)?;
+            passed(&side.name, &report)?;
+            let v = (side.measure)(&report).ok_or_else(|| Error::NoMeasurement {
+                side: side.name.clone(),
+                what: "measurement",
+            })?;
             if round > 0 {
                 series[i].samples.push(v);
                 keep(&side.name, &report);
@@ -297,7 +312,7 @@ pub(crate) fn ratio(
 /// `rpc`: ALLOC+FREE of one page per doorbell (pipelined: the FREE of the page held and the
 /// ALLOC of the next travel in one doorbell), unpipelined (a doorbell each), and 512 pages per
 /// doorbell, vs a bare doorbell exit with nothing posted.
-pub fn rpc(o: &BenchOpts) -> Result<BenchResult, String> {
+pub fn rpc(o: &BenchOpts) -> Result<BenchResult> {
     const ITERS: u32 = 2000;
     const BATCH_ROUNDS: u32 = 200;
     let sides = vec![
@@ -362,7 +377,7 @@ pub fn rpc(o: &BenchOpts) -> Result<BenchResult, String> {
 
 /// `shrink`: return N MiB (default 1 GiB) a guest held and touched, by one FREE through the
 /// ring, vs `madvise(MADV_DONTNEED)` of the same amount of touched plain guest memory.
-pub fn shrink(o: &BenchOpts) -> Result<BenchResult, String> {
+pub fn shrink(o: &BenchOpts) -> Result<BenchResult> {
     let mib = o.mib.unwrap_or(1024);
     let sides = vec![
         Side {

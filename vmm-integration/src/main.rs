@@ -97,18 +97,56 @@ enum Cmd {
     Guests,
 }
 
+/// Why a `memout` command failed (printed after `memout: `, exit status 1).
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    /// No usable /dev/kvm.
+    #[error("memout needs KVM to run guests, and /dev/kvm cannot be opened")]
+    NoKvm,
+    #[error(transparent)]
+    Image(#[from] memout_vmm::image::Error),
+    #[error(transparent)]
+    Server(#[from] memout_server::server::Error),
+    #[error(transparent)]
+    Run(#[from] runner::Error),
+    #[error(transparent)]
+    Bench(#[from] memout_vmm::bench::Error),
+    #[error("cannot create a backing store in {dir}: {source}")]
+    Store {
+        dir: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("unknown eviction {0:?} (none, store, kernel)")]
+    UnknownEviction(String),
+    #[error("unknown scenario {0:?} (populate, rpc, shrink, swap, resize)")]
+    UnknownScenario(String),
+    #[error("--rounds {0} is outside 1..=1000")]
+    Rounds(usize),
+    #[error("--mib must be in 1..=65536")]
+    Mib,
+    /// The guest did not exit 0.
+    #[error("{0}")]
+    Guest(runner::Outcome),
+    #[error("host RSS did not drop after the guest freed memory")]
+    RssDidNotDrop,
+}
+
 fn eviction_of(
     name: &str,
     dir: &std::path::Path,
     region: u64,
-) -> Result<memout_server::Eviction, String> {
+) -> Result<memout_server::Eviction, CliError> {
     match name {
         "none" => Ok(memout_server::Eviction::None),
         "kernel" => Ok(memout_server::Eviction::Kernel),
         "store" => memout_server::FileStore::create(dir, "guest", region)
             .map(|s| memout_server::Eviction::Store(std::sync::Arc::new(s)))
-            .map_err(|e| format!("cannot create a backing store in {}: {e}", dir.display())),
-        other => Err(format!("unknown eviction {other:?} (none, store, kernel)")),
+            .map_err(|source| CliError::Store {
+                dir: dir.to_path_buf(),
+                source,
+            }),
+        other => Err(CliError::UnknownEviction(other.to_string())),
     }
 }
 
@@ -117,12 +155,12 @@ fn parse_policy(s: &str) -> Result<PopulatePolicy, String> {
         .ok_or_else(|| format!("unknown policy {s:?} (per-page, fault-around, eager)"))
 }
 
-fn load(image: &str) -> Result<GuestImage, String> {
+fn load(image: &str) -> Result<GuestImage, CliError> {
     let r = match memout_vmm::images::get(image) {
         Some(b) if !std::path::Path::new(image).exists() => GuestImage::parse(b.to_vec()),
         _ => GuestImage::from_file(std::path::Path::new(image)),
     };
-    r.map_err(|e| e.to_string())
+    Ok(r?)
 }
 
 fn main() -> ExitCode {
@@ -181,7 +219,7 @@ fn main() -> ExitCode {
             if report.passed() {
                 Ok(())
             } else {
-                Err(report.outcome.to_string())
+                Err(CliError::Guest(report.outcome))
             }
         }),
         Cmd::Bench {
@@ -208,12 +246,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(img: &GuestImage, cfg: &RunConfig) -> Result<RunReport, String> {
+fn run(img: &GuestImage, cfg: &RunConfig) -> Result<RunReport, CliError> {
     if !memout_vmm::vm::kvm_available() {
-        return Err("SKIPPED: no /dev/kvm: memout needs KVM to run guests".into());
+        return Err(CliError::NoKvm);
     }
-    let server = Server::builder().build().map_err(|e| e.to_string())?;
-    runner::run_guest(&server, img, cfg).map_err(|e| e.to_string())
+    let server = Server::builder().build()?;
+    Ok(runner::run_guest(&server, img, cfg)?)
 }
 
 fn mib(b: u64) -> f64 {
@@ -247,7 +285,7 @@ fn print_stats(r: &RunReport) {
     );
 }
 
-fn demo(json: bool) -> Result<(), String> {
+fn demo(json: bool) -> Result<(), CliError> {
     let img = load("demo")?;
     let cfg = RunConfig {
         name: "demo".into(),
@@ -307,11 +345,11 @@ fn demo(json: bool) -> Result<(), String> {
         );
     }
     if !r.passed() {
-        return Err(r.outcome.to_string());
+        return Err(CliError::Guest(r.outcome));
     }
     match (before, after) {
         (Some(b), Some(a)) if a < b => Ok(()),
-        _ => Err("host RSS did not drop after the guest freed memory".into()),
+        _ => Err(CliError::RssDidNotDrop),
     }
 }
 
@@ -322,29 +360,25 @@ fn bench(
     json: bool,
     dir: std::path::PathBuf,
     zero_pct: u32,
-) -> Result<(), String> {
+) -> Result<(), CliError> {
     use memout_vmm::bench;
     if rounds == 0 || rounds > 1000 {
-        return Err(format!("--rounds {rounds} is outside 1..=1000"));
+        return Err(CliError::Rounds(rounds));
     }
     if mib.is_some_and(|m| m == 0 || m > 64 << 10) {
-        return Err("--mib must be in 1..=65536".into());
+        return Err(CliError::Mib);
     }
-    type Scenario = fn(&bench::BenchOpts) -> Result<bench::BenchResult, String>;
+    type Scenario = fn(&bench::BenchOpts) -> bench::Result<bench::BenchResult>;
     let run: Scenario = match scenario {
         "populate" => bench::populate,
         "rpc" => bench::rpc,
         "shrink" => bench::shrink,
         "swap" => bench::swap,
         "resize" => bench::resize::run,
-        other => {
-            return Err(format!(
-                "unknown scenario {other:?} (populate, rpc, shrink, swap, resize)"
-            ));
-        }
+        other => return Err(CliError::UnknownScenario(other.to_string())),
     };
     if !memout_vmm::vm::kvm_available() {
-        return Err("SKIPPED: no /dev/kvm: benchmarks need KVM".into());
+        return Err(CliError::NoKvm);
     }
     let result = run(&bench::BenchOpts {
         mib,

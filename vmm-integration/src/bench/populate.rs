@@ -13,7 +13,7 @@ const DEMAND: &str = "baseline: demand paging (THP default)";
 const AHEAD: &str = "baseline: demand paging + populate-ahead thread";
 
 /// Runs the scenario.
-pub fn populate(o: &BenchOpts) -> Result<BenchResult, String> {
+pub fn populate(o: &BenchOpts) -> super::Result<BenchResult> {
     let mib = o.mib.unwrap_or(256);
     let plain = |populate_ahead| Backing::Plain {
         discard_at_exit: false,

@@ -14,7 +14,7 @@
 //! same 768 MiB (2 MiB at a time, to a file in the same directory) followed by that madvise.
 //! Rounds alternate the sides after one warm-up round of each.
 
-use super::{BenchOpts, BenchResult, Ratio, Series};
+use super::{BenchOpts, BenchResult, Error, Ratio, Result, Series, passed};
 use crate::image::GuestImage;
 use crate::runner::{RunConfig, run_guest};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -57,7 +57,7 @@ fn shrink_once(
     from: u64,
     to: u64,
     case: Case,
-) -> Result<Round, String> {
+) -> Result<Round> {
     let mib = (from / MIB) as u32;
     // resizer: hold `mib`, bench mode; pool mode keeps `to` in use and the rest in the pool.
     let arg = mib
@@ -68,9 +68,7 @@ fn shrink_once(
             Case::Evict => 1 << 16,
         };
     let eviction = match case {
-        Case::Evict => Eviction::Store(Arc::new(
-            FileStore::create(&o.dir, "bench-resize", from).map_err(|e| e.to_string())?,
-        )),
+        Case::Evict => Eviction::Store(Arc::new(FileStore::create(&o.dir, "bench-resize", from)?)),
         _ => Eviction::None,
     };
     let cfg = RunConfig {
@@ -96,7 +94,7 @@ fn shrink_once(
                     }
                 }
                 if Instant::now() > end || run.is_finished() {
-                    return Err("the guest did not fill its memory".to_string());
+                    return Err(Error::NotFilled);
                 }
                 std::thread::sleep(Duration::from_millis(20));
             };
@@ -105,14 +103,15 @@ fn shrink_once(
                 Case::Evict => Duration::ZERO,
                 _ => Duration::from_secs(30),
             };
-            let p = core
-                .resize(to, ResizeOptions { release_deadline })
-                .map_err(|e| e.to_string())?;
+            let p = core.resize(to, ResizeOptions { release_deadline })?;
             let p = core
                 .wait_resize(p.id, Duration::from_secs(120))
-                .ok_or("resize lost")?;
+                .ok_or(Error::NotFilled)?;
             if p.phase != ResizePhase::Done {
-                return Err(format!("resize ended {}: {:?}", p.phase.name(), p.note));
+                return Err(Error::ResizeEnded {
+                    phase: p.phase.name(),
+                    note: p.note,
+                });
             }
             let rss_after = mapping_rss(core.region().addr()).unwrap_or(u64::MAX);
             Ok(Round {
@@ -121,21 +120,16 @@ fn shrink_once(
             })
         })();
         finish.store(true, std::sync::atomic::Ordering::SeqCst);
-        let report = run
-            .join()
-            .map_err(|_| "runner panicked".to_string())?
-            .map_err(|e| e.to_string())?;
-        if !report.passed() {
-            return Err(format!("{}: {}", report.outcome, report.output.join("\n")));
-        }
+        let report = run.join().map_err(|_| Error::RunnerPanicked)??;
+        passed("resizer", &report)?;
         result
     })
 }
 
 /// Drops `bytes` of touched anonymous memory; with `save_to`, writes them to an O_DIRECT file
 /// there first (2 MiB at a time). Returns the time of the whole.
-fn madvise_once(bytes: u64, save_to: Option<&std::path::Path>) -> Result<f64, String> {
-    let r = HostRegion::plain(bytes as usize).map_err(|e| e.to_string())?;
+fn madvise_once(bytes: u64, save_to: Option<&std::path::Path>) -> Result<f64> {
+    let r = HostRegion::plain(bytes as usize)?;
     let mut x = 0x2545_f491_4f6c_dd1du64;
     for off in (0..bytes as usize).step_by(8) {
         x ^= x << 13;
@@ -145,9 +139,7 @@ fn madvise_once(bytes: u64, save_to: Option<&std::path::Path>) -> Result<f64, St
         unsafe { ((r.addr() + off) as *mut u64).write_volatile(x) };
     }
     let file = match save_to {
-        Some(dir) => {
-            Some(FileStore::create(dir, "bench-resize-base", bytes).map_err(|e| e.to_string())?)
-        }
+        Some(dir) => Some(FileStore::create(dir, "bench-resize-base", bytes)?),
         None => None,
     };
     let t = Instant::now();
@@ -158,29 +150,27 @@ fn madvise_once(bytes: u64, save_to: Option<&std::path::Path>) -> Result<f64, St
             // SAFETY: the range is inside our mapping, populated above, and nothing writes it
             // while the slice lives.
             let data = unsafe { r.bytes(off, n) };
-            f.write((off / 4096) as u64, data)
-                .map_err(|e| e.to_string())?;
+            f.write((off / 4096) as u64, data)?;
         }
     }
-    r.discard(0, bytes as usize).map_err(|e| e.to_string())?;
+    r.discard(0, bytes as usize)?;
     Ok(t.elapsed().as_secs_f64() * 1e3)
 }
 
 /// Runs the scenario (see the module docs). `--mib` sets the starting size (default 1024);
 /// the target is a quarter of it.
-pub fn run(o: &BenchOpts) -> Result<BenchResult, String> {
+pub fn run(o: &BenchOpts) -> Result<BenchResult> {
     let from = o.mib.unwrap_or(1024) * MIB;
     let to = (from / 4).max(2 * MIB) / (2 * MIB) * (2 * MIB);
     if from < 8 * MIB {
-        return Err("--mib must be at least 8 for resize".into());
+        return Err(Error::Mib {
+            mib: from / MIB,
+            min: 8,
+            max: 64 << 10,
+        });
     }
-    let image = GuestImage::parse(
-        crate::images::get("resizer")
-            .ok_or("resizer guest image missing")?
-            .to_vec(),
-    )
-    .map_err(|e| e.to_string())?;
-    let server = Server::builder().build().map_err(|e| e.to_string())?;
+    let image = super::image("resizer")?;
+    let server = Server::builder().build()?;
     let cases = [Case::Pool, Case::Release, Case::Evict];
     let base = "baseline (madvise DONTNEED)";
     let base_io = "baseline (O_DIRECT write + madvise)";

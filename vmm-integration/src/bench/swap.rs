@@ -12,7 +12,10 @@
 //! Favourable to memout: zero pages are not written to its store (the kernel writes them to
 //! swap; O_DIRECT writes every byte).
 
-use super::{BenchOpts, BenchResult, Series, bench_image, cfg, ms_between_checkpoints_at, ratio};
+use super::{
+    BenchOpts, BenchResult, Error, Result, Series, bench_image, cfg, ms_between_checkpoints_at,
+    passed, ratio,
+};
 use crate::runner::{Backing, RunReport, run_guest};
 use crate::swapfile::Swapfile;
 use indicatif::ProgressBar;
@@ -36,30 +39,28 @@ fn guest_round(
     mib: u64,
     arg_param: u32,
     eviction: Eviction,
-) -> Result<(f64, f64, f64), String> {
+) -> Result<(f64, f64, f64)> {
     let image = bench_image()?;
     let mut c = cfg("swap-guest", 8, arg_param, mib, Backing::Memout);
     c.eviction = eviction;
-    let r: RunReport = run_guest(server, &image, &c).map_err(|e| e.to_string())?;
-    if !r.passed() {
-        return Err(format!(
-            "swap guest: {}\n{}",
-            r.outcome,
-            r.output.join("\n")
-        ));
-    }
-    let ev = r.evictions.first().ok_or("no eviction recorded")?;
-    let evicted = ev.result.clone().map_err(|e| e.to_string())?;
+    let r: RunReport = run_guest(server, &image, &c)?;
+    passed("swap guest", &r)?;
+    let missing = |what| Error::NoMeasurement {
+        side: "swap guest".into(),
+        what,
+    };
+    let ev = r.evictions.first().ok_or_else(|| missing("eviction"))?;
+    let evicted = ev.result.clone()?;
     let out_ms = ev.took.as_secs_f64() * 1e3;
-    let in_ms = ms_between_checkpoints_at(&r, 2, 3).ok_or("no swap-in time")?;
+    let in_ms = ms_between_checkpoints_at(&r, 2, 3).ok_or_else(|| missing("swap-in time"))?;
     Ok((out_ms, in_ms, evicted as f64 / (mib << 20) as f64))
 }
 
 /// O_DIRECT write then read of `mib` MiB in 2 MiB chunks of random bytes: (out ms, in ms).
-fn direct_round(dir: &std::path::Path, mib: u64) -> Result<(f64, f64), String> {
+fn direct_round(dir: &std::path::Path, mib: u64) -> Result<(f64, f64)> {
     let chunk = 2usize << 20;
-    let file = FileStore::create(dir, "baseline", mib << 20).map_err(|e| e.to_string())?;
-    let mut buf = memout_server::host_mem::AlignedBuf::new(chunk).map_err(|e| e.to_string())?;
+    let file = FileStore::create(dir, "baseline", mib << 20)?;
+    let mut buf = memout_server::host_mem::AlignedBuf::new(chunk)?;
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     for w in buf.as_mut_slice().chunks_exact_mut(8) {
         x ^= x << 13;
@@ -70,26 +71,31 @@ fn direct_round(dir: &std::path::Path, mib: u64) -> Result<(f64, f64), String> {
     let n = (mib << 20) as usize / chunk;
     let t = Instant::now();
     for i in 0..n {
-        file.write((i * chunk / 4096) as u64, buf.as_slice())
-            .map_err(|e| e.to_string())?;
+        file.write((i * chunk / 4096) as u64, buf.as_slice())?;
     }
     let write_ms = t.elapsed().as_secs_f64() * 1e3;
     let t = Instant::now();
     for i in 0..n {
-        file.read((i * chunk / 4096) as u64, buf.as_mut_slice())
-            .map_err(|e| e.to_string())?;
+        file.read((i * chunk / 4096) as u64, buf.as_mut_slice())?;
     }
     Ok((write_ms, t.elapsed().as_secs_f64() * 1e3))
 }
 
 /// Runs the scenario.
-pub fn swap(o: &BenchOpts) -> Result<BenchResult, String> {
+pub fn swap(o: &BenchOpts) -> Result<BenchResult> {
     let mib = o.mib.unwrap_or(512);
-    if mib >= 1 << 17 || o.zero_pct > 100 {
-        return Err("swap: --mib must be below 131072 and --zero-pct at most 100".into());
+    if mib >= 1 << 17 {
+        return Err(Error::Mib {
+            mib,
+            min: 1,
+            max: (1 << 17) - 1,
+        });
+    }
+    if o.zero_pct > 100 {
+        return Err(Error::ZeroPercent(o.zero_pct));
     }
     let param = (mib as u32) | (o.zero_pct << 17);
-    let server = Server::builder().build().map_err(|e| e.to_string())?;
+    let server = Server::builder().build()?;
     // The peer: a swapfile with room for the guest's memory, removed at the end.
     let swap = Swapfile::create(&o.dir, "bench", (mib + 64) << 20);
     let kernel_note = swap.as_ref().err().map(|e| e.to_string());
@@ -103,7 +109,7 @@ pub fn swap(o: &BenchOpts) -> Result<BenchResult, String> {
     let bar = ProgressBar::new(((o.rounds + 1) * 3) as u64);
     let mut worst_fraction: [f64; 2] = [1.0, 1.0];
     for round in 0..=o.rounds {
-        let store = FileStore::create(&o.dir, "bench", mib << 20).map_err(|e| e.to_string())?;
+        let store = FileStore::create(&o.dir, "bench", mib << 20)?;
         let (m_out, m_in, m_frac) =
             guest_round(&server, mib, param, Eviction::Store(Arc::new(store)))?;
         bar.inc(1);
@@ -167,7 +173,7 @@ pub fn swap(o: &BenchOpts) -> Result<BenchResult, String> {
     extra.insert("mib".into(), json!(mib));
     extra.insert("zero_page_percent".into(), json!(o.zero_pct));
     extra.insert("dir".into(), json!(o.dir.display().to_string()));
-    let probe = FileStore::create(&o.dir, "probe", 1 << 20).map_err(|e| e.to_string())?;
+    let probe = FileStore::create(&o.dir, "probe", 1 << 20)?;
     extra.insert("store_o_direct".into(), json!(probe.direct()));
     extra.insert(
         "memout_evicted_fraction_worst".into(),
