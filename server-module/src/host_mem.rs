@@ -51,6 +51,9 @@ pub struct HostRegion {
     addr: usize,
     size: usize,
     owned: bool,
+    /// `/proc/self/pagemap`, opened on first use by [`in_core`](Self::in_core) (kernel-mode
+    /// eviction asks every 10 ms).
+    pagemap: std::sync::OnceLock<std::fs::File>,
 }
 
 impl HostRegion {
@@ -88,6 +91,7 @@ impl HostRegion {
             addr: p as usize,
             size,
             owned: true,
+            pagemap: std::sync::OnceLock::new(),
         })
     }
 
@@ -101,6 +105,7 @@ impl HostRegion {
             addr,
             size,
             owned: false,
+            pagemap: std::sync::OnceLock::new(),
         }
     }
 
@@ -166,11 +171,15 @@ impl HostRegion {
             "range outside region"
         );
         let addr = self.addr + offset;
-        crate::procfs::pages_present(addr, len).map_err(|source| Error::Pagemap {
-            addr,
-            len,
-            source,
-        })
+        let err = |source| Error::Pagemap { addr, len, source };
+        let pagemap = match self.pagemap.get() {
+            Some(f) => f,
+            None => {
+                let f = std::fs::File::open("/proc/self/pagemap").map_err(err)?;
+                self.pagemap.get_or_init(|| f)
+            }
+        };
+        crate::procfs::pages_present(pagemap, addr, len).map_err(err)
     }
 
     /// Backs `[offset, offset + len)` with writable pages now (`MADV_POPULATE_WRITE`), as a
@@ -224,6 +233,7 @@ impl AlignedBuf {
                 addr: p as usize,
                 size: len,
                 owned: true,
+                pagemap: std::sync::OnceLock::new(),
             },
         })
     }

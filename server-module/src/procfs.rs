@@ -83,13 +83,17 @@ pub fn mapping_rss(addr: usize) -> Option<u64> {
 }
 
 /// Which pages of `[addr, addr + len)` of this process are present in RAM (bit 63 of each
-/// `/proc/self/pagemap` entry; a page in swap or in the swap cache is not). Unprivileged.
-pub fn pages_present(addr: usize, len: usize) -> std::io::Result<Vec<bool>> {
+/// entry of `pagemap`, this process's open `/proc/self/pagemap`; a page in swap or in the swap
+/// cache is not). Unprivileged.
+pub fn pages_present(
+    pagemap: &std::fs::File,
+    addr: usize,
+    len: usize,
+) -> std::io::Result<Vec<bool>> {
     use std::os::unix::fs::FileExt;
     let pages = len.div_ceil(4096);
     let mut raw = vec![0u8; pages * 8];
-    let f = std::fs::File::open("/proc/self/pagemap")?;
-    f.read_exact_at(&mut raw, (addr / 4096 * 8) as u64)?;
+    pagemap.read_exact_at(&mut raw, (addr / 4096 * 8) as u64)?;
     Ok(raw
         .chunks_exact(8)
         .map(|e| u64::from_le_bytes(e.try_into().expect("8 bytes")) >> 63 == 1)

@@ -12,8 +12,7 @@ use memout_server::{Eviction, ResizeOptions, Server};
 use memout_tests::needs_kvm;
 use memout_vmm::image::GuestImage;
 use memout_vmm::runner::{RunConfig, run_guest};
-use std::path::PathBuf;
-use std::process::Command;
+use memout_vmm::swapfile::Swapfile;
 use std::time::Duration;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
@@ -25,32 +24,6 @@ fn swap_lock() -> std::sync::MutexGuard<'static, ()> {
     SWAP_STATE.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-struct Swapfile(PathBuf);
-
-impl Swapfile {
-    fn new(tag: &str, mib: u64) -> Result<Self, String> {
-        let p = std::env::temp_dir().join(format!("memout-test-swap-{tag}-{}", std::process::id()));
-        let sh = |cmd: &str, args: &[&str]| {
-            let st = Command::new(cmd)
-                .args(args)
-                .output()
-                .map_err(|e| format!("{cmd}: {e}"))?;
-            st.status
-                .success()
-                .then_some(())
-                .ok_or_else(|| format!("{cmd} {args:?}: {}", String::from_utf8_lossy(&st.stderr)))
-        };
-        let path = p.to_str().unwrap().to_string();
-        let s = Swapfile(p); // from here on, Drop cleans up whatever was done
-        sh("fallocate", &["-l", &format!("{mib}M"), &path])?;
-        std::fs::set_permissions(&s.0, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .map_err(|e| e.to_string())?;
-        sh("mkswap", &[&path])?;
-        sh("swapon", &[&path])?;
-        Ok(s)
-    }
-}
-
 /// A swapfile for `test`, or `None` if the user opted out of the pieces it needs (uffd, swap);
 /// if they are missing without an opt-out the test fails naming them.
 fn swapfile(test: &str, tag: &str, mib: u64) -> Option<Swapfile> {
@@ -60,14 +33,8 @@ fn swapfile(test: &str, tag: &str, mib: u64) -> Option<Swapfile> {
     ) {
         return None;
     }
-    Some(Swapfile::new(tag, mib).unwrap_or_else(|e| panic!("{test}: cannot make a swapfile: {e}")))
-}
-
-impl Drop for Swapfile {
-    fn drop(&mut self) {
-        let _ = Command::new("swapoff").arg(&self.0).output();
-        let _ = std::fs::remove_file(&self.0);
-    }
+    let made = Swapfile::create(&std::env::temp_dir(), &format!("test-{tag}"), mib << 20);
+    Some(made.unwrap_or_else(|e| panic!("{test}: cannot make a swapfile: {e}")))
 }
 
 /// Where a 32 MiB kernel-mode budget may stand right after a guest streamed through its 128 MiB

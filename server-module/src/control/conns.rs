@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 /// A connection idle at least this long may be closed to admit a new one.
@@ -38,7 +39,7 @@ pub enum Admission {
 #[derive(Default)]
 pub struct ConnTable {
     conns: Mutex<HashMap<u64, Conn>>,
-    next: Mutex<u64>,
+    next: AtomicU64,
 }
 
 impl ConnTable {
@@ -79,11 +80,7 @@ impl ConnTable {
             }
             evicted = true;
         }
-        let id = {
-            let mut n = self.next.lock();
-            *n += 1;
-            *n
-        };
+        let id = self.next.fetch_add(1, Relaxed) + 1;
         let now = Instant::now();
         conns.insert(
             id,

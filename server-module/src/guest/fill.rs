@@ -61,8 +61,8 @@ impl GuestCore {
         let t0 = Instant::now();
         let frame = (addr.wrapping_sub(self.region.addr()) as u64) / PAGE_SIZE;
         let gpa = self.gpa(frame);
-        if self.fatal().is_some() {
-            return self.answer_stopped(frame);
+        if self.stopped_at.get().is_some() {
+            return self.answer_stopped(frame); // lock-free: every fault asks
         }
         let mut st = self.state();
         let (claims, swap_in, window) = loop {

@@ -16,6 +16,7 @@ use super::{
     BenchOpts, BenchResult, Error, Result, Series, bench_image, cfg, ms_between_checkpoints_at,
     passed, ratio,
 };
+use crate::image::GuestImage;
 use crate::runner::{Backing, RunReport, run_guest};
 use crate::swapfile::Swapfile;
 use indicatif::ProgressBar;
@@ -36,14 +37,14 @@ const NAMES: [&str; 6] = [
 /// (out ms, in ms, fraction of the memory evicted) of one guest run.
 fn guest_round(
     server: &Server,
+    image: &GuestImage,
     mib: u64,
     arg_param: u32,
     eviction: Eviction,
 ) -> Result<(f64, f64, f64)> {
-    let image = bench_image()?;
     let mut c = cfg("swap-guest", 8, arg_param, mib, Backing::Memout);
     c.eviction = eviction;
-    let r: RunReport = run_guest(server, &image, &c)?;
+    let r: RunReport = run_guest(server, image, &c)?;
     passed("swap guest", &r)?;
     let missing = |what| Error::NoMeasurement {
         side: "swap guest".into(),
@@ -96,6 +97,7 @@ pub fn swap(o: &BenchOpts) -> Result<BenchResult> {
     }
     let param = (mib as u32) | (o.zero_pct << 17);
     let server = Server::builder().build()?;
+    let image = bench_image()?;
     // The peer: a swapfile with room for the guest's memory, removed at the end.
     let swap = Swapfile::create(&o.dir, "bench", (mib + 64) << 20);
     let kernel_note = swap.as_ref().err().map(|e| e.to_string());
@@ -110,13 +112,18 @@ pub fn swap(o: &BenchOpts) -> Result<BenchResult> {
     let mut worst_fraction: [f64; 2] = [1.0, 1.0];
     for round in 0..=o.rounds {
         let store = FileStore::create(&o.dir, "bench", mib << 20)?;
-        let (m_out, m_in, m_frac) =
-            guest_round(&server, mib, param, Eviction::Store(Arc::new(store)))?;
+        let (m_out, m_in, m_frac) = guest_round(
+            &server,
+            &image,
+            mib,
+            param,
+            Eviction::Store(Arc::new(store)),
+        )?;
         bar.inc(1);
         let (d_out, d_in) = direct_round(&o.dir, mib)?;
         bar.inc(1);
         let kernel = match &swap {
-            Ok(_) => Some(guest_round(&server, mib, param, Eviction::Kernel)?),
+            Ok(_) => Some(guest_round(&server, &image, mib, param, Eviction::Kernel)?),
             Err(_) => None,
         };
         bar.inc(1);
