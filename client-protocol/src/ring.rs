@@ -1,7 +1,8 @@
 //! The guest↔host channel: info page, request ring, descriptors and extents.
 //!
 //! Every structure here is `repr(C)`, little-endian, and mirrored field by field in
-//! `guest-driver-c/include/memout_abi.h`. Sizes and offsets are asserted at compile time below
+//! `guest-driver-c/include/memout_abi.h`. zerocopy's derives prove each one has no padding and
+//! accepts every bit pattern, so encoding and decoding are plain byte copies. Sizes and offsets are asserted at compile time below
 //! and compared against the C header by the `abi_layout` test.
 //!
 //! The host never trusts the guest's copy of anything: it decodes a descriptor from bytes once
@@ -9,6 +10,8 @@
 //! [`Descriptor::encode_result`], which touches only the fields the host owns.
 
 use core::mem::{offset_of, size_of};
+
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// ABI version spoken by this crate. A guest announces its own in `HELLO`.
 pub const ABI_VERSION: u32 = 1;
@@ -40,7 +43,9 @@ pub const FEATURE_FASTPATH: u32 = 1 << 1;
 /// Written by the host at a fixed address before the guest starts; tells the guest where
 /// everything is.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct InfoPage {
     /// [`INFO_MAGIC`].
     pub magic: u64,
@@ -70,7 +75,9 @@ pub struct InfoPage {
 ///
 /// The guest owns `req_prod` and `host_msg_cons`; the host owns everything else.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct RingHeader {
     /// [`RING_MAGIC`].
     pub magic: u32,
@@ -102,7 +109,9 @@ pub struct RingHeader {
 
 /// One request and, after the doorbell, its response. 64 bytes, one cache line.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct Descriptor {
     /// Guest: an [`Opcode`] as `u16`.
     pub opcode: u16,
@@ -130,7 +139,9 @@ pub struct Descriptor {
 
 /// A run of frames: `pages` frames starting at guest-physical address `gpa` (page-aligned).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct Extent {
     /// Guest-physical address of the first frame.
     pub gpa: u64,
@@ -140,7 +151,9 @@ pub struct Extent {
 
 /// What the host writes for `STATS`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct GuestStats {
     /// Current quota in pages.
     pub quota_pages: u64,
@@ -233,96 +246,31 @@ impl Status {
     }
 }
 
-macro_rules! le_codec {
-    ($ty:ty { $($field:ident : $fty:tt),* $(,)? }) => {
+// The wire is little-endian and the structures are read and written in native order through
+// zerocopy, so a big-endian host must not compile this crate rather than misread every field.
+#[cfg(not(target_endian = "little"))]
+compile_error!("the memout ABI is little-endian; this crate encodes it in native byte order");
+
+macro_rules! wire_bytes {
+    ($($ty:ty),* $(,)?) => {$(
         impl $ty {
             /// Size of the encoded structure in bytes.
             pub const SIZE: usize = size_of::<$ty>();
 
-            /// Encodes to little-endian bytes, field by field.
+            /// The structure's bytes as they travel on the wire (little-endian, no padding).
             pub fn to_bytes(&self) -> [u8; Self::SIZE] {
-                let mut out = [0u8; Self::SIZE];
-                $( le_codec!(@put out, offset_of!($ty, $field), self.$field, $fty); )*
-                out
+                zerocopy::transmute!(*self)
             }
 
-            /// Decodes from little-endian bytes, field by field.
+            /// Reads the structure from its wire bytes. Every bit pattern is valid.
             pub fn from_bytes(b: &[u8; Self::SIZE]) -> Self {
-                Self { $( $field: le_codec!(@get b, offset_of!($ty, $field), $fty), )* }
+                zerocopy::transmute!(*b)
             }
         }
-    };
-    (@put $out:ident, $off:expr, $v:expr, [u64; $n:literal]) => {
-        for (i, x) in $v.iter().enumerate() {
-            $out[$off + 8 * i..$off + 8 * i + 8].copy_from_slice(&x.to_le_bytes());
-        }
-    };
-    (@put $out:ident, $off:expr, $v:expr, $t:ty) => {
-        $out[$off..$off + size_of::<$t>()].copy_from_slice(&$v.to_le_bytes());
-    };
-    (@get $b:ident, $off:expr, [u64; $n:literal]) => {{
-        let mut a = [0u64; $n];
-        for (i, x) in a.iter_mut().enumerate() {
-            *x = u64::from_le_bytes($b[$off + 8 * i..$off + 8 * i + 8].try_into().unwrap());
-        }
-        a
-    }};
-    (@get $b:ident, $off:expr, $t:ty) => {
-        <$t>::from_le_bytes($b[$off..$off + size_of::<$t>()].try_into().unwrap())
-    };
+    )*};
 }
 
-le_codec!(InfoPage {
-    magic: u64,
-    abi_version: u32,
-    features: u32,
-    ring_gpa: u64,
-    ring_slots: u32,
-    reserved0: u32,
-    region_gpa: u64,
-    region_size: u64,
-    quota_pages: u64,
-    fastpath_gpa: u64,
-    reserved: [u64; 8],
-});
-le_codec!(RingHeader {
-    magic: u32,
-    abi_version: u16,
-    slots: u16,
-    req_prod: u32,
-    req_cons: u32,
-    rsp_prod: u32,
-    ring_status: u32,
-    host_msg_prod: u32,
-    host_msg_cons: u32,
-    quota_pages: u64,
-    release_pages: u64,
-    reserved: [u64; 2],
-});
-le_codec!(Descriptor {
-    opcode: u16,
-    flags: u16,
-    tag: u32,
-    status: u32,
-    nr_extents: u32,
-    pages: u64,
-    extents_gpa: u64,
-    arg0: u64,
-    arg1: u64,
-    reserved: [u64; 2],
-});
-le_codec!(Extent {
-    gpa: u64,
-    pages: u64
-});
-le_codec!(GuestStats {
-    quota_pages: u64,
-    allocated_pages: u64,
-    resident_pages: u64,
-    faults: u64,
-    freed_pages: u64,
-    reserved: [u64; 3],
-});
+wire_bytes!(InfoPage, RingHeader, Descriptor, Extent, GuestStats);
 
 impl Descriptor {
     /// Decodes a descriptor the guest wrote (the host's private copy).

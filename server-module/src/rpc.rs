@@ -14,6 +14,7 @@ use memout_protocol::ring::{
 };
 use std::sync::atomic::Ordering::Relaxed;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use zerocopy::IntoBytes;
 
 /// Most extents one ALLOC or FREE may carry (64 KiB of extent list).
 pub const MAX_EXTENTS_PER_REQUEST: u32 = 4096;
@@ -184,11 +185,10 @@ fn alloc(core: &GuestCore, mem: &GuestMemoryMmap, d: &mut Descriptor) -> Result<
     let bytes = extent_list_len(&probe)?;
     in_shared(mem, d.extents_gpa, bytes)?;
     let extents = core.alloc(want, cap as usize, d.flags & ALLOC_PARTIAL != 0)?;
-    let mut buf = Vec::with_capacity(extents.len() * Extent::SIZE);
-    for e in &extents {
-        buf.extend_from_slice(&e.to_bytes());
-    }
-    if mem.write_slice(&buf, GuestAddress(d.extents_gpa)).is_err() {
+    if mem
+        .write_slice(extents.as_bytes(), GuestAddress(d.extents_gpa))
+        .is_err()
+    {
         core.undo_alloc(&extents);
         return Err(Status::BadPointer);
     }
@@ -204,20 +204,17 @@ fn free(core: &GuestCore, mem: &GuestMemoryMmap, d: &mut Descriptor) -> Result<(
     }
     let bytes = extent_list_len(d)?;
     in_shared(mem, d.extents_gpa, bytes)?;
-    let mut buf = vec![0u8; bytes as usize];
-    mem.read_slice(&mut buf, GuestAddress(d.extents_gpa))
+    // The host's private copy: the guest may rewrite its list while this runs.
+    let mut list = vec![Extent::default(); d.nr_extents as usize];
+    mem.read_slice(list.as_mut_bytes(), GuestAddress(d.extents_gpa))
         .map_err(|_| Status::BadPointer)?;
-    let mut runs = Vec::with_capacity(d.nr_extents as usize);
-    for chunk in buf.chunks_exact(Extent::SIZE) {
-        let e = Extent::from_bytes(chunk.try_into().expect("exact chunk"));
-        runs.push(
-            core.run_of(&e)
-                .ok_or(if e.gpa % 4096 != 0 || e.pages == 0 {
-                    Status::Invalid
-                } else {
-                    Status::NotOwned
-                })?,
-        );
+    let mut runs = Vec::with_capacity(list.len());
+    for e in &list {
+        runs.push(core.run_of(e).ok_or(if e.gpa % 4096 != 0 || e.pages == 0 {
+            Status::Invalid
+        } else {
+            Status::NotOwned
+        })?);
     }
     d.pages = core.free(&runs)?;
     Ok(())
