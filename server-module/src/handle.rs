@@ -3,11 +3,11 @@
 //! stops the guest's fault handler and unmaps its region.
 
 use crate::config::ConfigError;
+use crate::guest::ResizeReport;
 use crate::guest::{EvictError, GuestCore, GuestFault, ResizeError, ResizeOptions};
 use crate::populate::PopulatePolicy;
 use crate::rpc::{self, DoorbellOutcome, RingCursor};
 use crate::stats::GuestStatsSnapshot;
-use memout_protocol::control::ResizeProgress;
 use memout_protocol::ring::PAGE_SIZE;
 use nix::sys::eventfd::EventFd;
 use parking_lot::Mutex;
@@ -95,17 +95,17 @@ impl GuestHandle {
         &self,
         bytes: u64,
         opts: ResizeOptions,
-    ) -> std::result::Result<ResizeProgress, ResizeError> {
+    ) -> std::result::Result<ResizeReport, ResizeError> {
         self.core.resize(bytes, opts)
     }
 
     /// The guest's latest resize.
-    pub fn resize_progress(&self) -> Option<ResizeProgress> {
+    pub fn resize_progress(&self) -> Option<ResizeReport> {
         self.core.resize_progress()
     }
 
     /// Waits at most `timeout` for resize `id` to end.
-    pub fn wait_resize(&self, id: u64, timeout: std::time::Duration) -> Option<ResizeProgress> {
+    pub fn wait_resize(&self, id: u64, timeout: std::time::Duration) -> Option<ResizeReport> {
         self.core.wait_resize(id, timeout)
     }
 

@@ -54,7 +54,10 @@ pub mod store;
 pub mod uffd;
 
 pub use config::{ChannelConfig, ConfigError, GuestConfig, RegionMemory};
-pub use guest::{EvictError, Eviction, FatalNotifier, GuestFault, ResizeError, ResizeOptions};
+pub use guest::{
+    EvictError, Eviction, FatalNotifier, GuestFault, ResizeError, ResizeOptions, ResizeReport,
+    ResizeStage, Shortfall,
+};
 pub use handle::GuestHandle;
 pub use populate::PopulatePolicy;
 pub use registry::Registry;

@@ -3,10 +3,10 @@
 //! deadline, or ends incomplete without a store; a newer resize supersedes an older one; the
 //! guest's data survives all of it.
 
-use memout_protocol::control::ResizePhase;
 use memout_protocol::ring::*;
 use memout_server::ring_driver::{RingDriver, TEST_RING_GPA as RING, host_test_config};
 use memout_server::{Eviction, FileStore, GuestHandle, ResizeOptions, Server};
+use memout_server::{ResizeStage, Shortfall};
 use std::sync::Arc;
 use std::time::Duration;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -84,7 +84,7 @@ fn grow_is_posted_to_the_guest_at_once() {
     };
     let before = header(&mem);
     let p = h.resize(48 * MIB, opts(100)).unwrap();
-    assert_eq!(p.phase, ResizePhase::Done);
+    assert_eq!(p.stage, ResizeStage::Done);
     let after = header(&mem);
     assert_eq!(after.host_msg_prod, before.host_msg_prod.wrapping_add(1));
     assert_eq!(after.quota_pages, 48 * MIB / PAGE_SIZE);
@@ -98,7 +98,7 @@ fn shrink_met_by_the_guest_releasing() {
         return;
     };
     let first = h.resize(8 * MIB, opts(5_000)).unwrap();
-    assert_eq!(first.phase, ResizePhase::Releasing);
+    assert_eq!(first.stage, ResizeStage::Releasing);
     let hd = header(&mem);
     assert_eq!(
         hd.release_pages,
@@ -124,10 +124,13 @@ fn shrink_met_by_the_guest_releasing() {
     assert_eq!(d.status, 0);
     assert_eq!(header(&mem).release_pages, 0, "refreshed on the doorbell");
     let end = h.wait_resize(first.id, Duration::from_secs(10)).unwrap();
-    assert_eq!(end.phase, ResizePhase::Done, "{end:?}");
-    assert_eq!(end.released_bytes, 24 * MIB);
-    assert_eq!(end.evicted_bytes, 0);
-    assert!(end.elapsed_us < 5_000_000, "ended before the deadline");
+    assert_eq!(end.stage, ResizeStage::Done, "{end:?}");
+    assert_eq!(end.released_pages * PAGE_SIZE, 24 * MIB);
+    assert_eq!(end.evicted_pages, 0);
+    assert!(
+        end.elapsed < Duration::from_secs(5),
+        "ended before the deadline"
+    );
     assert_eq!(bad_pages(&h, 2048), 0);
 }
 
@@ -138,10 +141,10 @@ fn shrink_of_an_ignoring_guest_evicts_and_keeps_its_data() {
     };
     let first = h.resize(8 * MIB, opts(50)).unwrap();
     let end = h.wait_resize(first.id, Duration::from_secs(30)).unwrap();
-    assert_eq!(end.phase, ResizePhase::Done, "{end:?}");
-    assert_eq!(end.released_bytes, 0);
-    assert!(end.evicted_bytes >= 24 * MIB, "{end:?}");
-    assert!(end.resident_bytes <= 8 * MIB);
+    assert_eq!(end.stage, ResizeStage::Done, "{end:?}");
+    assert_eq!(end.released_pages, 0);
+    assert!(end.evicted_pages * PAGE_SIZE >= 24 * MIB, "{end:?}");
+    assert!(end.resident_pages * PAGE_SIZE <= 8 * MIB);
     let rss = memout_server::procfs::mapping_rss(h.region_host_addr()).unwrap();
     assert!(rss <= 8 * MIB, "host RSS {rss} above the target");
     // Every page comes back intact, and the target stays a cap while the guest runs.
@@ -153,7 +156,7 @@ fn shrink_of_an_ignoring_guest_evicts_and_keeps_its_data() {
     );
     // Growing again lifts the cap to the new size.
     let g = h.resize(32 * MIB, opts(50)).unwrap();
-    assert_eq!(g.phase, ResizePhase::Done);
+    assert_eq!(g.stage, ResizeStage::Done);
     assert_eq!(bad_pages(&h, PAGES), 0);
     assert!(h.stats().resident_pages * PAGE_SIZE > 16 * MIB);
 }
@@ -165,12 +168,9 @@ fn shrink_without_a_store_ends_incomplete_and_loses_nothing() {
     };
     let first = h.resize(8 * MIB, opts(20)).unwrap();
     let end = h.wait_resize(first.id, Duration::from_secs(10)).unwrap();
-    assert_eq!(end.phase, ResizePhase::Incomplete);
+    assert_eq!(end.stage, ResizeStage::Incomplete);
     assert!(
-        end.note
-            .as_deref()
-            .unwrap_or("")
-            .contains("no backing store"),
+        matches!(end.shortfall, Some(Shortfall::NoBackingStore { pages }) if pages > 0),
         "{end:?}"
     );
     assert_eq!(bad_pages(&h, PAGES), 0);
@@ -185,7 +185,7 @@ fn a_newer_resize_supersedes_an_older_one() {
     };
     let old = h.resize(8 * MIB, opts(10_000)).unwrap();
     let new = h.resize(32 * MIB, opts(10)).unwrap();
-    assert_eq!(new.phase, ResizePhase::Done);
+    assert_eq!(new.stage, ResizeStage::Done);
     let end = h.wait_resize(old.id, Duration::from_secs(5));
     // The progress reported is the newest resize's; the old one ended superseded, having
     // evicted nothing.

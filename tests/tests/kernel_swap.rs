@@ -5,8 +5,8 @@
 //! Also: a resize of a kernel-mode guest evicts through the kernel's swap too, and the data
 //! comes back intact.
 
-use memout_protocol::control::ResizePhase;
 use memout_protocol::ring::PAGE_SIZE;
+use memout_server::ResizeStage;
 use memout_server::ring_driver::{RingDriver, host_test_config};
 use memout_server::{Eviction, ResizeOptions, Server};
 use memout_tests::needs_kvm;
@@ -279,8 +279,8 @@ fn kernel_mode_resize_pages_out_to_the_target_and_keeps_the_data() {
         .unwrap();
     let end = h.wait_resize(first.id, Duration::from_secs(60)).unwrap();
     let rss = memout_server::procfs::mapping_rss(h.region_host_addr()).unwrap();
-    assert_eq!(end.phase, ResizePhase::Done, "{end:?}");
-    assert!(end.evicted_bytes >= 48 * MIB, "{end:?}");
+    assert_eq!(end.stage, ResizeStage::Done, "{end:?}");
+    assert!(end.evicted_pages * PAGE_SIZE >= 48 * MIB, "{end:?}");
     assert!(rss <= 16 * MIB, "RSS {rss} above the 16 MiB target");
     assert!(
         h.stats().evicted_pages * PAGE_SIZE >= 48 * MIB,

@@ -217,7 +217,7 @@ fn over_limit(server: &Server, name: &str) -> Option<(i64, String)> {
         st.allocated_pages / 256,
         st.evict_errors,
         st.last_evict_error,
-        g.resize_progress().map(|p| p.phase),
+        g.resize_progress().map(|p| p.stage),
     );
     Some((rss as i64 - (limit * 4096) as i64, what))
 }

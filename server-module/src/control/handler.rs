@@ -1,12 +1,10 @@
 //! Carries out one control request against the server's guests. Every request is checked
 //! before anything changes: a refused request leaves the guest as it was.
 
+use super::wire::{progress, status};
 use crate::guest::{EvictError, GuestCore, ResizeError, ResizeOptions};
-use crate::populate::PopulatePolicy;
 use crate::registry::Registry;
-use memout_protocol::control::{
-    CONTROL_VERSION, ErrorKind, GuestStatus, Policy, Request, Response,
-};
+use memout_protocol::control::{CONTROL_VERSION, ErrorKind, Request, Response};
 use memout_protocol::ring::PAGE_SIZE;
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,12 +50,14 @@ pub(super) fn handle(registry: &Registry, req: Request, hello: &mut bool) -> Res
         )),
         Request::Status { guest } => find(&guest).map(|g| Response::Status(Box::new(status(&g)))),
         Request::ResizeStatus { guest } => find(&guest).and_then(|g| {
-            g.resize_progress().map(Response::Resize).ok_or_else(|| {
-                Response::error(
-                    ErrorKind::Failed,
-                    format!("guest {guest:?} was never resized"),
-                )
-            })
+            g.resize_progress()
+                .map(|r| Response::Resize(progress(&r)))
+                .ok_or_else(|| {
+                    Response::error(
+                        ErrorKind::Failed,
+                        format!("guest {guest:?} was never resized"),
+                    )
+                })
         }),
         Request::Resize {
             guest,
@@ -82,11 +82,7 @@ pub(super) fn handle(registry: &Registry, req: Request, hello: &mut bool) -> Res
                 .map_err(evict_error)
         }),
         Request::SetPolicy { guest, policy } => find(&guest).map(|g| {
-            g.set_policy(match policy {
-                Policy::PerPage => PopulatePolicy::PerPage,
-                Policy::FaultAround => PopulatePolicy::default(),
-                Policy::Eager => PopulatePolicy::Eager,
-            });
+            g.set_policy(policy.into());
             Response::Done
         }),
     };
@@ -141,36 +137,10 @@ fn resize(
             };
             Response::error(kind, e.to_string())
         })?;
-    if !wait || first.phase.is_final() {
-        return Ok(Response::Resize(first));
+    if !wait || first.stage.is_final() {
+        return Ok(Response::Resize(progress(&first)));
     }
     g.wait_resize(first.id, release_deadline + WAIT_SLACK)
-        .map(Response::Resize)
+        .map(|r| Response::Resize(progress(&r)))
         .ok_or_else(|| Response::error(ErrorKind::Failed, "resize state lost"))
-}
-
-/// A guest's state for the control protocol.
-pub(crate) fn status(g: &GuestCore) -> GuestStatus {
-    let s = g.snapshot();
-    GuestStatus {
-        name: g.name().to_string(),
-        region_bytes: g.region().size() as u64,
-        requested_bytes: s.quota_pages * PAGE_SIZE,
-        min_bytes: g.min_pages() * PAGE_SIZE,
-        allocated_bytes: s.allocated_pages * PAGE_SIZE,
-        resident_bytes: s.resident_pages * PAGE_SIZE,
-        evicted_bytes: s.evicted_pages * PAGE_SIZE,
-        budget_bytes: s.budget_pages.map(|p| p * PAGE_SIZE),
-        policy: s.policy.to_string(),
-        eviction: s.eviction_mode.to_string(),
-        faults: s.faults,
-        populated_pages: s.populated_pages,
-        freed_pages: s.freed_pages,
-        evicted_pages_total: s.evictions_pages,
-        swapped_in_pages: s.swapins_pages,
-        evict_errors: s.evict_errors,
-        last_evict_error: s.last_evict_error.map(|e| e.to_string()),
-        stopped: g.fatal().map(|f| f.to_string()),
-        resize: g.resize_progress(),
-    }
 }

@@ -22,6 +22,7 @@ mod accept;
 mod client;
 mod conns;
 mod handler;
+mod wire;
 
 pub use client::{Client, ClientError};
 

@@ -12,12 +12,14 @@ mod fill;
 mod grant;
 mod kernel_swap;
 mod resize;
+mod resize_report;
 mod snapshot;
 mod store_evict;
 
 pub use evict::{EvictError, Eviction};
 pub use kernel_swap::KERNEL_BUDGET_TICK;
 pub use resize::{ResizeError, ResizeOptions};
+pub use resize_report::{ResizeReport, ResizeStage, Shortfall};
 
 use crate::cold::ColdQueue;
 use crate::eager::{EagerQueue, EagerTarget};

@@ -15,10 +15,10 @@
 //!
 //! One resize runs per guest; a newer one supersedes it.
 
+use super::resize_report::{ResizeReport, ResizeStage, Shortfall};
 use super::{Eviction, GuestCore, GuestFault, coalesce};
 use crate::extents::Run;
 use crate::shared_error::Shared;
-use memout_protocol::control::{ResizePhase, ResizeProgress};
 use memout_protocol::ring::PAGE_SIZE;
 use parking_lot::{Condvar, Mutex};
 use std::sync::atomic::AtomicU64;
@@ -82,7 +82,7 @@ impl Default for ResizeOptions {
 pub(crate) struct ResizeTracker {
     /// Id of the newest resize.
     generation: AtomicU64,
-    latest: Mutex<Option<ResizeProgress>>,
+    latest: Mutex<Option<ResizeReport>>,
     ended: Condvar,
     /// Held while a resize changes the quota, the cap or evicts.
     steps: Mutex<()>,
@@ -119,21 +119,21 @@ impl GuestCore {
     }
 
     /// The latest resize, with live allocated/resident figures.
-    pub fn resize_progress(&self) -> Option<ResizeProgress> {
+    pub fn resize_progress(&self) -> Option<ResizeReport> {
         let mut p = self.resize.latest.lock().clone()?;
-        if !p.phase.is_final() {
+        if !p.stage.is_final() {
             self.fill_live(&mut p);
         }
         Some(p)
     }
 
     /// Waits until resize `id` is final, at most `timeout`; returns its progress.
-    pub fn wait_resize(&self, id: u64, timeout: Duration) -> Option<ResizeProgress> {
+    pub fn wait_resize(&self, id: u64, timeout: Duration) -> Option<ResizeReport> {
         let end = Instant::now() + timeout;
         let mut g = self.resize.latest.lock();
         loop {
             match g.as_ref() {
-                Some(p) if p.id != id || p.phase.is_final() => break,
+                Some(p) if p.id != id || p.stage.is_final() => break,
                 None => return None,
                 _ => {}
             }
@@ -147,31 +147,18 @@ impl GuestCore {
         self.resize_progress()
     }
 
-    /// Host pages behind the region, counting frames being freed right now (their resident
-    /// bits are cleared before the madvise that drops them finishes), so a resize never
-    /// reports the target reached before host memory really is there.
-    fn resident_pages(&self) -> u64 {
-        match self.eviction {
-            Eviction::Kernel => self.kernel_residency().0,
-            _ => {
-                let st = self.state();
-                st.resident.count() + st.alloc.releasing()
-            }
-        }
+    fn fill_live(&self, p: &mut ResizeReport) {
+        p.allocated_pages = self.state().alloc.allocated();
+        p.resident_pages = self.resident_pages();
     }
 
-    fn fill_live(&self, p: &mut ResizeProgress) {
-        p.allocated_bytes = self.state().alloc.allocated() * PAGE_SIZE;
-        p.resident_bytes = self.resident_pages() * PAGE_SIZE;
-    }
-
-    fn record(&self, p: &ResizeProgress) {
+    fn record(&self, p: &ResizeReport) {
         let mut g = self.resize.latest.lock();
         if g.as_ref().is_none_or(|cur| cur.id <= p.id) {
             *g = Some(p.clone());
         }
         drop(g);
-        if p.phase.is_final() {
+        if p.stage.is_final() {
             self.resize.ended.notify_all();
         }
     }
@@ -179,7 +166,7 @@ impl GuestCore {
     /// Starts a resize to `bytes` (see the module docs). A grow is final at once; a shrink
     /// continues on its own thread. Returns the resize's first progress (its `id` is what
     /// [`wait_resize`](Self::wait_resize) takes).
-    pub fn resize(&self, bytes: u64, opts: ResizeOptions) -> Result<ResizeProgress, ResizeError> {
+    pub fn resize(&self, bytes: u64, opts: ResizeOptions) -> Result<ResizeReport, ResizeError> {
         let region = self.region.size() as u64;
         if bytes == 0 {
             return Err(ResizeError::Zero);
@@ -217,24 +204,24 @@ impl GuestCore {
         self.publish_limits(true);
         drop(steps);
         tracing::info!(parent: &self.span, from = from * PAGE_SIZE, to = bytes, "resize");
-        let mut p = ResizeProgress {
+        let mut p = ResizeReport {
             id,
-            from_bytes: from * PAGE_SIZE,
-            target_bytes: bytes,
-            phase: ResizePhase::Releasing,
-            freed_bytes: freed * PAGE_SIZE,
-            released_bytes: 0,
-            evicted_bytes: 0,
-            elapsed_us: 0,
-            allocated_bytes: allocated * PAGE_SIZE,
-            resident_bytes: 0,
-            note: None,
+            from_pages: from,
+            target_pages: target,
+            stage: ResizeStage::Releasing,
+            freed_pages: freed,
+            released_pages: 0,
+            evicted_pages: 0,
+            elapsed: Duration::ZERO,
+            allocated_pages: allocated,
+            resident_pages: 0,
+            shortfall: None,
         };
         if allocated <= target {
             // Nothing to give back (a grow, or a shrink to above what the guest holds).
             self.prefetch();
-            p.phase = ResizePhase::Done;
-            p.elapsed_us = t0.elapsed().as_micros() as u64;
+            p.stage = ResizeStage::Done;
+            p.elapsed = t0.elapsed();
             self.fill_live(&mut p);
             self.record(&p);
             return Ok(p);
@@ -258,28 +245,28 @@ impl GuestCore {
         self.resize.generation.load(SeqCst) != id
     }
 
-    fn end(&self, mut p: ResizeProgress, t0: Instant, phase: ResizePhase) {
-        p.phase = phase;
-        p.elapsed_us = t0.elapsed().as_micros() as u64;
+    fn end(&self, mut p: ResizeReport, t0: Instant, stage: ResizeStage) {
+        p.stage = stage;
+        p.elapsed = t0.elapsed();
         self.fill_live(&mut p);
-        tracing::info!(parent: &self.span, phase = phase.name(), released = p.released_bytes,
-            evicted = p.evicted_bytes, us = p.elapsed_us, "resize ended");
+        tracing::info!(parent: &self.span, ?stage, released = p.released_pages,
+            evicted = p.evicted_pages, elapsed = ?p.elapsed, "resize ended");
         self.record(&p);
     }
 
     /// Steps 2 and 3 of a shrink, on the resize thread.
-    fn finish_shrink(&self, mut p: ResizeProgress, t0: Instant, opts: ResizeOptions) {
-        let target = p.target_bytes / PAGE_SIZE;
-        let start_alloc = p.allocated_bytes / PAGE_SIZE;
+    fn finish_shrink(&self, mut p: ResizeReport, t0: Instant, opts: ResizeOptions) {
+        let target = p.target_pages;
+        let start_alloc = p.allocated_pages;
         let deadline = t0 + opts.release_deadline;
-        let mut recorded = p.released_bytes;
+        let mut recorded = p.released_pages;
         loop {
             if self.superseded(p.id) {
-                return self.end(p, t0, ResizePhase::Superseded);
+                return self.end(p, t0, ResizeStage::Superseded);
             }
-            if self.fatal().is_some() {
-                p.note = Some("the guest was stopped".into());
-                return self.end(p, t0, ResizePhase::Incomplete);
+            if let Some(f) = self.fatal() {
+                p.shortfall = Some(Shortfall::Stopped(f));
+                return self.end(p, t0, ResizeStage::Incomplete);
             }
             // Frames still being released count as held until their host pages are gone.
             let (allocated, held) = {
@@ -289,34 +276,33 @@ impl GuestCore {
                     st.alloc.allocated() + st.alloc.releasing(),
                 )
             };
-            p.released_bytes = start_alloc.saturating_sub(allocated) * PAGE_SIZE;
+            p.released_pages = start_alloc.saturating_sub(allocated);
             if held <= target || Instant::now() >= deadline {
                 break;
             }
-            if p.released_bytes != recorded {
+            if p.released_pages != recorded {
                 // Publish progress only when the guest gave something back (pollers see it).
-                recorded = p.released_bytes;
+                recorded = p.released_pages;
                 self.fill_live(&mut p);
                 self.record(&p);
             }
             std::thread::sleep(Duration::from_micros(200));
         }
         if self.resident_pages() <= target {
-            return self.end(p, t0, ResizePhase::Done);
+            return self.end(p, t0, ResizeStage::Done);
         }
         if matches!(self.eviction, Eviction::None) {
-            p.note = Some(format!(
-                "the guest still holds {} bytes above the target and has no backing store",
-                self.resident_pages().saturating_sub(target) * PAGE_SIZE
-            ));
-            return self.end(p, t0, ResizePhase::Incomplete);
+            p.shortfall = Some(Shortfall::NoBackingStore {
+                pages: self.resident_pages().saturating_sub(target),
+            });
+            return self.end(p, t0, ResizeStage::Incomplete);
         }
         let steps = self.resize.steps.lock();
         if self.superseded(p.id) {
             drop(steps);
-            return self.end(p, t0, ResizePhase::Superseded);
+            return self.end(p, t0, ResizeStage::Superseded);
         }
-        p.phase = ResizePhase::Evicting;
+        p.stage = ResizeStage::Evicting;
         self.record(&p);
         // From now on the target caps resident memory, as a budget would.
         self.cap.store(target, Relaxed);
@@ -328,22 +314,19 @@ impl GuestCore {
             }
             match self.evict(resident - target) {
                 Ok(0) => break,
-                Ok(n) => p.evicted_bytes += n * PAGE_SIZE,
+                Ok(n) => p.evicted_pages += n,
                 Err(e) => {
-                    last_err = Some(e.to_string());
+                    last_err = Some(e);
                     break;
                 }
             }
         }
         drop(steps);
         if self.resident_pages() <= target {
-            self.end(p, t0, ResizePhase::Done)
+            self.end(p, t0, ResizeStage::Done)
         } else {
-            p.note = Some(match last_err {
-                Some(e) => format!("eviction failed: {e}"),
-                None => "frames busy; the budget check keeps evicting as the guest runs".into(),
-            });
-            self.end(p, t0, ResizePhase::Incomplete)
+            p.shortfall = Some(last_err.map_or(Shortfall::FramesBusy, Shortfall::Evict));
+            self.end(p, t0, ResizeStage::Incomplete)
         }
     }
 

@@ -6,6 +6,23 @@ use crate::stats::GuestStatsSnapshot;
 use std::sync::atomic::Ordering::Relaxed;
 
 impl GuestCore {
+    /// Host pages behind the guest's region now: what memout reports as *resident* everywhere
+    /// (statistics, `memoutctl status`, resize progress, the `STATS` request).
+    ///
+    /// With memout's own eviction: the frames memout backed and has not dropped, counting
+    /// frames being freed right now (their resident bits are cleared before the madvise that
+    /// drops them returns), so nothing reports host memory gone before it is. In kernel mode
+    /// the kernel swaps pages behind memout's back, so it is what the kernel says is in RAM.
+    pub fn resident_pages(&self) -> u64 {
+        match self.eviction {
+            Eviction::Kernel => self.kernel_residency().0,
+            _ => {
+                let st = self.state();
+                st.resident.count() + st.alloc.releasing()
+            }
+        }
+    }
+
     /// A consistent snapshot of the guest's statistics.
     pub fn snapshot(&self) -> GuestStatsSnapshot {
         let (quota, allocated, resident, evicted, slots, meta) = {
@@ -13,14 +30,14 @@ impl GuestCore {
             (
                 st.alloc.quota(),
                 st.alloc.allocated(),
-                st.resident.count(),
+                st.resident.count() + st.alloc.releasing(),
                 st.evicted.total(),
                 st.slots.used(),
                 st.evicted.entries(),
             )
         };
-        // In kernel mode the kernel swaps pages in and out behind memout's back: ask it what
-        // is in RAM (mincore over the backed runs; memout's own map says backed).
+        // Resident as `resident_pages` defines it, counted under the same lock as the rest;
+        // in kernel mode the kernel's view (pagemap over the backed runs).
         let (resident, evicted) = match self.eviction {
             Eviction::Kernel => self.kernel_residency(),
             _ => (resident, evicted),

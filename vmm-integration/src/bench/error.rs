@@ -55,12 +55,13 @@ pub enum Error {
     #[error(transparent)]
     Resize(#[from] memout_server::ResizeError),
     /// A resize did not reach its target.
-    #[error("resize ended {phase}: {note:?}")]
+    #[error("resize ended {stage:?} instead of done")]
     ResizeEnded {
-        /// Its final phase.
-        phase: &'static str,
-        /// Why.
-        note: Option<String>,
+        /// Its final stage.
+        stage: memout_server::ResizeStage,
+        /// Why it fell short, if it did.
+        #[source]
+        shortfall: Option<memout_server::Shortfall>,
     },
     /// The guest never filled its memory, so there was nothing to resize.
     #[error("the guest did not fill its memory in time")]

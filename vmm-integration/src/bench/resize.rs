@@ -18,10 +18,9 @@ use super::{BenchOpts, BenchResult, Error, Ratio, Result, Series, passed};
 use crate::image::GuestImage;
 use crate::runner::{RunConfig, run_guest};
 use indicatif::{ProgressBar, ProgressStyle};
-use memout_protocol::control::ResizePhase;
 use memout_server::host_mem::HostRegion;
 use memout_server::procfs::mapping_rss;
-use memout_server::{BackingStore, Eviction, FileStore, ResizeOptions, Server};
+use memout_server::{BackingStore, Eviction, FileStore, ResizeOptions, ResizeStage, Server};
 use serde_json::{Map, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -107,15 +106,15 @@ fn shrink_once(
             let p = core
                 .wait_resize(p.id, Duration::from_secs(120))
                 .ok_or(Error::NotFilled)?;
-            if p.phase != ResizePhase::Done {
+            if p.stage != ResizeStage::Done {
                 return Err(Error::ResizeEnded {
-                    phase: p.phase.name(),
-                    note: p.note,
+                    stage: p.stage,
+                    shortfall: p.shortfall,
                 });
             }
             let rss_after = mapping_rss(core.region().addr()).unwrap_or(u64::MAX);
             Ok(Round {
-                ms: p.elapsed_us as f64 / 1e3,
+                ms: p.elapsed.as_secs_f64() * 1e3,
                 rss_after,
             })
         })();
