@@ -3,6 +3,7 @@
 //! server maps or unmaps memory.
 
 use thiserror::Error;
+use vm_memory::VolatileSlice;
 
 /// Errors from host memory operations.
 #[derive(Debug, Error)]
@@ -147,19 +148,18 @@ impl HostRegion {
 }
 
 impl HostRegion {
-    /// The bytes of `[offset, offset + len)`.
-    ///
-    /// # Safety
-    /// Nothing may write the range while the slice lives: memout write-protects guest pages
-    /// (userfaultfd) before reading them for eviction. The pages must be populated, or the read
-    /// faults to the region's userfaultfd.
-    pub unsafe fn bytes(&self, offset: usize, len: usize) -> &[u8] {
+    /// Guest-writable memory `[offset, offset + len)` as a [`VolatileSlice`]: the host reads
+    /// it only with volatile copies, never as a Rust reference, so a guest writing it at the
+    /// same time is no undefined behaviour (the copy may just see old or new bytes). The pages
+    /// must be populated, or the copy faults to the region's userfaultfd.
+    pub fn volatile(&self, offset: usize, len: usize) -> VolatileSlice<'_> {
         assert!(
             offset.checked_add(len).is_some_and(|e| e <= self.size),
             "range outside region"
         );
-        // SAFETY: inside our mapping (asserted); stability is the caller's promise.
-        unsafe { std::slice::from_raw_parts((self.addr + offset) as *const u8, len) }
+        // SAFETY: the range lies inside this mapping (asserted), which lives as long as the
+        // borrow of `self`; VolatileSlice accesses it only with volatile reads and writes.
+        unsafe { VolatileSlice::new((self.addr + offset) as *mut u8, len) }
     }
 
     /// Which pages of `[offset, offset + len)` (page-aligned) are mapped in host RAM now, one
@@ -253,6 +253,11 @@ impl AlignedBuf {
     /// Its length.
     pub fn len(&self) -> usize {
         self.region.size
+    }
+
+    /// Gives the buffer's host pages back (`MADV_DONTNEED`); it reads as zeroes after.
+    pub fn discard(&mut self) -> Result<()> {
+        self.region.discard(0, self.region.size)
     }
 
     /// True if empty (never: at least one page).

@@ -101,6 +101,9 @@ pub enum EvictError {
     /// Dropping or paging out host pages failed.
     #[error("dropping evicted pages: {0}")]
     HostMem(#[source] Shared<crate::host_mem::Error>),
+    /// No host memory for the buffer guest pages are copied into before they are written.
+    #[error("cannot map the eviction staging buffer: {0}")]
+    Staging(#[source] Shared<std::io::Error>),
     /// The thread that finishes a pipelined eviction panicked (a memout bug).
     #[error("the eviction helper thread panicked")]
     HelperPanicked,

@@ -290,11 +290,17 @@ impl GuestCore {
         out
     }
 
-    fn take_staging(&self) -> std::io::Result<AlignedBuf> {
+    /// A host-private buffer of one copy chunk (swap-in reads, eviction copies), from the
+    /// guest's pool; give it back with [`put_staging`](Self::put_staging).
+    pub(super) fn take_staging(&self) -> std::io::Result<AlignedBuf> {
         if let Some(b) = self.staging.lock().pop() {
             return Ok(b);
         }
         AlignedBuf::new((self.zero.pages * PAGE_SIZE) as usize).map_err(std::io::Error::other)
+    }
+
+    pub(super) fn put_staging(&self, b: AlignedBuf) {
+        self.staging.lock().push(b);
     }
 
     /// Copies content into claimed runs without the lock, settles them (what was copied becomes
@@ -397,7 +403,7 @@ impl GuestCore {
             }
         }
         if let Some(b) = staging {
-            self.staging.lock().push(b);
+            self.put_staging(b);
         }
         let (populated, swapped_in) = self.settle(claims, &done);
         self.settled.notify_all();

@@ -162,13 +162,32 @@ impl GuestCore {
         // run's together: they get consecutive slots and go out in one vectored write (with
         // realistic content, zero pages are scattered, and a write per stretch cost 7× the
         // disk's time).
+        //
+        // Guest memory is read only by a volatile copy into host-private staging memory; the
+        // zero scan and the store (an embedder's code, too) see only that copy. The runs are
+        // write-protected, so the copy is the content being evicted.
+        let mut staging = match self.take_staging() {
+            Ok(b) => b,
+            Err(e) => return fail(EvictError::Staging(e.into()), &[], &runs),
+        };
+        let piece_pages = staging.len() as u64 / PAGE_SIZE;
         let mut placed: Vec<(Run, Option<u64>)> = Vec::new();
         let mut slots_taken: Vec<Run> = Vec::new();
-        for r in &runs {
-            let off = (r.start * PAGE_SIZE) as usize;
-            // SAFETY: the run is resident (claimed from the resident map) and write-protected
-            // above, so nothing writes it while we read.
-            let bytes = unsafe { self.region.bytes(off, (r.len * PAGE_SIZE) as usize) };
+        let pieces = runs.iter().flat_map(|r| {
+            (r.start..r.end())
+                .step_by(piece_pages as usize)
+                .map(move |s| Run {
+                    start: s,
+                    len: piece_pages.min(r.end() - s),
+                })
+        });
+        for r in pieces {
+            let len = (r.len * PAGE_SIZE) as usize;
+            let staged = &mut staging.as_mut_slice()[..len];
+            self.region
+                .volatile((r.start * PAGE_SIZE) as usize, len)
+                .copy_to(staged);
+            let bytes = &staged[..];
             let mut data: Vec<Run> = Vec::new();
             let mut f = r.start;
             for (zero, n) in stretches(bytes) {
@@ -220,10 +239,13 @@ impl GuestCore {
                         store: store.describe(),
                         source: e.into(),
                     };
+                    drop(bufs);
+                    self.put_staging(staging);
                     return fail(err, &slots_taken, &runs);
                 }
             }
         }
+        self.put_staging(staging);
         Ok(Stored {
             runs,
             placed,

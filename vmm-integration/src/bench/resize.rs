@@ -18,7 +18,7 @@ use super::{BenchOpts, BenchResult, Error, Ratio, Result, Series, passed};
 use crate::image::GuestImage;
 use crate::runner::{RunConfig, run_guest};
 use indicatif::{ProgressBar, ProgressStyle};
-use memout_server::host_mem::HostRegion;
+use memout_server::host_mem::AlignedBuf;
 use memout_server::procfs::mapping_rss;
 use memout_server::{BackingStore, Eviction, FileStore, ResizeOptions, ResizeStage, Server};
 use serde_json::{Map, json};
@@ -128,14 +128,13 @@ fn shrink_once(
 /// Drops `bytes` of touched anonymous memory; with `save_to`, writes them to an O_DIRECT file
 /// there first (2 MiB at a time). Returns the time of the whole.
 fn madvise_once(bytes: u64, save_to: Option<&std::path::Path>) -> Result<f64> {
-    let r = HostRegion::plain(bytes as usize)?;
+    let mut buf = AlignedBuf::new(bytes as usize)?;
     let mut x = 0x2545_f491_4f6c_dd1du64;
-    for off in (0..bytes as usize).step_by(8) {
+    for w in buf.as_mut_slice().chunks_exact_mut(8) {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        // SAFETY: `off` is inside the mapping we own; nothing else accesses it.
-        unsafe { ((r.addr() + off) as *mut u64).write_volatile(x) };
+        w.copy_from_slice(&x.to_ne_bytes());
     }
     let file = match save_to {
         Some(dir) => Some(FileStore::create(dir, "bench-resize-base", bytes)?),
@@ -144,15 +143,11 @@ fn madvise_once(bytes: u64, save_to: Option<&std::path::Path>) -> Result<f64> {
     let t = Instant::now();
     if let Some(f) = &file {
         let chunk = 2usize << 20;
-        for off in (0..bytes as usize).step_by(chunk) {
-            let n = chunk.min(bytes as usize - off);
-            // SAFETY: the range is inside our mapping, populated above, and nothing writes it
-            // while the slice lives.
-            let data = unsafe { r.bytes(off, n) };
-            f.write((off / 4096) as u64, data)?;
+        for (i, data) in buf.as_slice().chunks(chunk).enumerate() {
+            f.write((i * chunk / 4096) as u64, data)?;
         }
     }
-    r.discard(0, bytes as usize)?;
+    buf.discard()?;
     Ok(t.elapsed().as_secs_f64() * 1e3)
 }
 
