@@ -48,11 +48,6 @@ impl ColdQueue {
     pub fn len(&self) -> usize {
         self.age_of.len()
     }
-
-    /// True if no chunk is tracked.
-    pub fn is_empty(&self) -> bool {
-        self.age_of.is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -72,6 +67,6 @@ mod tests {
         assert_eq!(q.oldest(), Some(9));
         q.forget(9);
         q.forget(5);
-        assert!(q.is_empty() && q.oldest().is_none());
+        assert!(q.len() == 0 && q.oldest().is_none());
     }
 }

@@ -148,11 +148,6 @@ impl EagerQueue {
         self.dropped.load(Relaxed)
     }
 
-    /// Frames queued now.
-    pub fn queued_frames(&self) -> u64 {
-        self.pending().frames()
-    }
-
     /// The next chunk to fill; re-queues the guest behind the others if more is left.
     fn next(&self, me: Weak<dyn EagerTarget>) -> Option<Run> {
         let mut p = self.pending();

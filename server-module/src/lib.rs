@@ -16,51 +16,59 @@
 //! (`MADV_DONTNEED`) the moment the guest frees it. A touch of a frame the guest does not hold
 //! gets no memory: the guest is stopped with [`GuestFault::Unowned`].
 //!
-//! Modules, bottom up: [`extents`], [`frames`], [`resident`], [`populate`] and [`stats`] are
-//! pure logic; [`uffd`] and [`host_mem`] are the thin `unsafe` wrappers; [`guest`],
-//! [`fault_handler`] and [`rpc`] do the work; [`server`] is the API, and [`control`] serves it
-//! to operators over a Unix socket (`memoutctl`). Guests are resized at runtime
-//! ([`GuestHandle::resize`]): the host tells the guest its new limit and asks it to release
-//! frames through messages in the ring header, and evicts what it keeps after a deadline.
+//! The public API is what an embedder needs: [`Server`] and its builder, [`GuestConfig`], the
+//! [`GuestHandle`] a VMM holds (doorbells, and through [`GuestRef`] statistics, eviction,
+//! budgets and resizes), [`BackingStore`], the [`control`] socket, and the errors. Inside,
+//! bottom up: `extents`, `frames`, `resident`, [`populate`] and `stats` are pure logic;
+//! [`uffd`] and [`host_mem`] are the thin `unsafe` wrappers; `guest`, `fault_handler` and
+//! [`rpc`] do the work. Guests are resized at runtime ([`GuestRef::resize`]): the host tells
+//! the guest its new limit and asks it to release frames through messages in the ring
+//! header, and evicts what it keeps after a deadline. The feature `test-util` exposes the
+//! guest's internal state (`GuestCore`) and a ring driver for tests.
 #![deny(missing_docs)]
 
-pub mod cold;
+mod cold;
 pub mod config;
 pub mod control;
-pub mod eager;
-pub mod evicted;
+mod eager;
+mod evicted;
 pub mod extents;
-pub mod fault_handler;
-pub mod frames;
-pub mod guest;
+mod fault_handler;
+mod frames;
+mod guest;
+mod guest_ref;
 mod handle;
 pub mod host_mem;
 #[cfg(feature = "fault-injection")]
 pub mod inject;
-pub mod log_limit;
+mod log_limit;
 mod mailbox;
 pub mod populate;
 pub mod procfs;
 mod registry;
-pub mod resident;
+mod resident;
 #[cfg(feature = "test-util")]
 pub mod ring_driver;
 pub mod rpc;
 pub mod server;
-pub mod shared_error;
-pub mod slots;
-pub mod stats;
+mod shared_error;
+mod slots;
+mod stats;
 pub mod store;
 pub mod uffd;
 
 pub use config::{ChannelConfig, ConfigError, GuestConfig, RegionMemory};
+#[cfg(feature = "test-util")]
+pub use guest::GuestCore;
 pub use guest::{
-    EvictError, Eviction, FatalNotifier, GuestFault, ResizeError, ResizeOptions, ResizeReport,
-    ResizeStage, Shortfall,
+    CHUNK_PAGES, EvictError, Eviction, FatalNotifier, GuestFault, KERNEL_BUDGET_TICK, ResizeError,
+    ResizeOptions, ResizeReport, ResizeStage, Shortfall,
 };
+pub use guest_ref::GuestRef;
 pub use handle::GuestHandle;
 pub use populate::PopulatePolicy;
 pub use registry::Registry;
 pub use server::{Server, ServerBuilder};
+pub use shared_error::Shared;
 pub use stats::GuestStatsSnapshot;
 pub use store::{BackingStore, FileStore};

@@ -3,6 +3,7 @@
 
 use crate::config::ConfigError;
 use crate::guest::GuestCore;
+use crate::guest_ref::GuestRef;
 use parking_lot::Mutex;
 use std::sync::{Arc, Weak};
 
@@ -18,15 +19,23 @@ impl Registry {
     }
 
     /// The live guests, in the order they were added.
-    pub fn guests(&self) -> Vec<Arc<GuestCore>> {
+    pub fn guests(&self) -> Vec<GuestRef> {
+        self.cores().into_iter().map(GuestRef).collect()
+    }
+
+    /// The live guest called `name`.
+    pub fn find(&self, name: &str) -> Option<GuestRef> {
+        self.find_core(name).map(GuestRef)
+    }
+
+    pub(crate) fn cores(&self) -> Vec<Arc<GuestCore>> {
         let mut g = self.lock();
         g.retain(|w| w.strong_count() > 0);
         g.iter().filter_map(Weak::upgrade).collect()
     }
 
-    /// The live guest called `name`.
-    pub fn find(&self, name: &str) -> Option<Arc<GuestCore>> {
-        self.guests().into_iter().find(|g| g.name() == name)
+    pub(crate) fn find_core(&self, name: &str) -> Option<Arc<GuestCore>> {
+        self.cores().into_iter().find(|g| g.name() == name)
     }
 
     pub(crate) fn add(&self, core: &Arc<GuestCore>) -> Result<(), ConfigError> {

@@ -125,7 +125,7 @@ impl Server {
 
     /// Starts serving a guest: maps its outsourced region (never locked), registers it with a
     /// new userfaultfd, writes the info page and ring header, and starts its fault handler.
-    /// The VMM then maps [`GuestHandle::region_host_addr`] as a KVM memslot at `region_gpa`.
+    /// The VMM then maps [`GuestRef::region_host_addr`](crate::GuestRef::region_host_addr) as a KVM memslot at `region_gpa`.
     pub fn add_guest(&self, cfg: GuestConfig) -> Result<GuestHandle> {
         cfg.validate()?;
         let frames = cfg.region_size / PAGE_SIZE;
@@ -204,7 +204,7 @@ impl Server {
         tracing::info!(parent: core.span(), region_gpa = cfg.region_gpa, size = cfg.region_size,
             quota = cfg.quota_bytes, "guest added");
         Ok(GuestHandle {
-            core,
+            guest: crate::guest_ref::GuestRef(core),
             shared: cfg.shared,
             ring: Mutex::new(RingCursor::new(
                 cfg.channel.ring_gpa,

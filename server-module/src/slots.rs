@@ -88,6 +88,7 @@ impl SlotAllocator {
     }
 
     /// One past the highest slot in use (the file need not be larger).
+    #[cfg(test)]
     pub fn high_water(&self) -> u64 {
         self.high
     }

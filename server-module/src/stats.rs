@@ -44,6 +44,7 @@ impl LatencyHistogram {
     }
 
     /// Number of samples.
+    #[cfg(test)]
     pub fn count(&self) -> u64 {
         self.buckets.iter().map(|b| b.load(Relaxed)).sum()
     }

@@ -1,7 +1,7 @@
 //! Where evicted guest memory goes: the [`BackingStore`] trait, and [`FileStore`], a file
 //! written in large chunks with `O_DIRECT` so evicted memory really leaves the host (buffered
 //! writes would keep it in the page cache). Slots are 4 KiB; which slot holds what is decided
-//! by the guest's [`crate::slots::SlotAllocator`], the store only does I/O.
+//! by the guest's slot allocator, the store only does I/O.
 
 use std::fs::{File, OpenOptions};
 use std::io;

@@ -2,8 +2,8 @@
 //! real store, racing eviction and eager population: no data is ever lost, and a guest that
 //! only touches what it holds is never stopped.
 
+use memout_server::GuestCore;
 use memout_server::extents::Run;
-use memout_server::guest::GuestCore;
 use memout_server::ring_driver::{self, RingDriver, host_test_config};
 use memout_server::{Eviction, FileStore, GuestHandle, PopulatePolicy, Server};
 use std::sync::Arc;
@@ -38,7 +38,12 @@ fn guest(server: &Server, name: &str, policy: PopulatePolicy, eviction: Eviction
         .expect("add_guest");
     let mut ring = RingDriver::new(mem, 0x6000, 16);
     assert_eq!(ring.hello(&h).status, 0);
-    let core = server.registry().find(name).expect("registered");
+    let core = server
+        .registry()
+        .find(name)
+        .expect("registered")
+        .core()
+        .clone();
     Guest { h, core }
 }
 

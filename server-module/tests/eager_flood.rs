@@ -2,7 +2,7 @@
 //! victim guest on the same server: host memory stays bounded, and the victim still gets its
 //! memory populated ahead of its touches.
 
-use memout_server::guest::GuestCore;
+use memout_server::GuestCore;
 use memout_server::ring_driver::{self, RingDriver, host_test_config};
 use memout_server::{Eviction, GuestHandle, PopulatePolicy, Server};
 use std::sync::Arc;
@@ -20,7 +20,12 @@ fn eager_guest(server: &Server, name: &str, size: u64) -> (GuestHandle, Arc<Gues
         .expect("add_guest");
     let mut ring = RingDriver::new(mem, 0x6000, 16);
     assert_eq!(ring.hello(&h).status, 0);
-    let core = server.registry().find(name).expect("registered");
+    let core = server
+        .registry()
+        .find(name)
+        .expect("registered")
+        .core()
+        .clone();
     (h, core)
 }
 

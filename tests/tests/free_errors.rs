@@ -29,7 +29,7 @@ fn a_failed_free_keeps_the_frames_and_a_later_alloc_reads_zeroes() {
             &mem,
         ))
         .expect("add_guest (needs userfaultfd with kernel faults: run as root)");
-    let core = server.registry().find("freeerr").unwrap();
+    let core = server.registry().find("freeerr").unwrap().core().clone();
     let mut ring = RingDriver::new(mem.clone(), 0x6000, 16);
     assert_eq!(ring.hello(&h).status, 0);
     let a = ring.alloc(&h, PAGES, LIST, 1);

@@ -104,7 +104,8 @@ fn eight_guests_under_eviction_resizes_budgets_and_churn_lose_nothing() {
                     let budgets = [None, Some(16 * MIB), Some(32 * MIB), Some(64 * MIB)];
                     while !stop.load(SeqCst) {
                         let name = rng.pick(names);
-                        let Some(g) = server.registry().find(&name) else {
+                        let Some(g) = server.registry().find(&name).map(|g| g.core().clone())
+                        else {
                             continue;
                         };
                         match rng.next() % 8 {
@@ -199,7 +200,7 @@ fn eight_guests_under_eviction_resizes_budgets_and_churn_lose_nothing() {
 /// How far a region's host memory is above its limit (budget or shrink cap), with the details;
 /// `None` if the guest has no limit or is gone.
 fn over_limit(server: &Server, name: &str) -> Option<(i64, String)> {
-    let g = server.registry().find(name)?;
+    let g = server.registry().find(name)?.core().clone();
     let limit = g
         .budget()
         .unwrap_or(u64::MAX)

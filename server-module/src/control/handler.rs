@@ -39,14 +39,14 @@ pub(super) fn handle(registry: &Registry, req: Request, hello: &mut bool) -> Res
         return Response::error(ErrorKind::Handshake, "the first request must be hello");
     }
     let find = |name: &str| {
-        registry.find(name).ok_or_else(|| {
+        registry.find_core(name).ok_or_else(|| {
             Response::error(ErrorKind::UnknownGuest, format!("no guest called {name:?}"))
         })
     };
     let r = match req {
         Request::Hello { .. } => unreachable!("handled above"),
         Request::List => Ok(Response::Guests(
-            registry.guests().iter().map(|g| status(g)).collect(),
+            registry.cores().iter().map(|g| status(g)).collect(),
         )),
         Request::Status { guest } => find(&guest).map(|g| Response::Status(Box::new(status(&g)))),
         Request::ResizeStatus { guest } => find(&guest).and_then(|g| {

@@ -69,9 +69,9 @@ pub struct ResizeReport {
     pub elapsed: Duration,
     /// Frames the guest holds now.
     pub allocated_pages: u64,
-    /// Host pages behind the guest's frames now ([`GuestCore::resident_pages`]).
-    ///
-    /// [`GuestCore::resident_pages`]: super::GuestCore::resident_pages
+    /// Host pages behind the guest's frames now (resident as
+    /// [`GuestStatsSnapshot::resident_pages`](crate::GuestStatsSnapshot::resident_pages)
+    /// counts it).
     pub resident_pages: u64,
     /// Why an `Incomplete` resize fell short.
     pub shortfall: Option<Shortfall>,

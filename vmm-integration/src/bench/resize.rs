@@ -87,7 +87,7 @@ fn shrink_once(
             let end = Instant::now() + Duration::from_secs(120);
             let core = loop {
                 if let Some(c) = registry.find("bench-resize") {
-                    let st = c.snapshot();
+                    let st = c.stats();
                     if st.allocated_pages * 4096 >= from && st.resident_pages * 4096 >= from {
                         break c;
                     }
@@ -112,7 +112,7 @@ fn shrink_once(
                     shortfall: p.shortfall,
                 });
             }
-            let rss_after = mapping_rss(core.region().addr()).unwrap_or(u64::MAX);
+            let rss_after = mapping_rss(core.region_host_addr()).unwrap_or(u64::MAX);
             Ok(Round {
                 ms: p.elapsed.as_secs_f64() * 1e3,
                 rss_after,

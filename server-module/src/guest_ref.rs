@@ -1,0 +1,118 @@
+//! [`GuestRef`]: a served guest as its operators see it. The registry hands these out (what
+//! the control socket and tools use), and a [`GuestHandle`](crate::GuestHandle) derefs to
+//! one; holding a `GuestRef` does not keep the guest running.
+
+use crate::config::ConfigError;
+use crate::guest::{EvictError, GuestCore, GuestFault, ResizeError, ResizeOptions, ResizeReport};
+use crate::populate::PopulatePolicy;
+use crate::stats::GuestStatsSnapshot;
+use memout_protocol::ring::PAGE_SIZE;
+use std::sync::Arc;
+
+/// A served guest: its statistics and the operator's operations (evict, budget, policy,
+/// resize). Cheap to clone.
+#[derive(Clone)]
+pub struct GuestRef(pub(crate) Arc<GuestCore>);
+
+impl std::fmt::Debug for GuestRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("GuestRef").field(&self.0.name()).finish()
+    }
+}
+
+impl GuestRef {
+    /// Host address of the outsourced region (for the KVM memslot).
+    pub fn region_host_addr(&self) -> usize {
+        self.0.region().addr()
+    }
+
+    /// Size of the outsourced region in bytes.
+    pub fn region_size(&self) -> u64 {
+        self.0.region().size() as u64
+    }
+
+    /// Guest-physical base of the outsourced region.
+    pub fn region_gpa(&self) -> u64 {
+        self.0.region_gpa()
+    }
+
+    /// The guest's name.
+    pub fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    /// The guest's statistics now.
+    pub fn stats(&self) -> GuestStatsSnapshot {
+        self.0.snapshot()
+    }
+
+    /// Why the server stopped the guest, if it did.
+    pub fn fatal_error(&self) -> Option<GuestFault> {
+        self.0.fatal()
+    }
+
+    /// Test hook (feature `fault-injection`): after `pages` more pages are populated, populate
+    /// fails with `errno`, as a real UFFDIO_COPY failure (e.g. ENOMEM) would.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_populate_failure(&self, pages: u64, errno: i32) {
+        self.0.inject().arm(pages, errno);
+    }
+
+    /// Evicts up to `bytes` of the guest's coldest memory now; returns the bytes evicted.
+    pub fn evict(&self, bytes: u64) -> std::result::Result<u64, EvictError> {
+        self.0
+            .evict(bytes.div_ceil(PAGE_SIZE))
+            .map(|p| p * PAGE_SIZE)
+    }
+
+    /// Sets (or clears) the resident budget in bytes. Lowering it evicts now; raising it swaps
+    /// evicted memory back in the background, up to the budget.
+    pub fn set_budget(&self, bytes: Option<u64>) -> std::result::Result<(), EvictError> {
+        self.0.set_budget(bytes.map(|b| b / PAGE_SIZE))
+    }
+
+    /// Changes the population policy.
+    pub fn set_policy(&self, p: PopulatePolicy) {
+        self.0.set_policy(p);
+    }
+
+    /// Starts a resize of the guest's requested size to `bytes` (see
+    /// the module docs of `guest::resize`); poll [`resize_progress`](Self::resize_progress) or
+    /// [`wait_resize`](Self::wait_resize).
+    pub fn resize(
+        &self,
+        bytes: u64,
+        opts: ResizeOptions,
+    ) -> std::result::Result<ResizeReport, ResizeError> {
+        self.0.resize(bytes, opts)
+    }
+
+    /// The guest's latest resize.
+    pub fn resize_progress(&self) -> Option<ResizeReport> {
+        self.0.resize_progress()
+    }
+
+    /// Waits at most `timeout` for resize `id` to end.
+    pub fn wait_resize(&self, id: u64, timeout: std::time::Duration) -> Option<ResizeReport> {
+        self.0.wait_resize(id, timeout)
+    }
+
+    /// Changes the quota (bytes, page-aligned, at most the region size).
+    pub fn set_quota(&self, bytes: u64) -> Result<(), ConfigError> {
+        if bytes % PAGE_SIZE != 0 {
+            return Err(ConfigError::QuotaUnaligned(bytes));
+        }
+        self.0
+            .set_quota(bytes / PAGE_SIZE)
+            .map_err(|_| ConfigError::QuotaAboveRegion {
+                quota: bytes,
+                region: self.region_size(),
+            })
+    }
+
+    /// The server's state of this guest (feature `test-util`: tests drive it directly).
+    #[cfg(feature = "test-util")]
+    pub fn core(&self) -> &Arc<GuestCore> {
+        &self.0
+    }
+}
