@@ -2,6 +2,9 @@
 //! locked; plus the one operation memout needs on it (dropping pages). The only place the
 //! server maps or unmaps memory.
 
+use nix::sys::mman::{MapFlags, MmapAdvise, ProtFlags, madvise, mmap_anonymous, munmap};
+use std::num::NonZeroUsize;
+use std::ptr::NonNull;
 use thiserror::Error;
 use vm_memory::VolatileSlice;
 
@@ -18,10 +21,10 @@ pub enum Error {
         source: std::io::Error,
     },
     /// madvise failed.
-    #[error("madvise({advice}) of {len} bytes at {addr:#x} failed: {source}")]
+    #[error("madvise({advice:?}) of {len} bytes at {addr:#x} failed: {source}")]
     Madvise {
         /// Which advice.
-        advice: &'static str,
+        advice: MmapAdvise,
         /// Host address.
         addr: usize,
         /// Length.
@@ -63,7 +66,7 @@ impl HostRegion {
     /// its own chunks and returns 4 KiB frames).
     pub fn new(size: usize) -> Result<Self> {
         let region = Self::plain(size)?;
-        region.advise(0, size, libc::MADV_NOHUGEPAGE, "MADV_NOHUGEPAGE")?;
+        region.advise(0, size, MmapAdvise::MADV_NOHUGEPAGE)?;
         Ok(region)
     }
 
@@ -71,25 +74,8 @@ impl HostRegion {
     /// default transparent-huge-page policy: what a VMM without memout would map (benchmark
     /// baselines).
     pub fn plain(size: usize) -> Result<Self> {
-        // SAFETY: a fresh anonymous mapping at an address the kernel chooses; it aliases nothing.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                size,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(Error::Map {
-                size,
-                source: std::io::Error::last_os_error(),
-            });
-        }
         Ok(Self {
-            addr: p as usize,
+            addr: map_anonymous(size, MapFlags::MAP_NORESERVE)?,
             size,
             owned: true,
             pagemap: std::sync::OnceLock::new(),
@@ -123,27 +109,27 @@ impl HostRegion {
     /// Drops the host pages of `[offset, offset + len)`: the memory goes back to the host at
     /// once and the next access faults again (to the userfaultfd).
     pub fn discard(&self, offset: usize, len: usize) -> Result<()> {
-        self.advise(offset, len, libc::MADV_DONTNEED, "MADV_DONTNEED")
+        self.advise(offset, len, MmapAdvise::MADV_DONTNEED)
     }
 
-    fn advise(&self, offset: usize, len: usize, advice: i32, name: &'static str) -> Result<()> {
+    fn advise(&self, offset: usize, len: usize, advice: MmapAdvise) -> Result<()> {
         assert!(
             offset.checked_add(len).is_some_and(|e| e <= self.size),
             "range outside region"
         );
         let addr = self.addr + offset;
+        let Some(ptr) = NonNull::new(addr as *mut std::ffi::c_void) else {
+            return Ok(()); // an empty region at address 0 does not exist; nothing to advise
+        };
         // SAFETY: the range lies inside our own mapping (asserted above). The advice values used
-        // here only drop or re-tag anonymous pages; nothing in Rust holds references into them.
-        let r = unsafe { libc::madvise(addr as *mut libc::c_void, len, advice) };
-        if r != 0 {
-            return Err(Error::Madvise {
-                advice: name,
-                addr,
-                len,
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        Ok(())
+        // here only drop, populate or re-tag anonymous pages; nothing in Rust holds references
+        // into them.
+        unsafe { madvise(ptr, len, advice) }.map_err(|e| Error::Madvise {
+            advice,
+            addr,
+            len,
+            source: e.into(),
+        })
     }
 }
 
@@ -185,17 +171,12 @@ impl HostRegion {
     /// Backs `[offset, offset + len)` with writable pages now (`MADV_POPULATE_WRITE`), as a
     /// VMM's prefault thread would.
     pub fn populate_write(&self, offset: usize, len: usize) -> Result<()> {
-        self.advise(
-            offset,
-            len,
-            libc::MADV_POPULATE_WRITE,
-            "MADV_POPULATE_WRITE",
-        )
+        self.advise(offset, len, MmapAdvise::MADV_POPULATE_WRITE)
     }
 
     /// Asks the kernel to swap out `[offset, offset + len)` now (`MADV_PAGEOUT`).
     pub fn page_out(&self, offset: usize, len: usize) -> Result<()> {
-        self.advise(offset, len, libc::MADV_PAGEOUT, "MADV_PAGEOUT")
+        self.advise(offset, len, MmapAdvise::MADV_PAGEOUT)
     }
 }
 
@@ -209,28 +190,9 @@ impl AlignedBuf {
     /// A zeroed buffer of `len` bytes (rounded up to whole pages).
     pub fn new(len: usize) -> Result<Self> {
         let len = len.div_ceil(4096).max(1) * 4096;
-        let p = {
-            // SAFETY: a fresh anonymous mapping at a kernel-chosen address.
-            unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                )
-            }
-        };
-        if p == libc::MAP_FAILED {
-            return Err(Error::Map {
-                size: len,
-                source: std::io::Error::last_os_error(),
-            });
-        }
         Ok(Self {
             region: HostRegion {
-                addr: p as usize,
+                addr: map_anonymous(len, MapFlags::empty())?,
                 size: len,
                 owned: true,
                 pagemap: std::sync::OnceLock::new(),
@@ -271,8 +233,29 @@ impl Drop for HostRegion {
         if !self.owned {
             return;
         }
+        let Some(ptr) = NonNull::new(self.addr as *mut std::ffi::c_void) else {
+            return;
+        };
         // SAFETY: we own this mapping and nothing refers to it once the region is dropped (the
         // server drops the KVM memslot user, the guest handle, first).
-        unsafe { libc::munmap(self.addr as *mut libc::c_void, self.size) };
+        let _ = unsafe { munmap(ptr, self.size) };
     }
+}
+
+/// A fresh private anonymous read-write mapping of `size` bytes (plus `extra` flags) at an
+/// address the kernel chooses.
+fn map_anonymous(size: usize, extra: MapFlags) -> Result<usize> {
+    let map_err = |source: std::io::Error| Error::Map { size, source };
+    let len = NonZeroUsize::new(size).ok_or_else(|| map_err(nix::errno::Errno::EINVAL.into()))?;
+    // SAFETY: a new mapping at a kernel-chosen address aliases nothing the process holds.
+    let p = unsafe {
+        mmap_anonymous(
+            None,
+            len,
+            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+            MapFlags::MAP_PRIVATE | extra,
+        )
+    }
+    .map_err(|e| map_err(e.into()))?;
+    Ok(p.as_ptr() as usize)
 }

@@ -4,29 +4,27 @@
 //! fault the server refused can be stopped. A kick can race with the vCPU entering `KVM_RUN`,
 //! so the kicker repeats it until the vCPU thread acknowledges.
 
+use nix::sys::pthread::{Pthread, pthread_kill, pthread_self};
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 use parking_lot::Mutex;
 use std::sync::Once;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 
 /// The signal used for kicks.
-pub fn kick_signal() -> i32 {
-    libc::SIGUSR1
-}
+pub const KICK_SIGNAL: Signal = Signal::SIGUSR1;
 
-extern "C" fn noop(_: libc::c_int) {}
+extern "C" fn noop(_: std::ffi::c_int) {}
 
 /// Installs the no-op handler (without `SA_RESTART`) once per process.
 pub fn install_handler() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        // SAFETY: a zeroed sigaction is a valid starting point; we set a handler that does
-        // nothing (async-signal-safe) and no flags, and pass valid pointers.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = noop as *const () as usize;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(kick_signal(), &sa, std::ptr::null_mut());
-        }
+        let sa = SigAction::new(SigHandler::Handler(noop), SaFlags::empty(), SigSet::empty());
+        // SAFETY: the handler does nothing (async-signal-safe), and the process uses
+        // KICK_SIGNAL for nothing else.
+        // sigaction fails only for an invalid signal or handler; a kick without the handler
+        // would kill the process, so there is no running on after a failure.
+        unsafe { sigaction(KICK_SIGNAL, &sa) }.expect("sigaction(SIGUSR1) with a valid handler");
     });
 }
 
@@ -38,7 +36,7 @@ pub fn install_handler() {
 /// has exited (whose `pthread_t` may already name another thread).
 #[derive(Debug, Default)]
 pub struct Kick {
-    thread: Mutex<Option<libc::pthread_t>>,
+    thread: Mutex<Option<Pthread>>,
     requested: AtomicBool,
 }
 
@@ -61,9 +59,7 @@ impl Kick {
     /// stops running the vCPU.
     pub fn register_current_thread(&self) -> Registration<'_> {
         install_handler();
-        // SAFETY: pthread_self has no preconditions.
-        let me = unsafe { libc::pthread_self() };
-        *self.thread.lock() = Some(me);
+        *self.thread.lock() = Some(pthread_self());
         Registration {
             kick: self,
             _not_send: std::marker::PhantomData,
@@ -81,9 +77,9 @@ impl Kick {
         self.requested.store(true, SeqCst);
         let t = self.thread.lock();
         if let Some(t) = *t {
-            // SAFETY: `t` is the pthread_t of a registered thread; it stays registered, and so
-            // alive, while we hold the lock (its registration's drop takes the same lock).
-            unsafe { libc::pthread_kill(t, kick_signal()) };
+            // `t` is a registered thread; it stays registered, and so alive, while we hold the
+            // lock (its registration's drop takes the same lock), so the id names no other.
+            let _ = pthread_kill(t, KICK_SIGNAL);
         }
     }
 }

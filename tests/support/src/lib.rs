@@ -203,8 +203,7 @@ pub fn assert_c_header_matches(
 }
 
 fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }
 
 fn on_path(cmd: &str) -> bool {
@@ -217,14 +216,18 @@ fn on_path(cmd: &str) -> bool {
 /// Creates a userfaultfd without `UFFD_USER_MODE_ONLY` (the flag memout must not set) and
 /// closes it again.
 fn uffd_with_kernel_faults() -> bool {
+    // nix has no userfaultfd call; the raw syscall it is.
     // SAFETY: the userfaultfd syscall with O_CLOEXEC | O_NONBLOCK takes no pointers; on success
-    // it returns a new fd that we own and close at once.
+    // it returns a new fd that we own.
     let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) };
+    let Ok(fd) = std::os::fd::RawFd::try_from(fd) else {
+        return false;
+    };
     if fd < 0 {
         return false;
     }
-    // SAFETY: `fd` is ours, opened just above.
-    unsafe { libc::close(fd as i32) };
+    // SAFETY: `fd` was opened just above and nothing else owns it; dropping closes it.
+    drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
     true
 }
 
