@@ -172,6 +172,12 @@ pub struct GuestStats {
 /// ALLOC flag: a partial grant is acceptable (otherwise all or nothing).
 pub const ALLOC_PARTIAL: u16 = 1 << 0;
 
+/// FREE flag: free page *reporting*. The guest keeps the frames (it may reuse them at any
+/// time, and then reads zeroes); only their content and host memory go. Without it, FREE
+/// gives the frames back to the host. Used by guests whose kernel owns all of its RAM (the
+/// Linux module); memout's own VMM answers it with `Invalid` (it drops freed frames at once).
+pub const FREE_REPORTED: u16 = 1 << 0;
+
 /// Request opcodes.
 #[repr(u16)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

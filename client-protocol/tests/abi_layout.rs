@@ -79,6 +79,7 @@ fn expectations() -> Vec<(&'static str, u64)> {
         ("MEMOUT_FEATURE_HOST_MESSAGES", FEATURE_HOST_MESSAGES as u64),
         ("MEMOUT_FEATURE_FASTPATH", FEATURE_FASTPATH as u64),
         ("MEMOUT_ALLOC_PARTIAL", ALLOC_PARTIAL as u64),
+        ("MEMOUT_FREE_REPORTED", FREE_REPORTED as u64),
         ("MEMOUT_OP_HELLO", Opcode::Hello as u64),
         ("MEMOUT_OP_ALLOC", Opcode::Alloc as u64),
         ("MEMOUT_OP_FREE", Opcode::Free as u64),

@@ -21,6 +21,8 @@
 #define MEMOUT_FEATURE_FASTPATH (1u << 1)
 
 #define MEMOUT_ALLOC_PARTIAL (1u << 0)
+/* FREE flag: free page reporting; the guest keeps the frames, only their content goes. */
+#define MEMOUT_FREE_REPORTED (1u << 0)
 
 enum memout_opcode {
     MEMOUT_OP_HELLO = 1,

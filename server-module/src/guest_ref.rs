@@ -110,6 +110,17 @@ impl GuestRef {
             })
     }
 
+    /// The resident budget in bytes, if one is set.
+    pub fn budget(&self) -> Option<u64> {
+        self.0.budget().map(|p| p * PAGE_SIZE)
+    }
+
+    /// The cap a shrink left on resident memory, in bytes, if any (see
+    /// [`resize`](Self::resize)).
+    pub fn size_cap(&self) -> Option<u64> {
+        self.0.size_cap().map(|p| p * PAGE_SIZE)
+    }
+
     /// The server's state of this guest (feature `test-util`: tests drive it directly).
     #[cfg(feature = "test-util")]
     pub fn core(&self) -> &Arc<GuestCore> {

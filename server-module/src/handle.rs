@@ -26,7 +26,7 @@ impl GuestHandle {
         let core = &self.guest.0;
         let _g = core.span().enter();
         let mut cur = self.ring.lock();
-        rpc::process_doorbell(core, &self.shared, &mut cur)
+        rpc::process_doorbell(&**core, &self.shared, &mut cur)
     }
 }
 

@@ -47,6 +47,7 @@ pub mod populate;
 pub mod procfs;
 mod registry;
 mod resident;
+mod ring_backend;
 #[cfg(feature = "test-util")]
 pub mod ring_driver;
 pub mod rpc;

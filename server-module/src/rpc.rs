@@ -7,12 +7,11 @@
 //! the outsourced region on a guest's behalf, so a request can never make a host thread block
 //! on the guest's own userfaultfd.
 
-use crate::guest::GuestCore;
+use crate::ring_backend::RingBackend;
 use memout_protocol::ring::{
-    ABI_VERSION, ALLOC_PARTIAL, Descriptor, Extent, GuestStats, Opcode, RING_HOST_INDICES_OFFSET,
-    RING_REQ_PROD_OFFSET, RingHeader, Status,
+    ABI_VERSION, ALLOC_PARTIAL, Descriptor, Extent, FREE_REPORTED, GuestStats, Opcode,
+    RING_HOST_INDICES_OFFSET, RING_REQ_PROD_OFFSET, RingHeader, Status,
 };
-use std::sync::atomic::Ordering::Relaxed;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use zerocopy::IntoBytes;
 
@@ -54,12 +53,12 @@ pub struct DoorbellOutcome {
 }
 
 /// Processes every request posted since the last doorbell.
-pub fn process_doorbell(
-    core: &GuestCore,
+pub(crate) fn process_doorbell<B: RingBackend>(
+    core: &B,
     mem: &GuestMemoryMmap,
     cur: &mut RingCursor,
 ) -> DoorbellOutcome {
-    core.counters().doorbells.fetch_add(1, Relaxed);
+    core.doorbell();
     let mut prod_bytes = [0u8; 4];
     if mem
         .read_slice(
@@ -89,10 +88,7 @@ pub fn process_doorbell(
             if mem.read_slice(&mut raw, GuestAddress(gpa)).is_ok() {
                 let mut d = Descriptor::decode(&raw);
                 handle(core, mem, &mut d);
-                core.counters().requests.fetch_add(1, Relaxed);
-                if d.status != Status::Ok as u32 {
-                    core.counters().request_errors.fetch_add(1, Relaxed);
-                }
+                core.request(d.status != Status::Ok as u32);
                 let (off, bytes) = d.encode_result();
                 let _ = mem.write_slice(&bytes, GuestAddress(gpa + off as u64));
                 if d.opcode == Opcode::Hello as u16 {
@@ -116,14 +112,14 @@ pub fn process_doorbell(
         &idx,
         GuestAddress(cur.ring_gpa + RING_HOST_INDICES_OFFSET as u64),
     );
-    core.publish_limits(false);
+    core.refresh_limits();
     DoorbellOutcome {
         processed,
         ring_status,
     }
 }
 
-fn handle(core: &GuestCore, mem: &GuestMemoryMmap, d: &mut Descriptor) {
+fn handle<B: RingBackend>(core: &B, mem: &GuestMemoryMmap, d: &mut Descriptor) {
     let result = match Opcode::from_raw(d.opcode) {
         None => Err(Status::BadOpcode),
         Some(Opcode::Hello) => hello(core, d),
@@ -145,7 +141,7 @@ fn handle(core: &GuestCore, mem: &GuestMemoryMmap, d: &mut Descriptor) {
     };
 }
 
-fn hello(core: &GuestCore, d: &mut Descriptor) -> Result<(), Status> {
+fn hello<B: RingBackend>(core: &B, d: &mut Descriptor) -> Result<(), Status> {
     d.arg1 = ABI_VERSION as u64;
     if d.flags != 0 {
         return Err(Status::Invalid);
@@ -173,7 +169,11 @@ fn extent_list_len(d: &Descriptor) -> Result<u64, Status> {
     Ok(d.nr_extents as u64 * Extent::SIZE as u64)
 }
 
-fn alloc(core: &GuestCore, mem: &GuestMemoryMmap, d: &mut Descriptor) -> Result<(), Status> {
+fn alloc<B: RingBackend>(
+    core: &B,
+    mem: &GuestMemoryMmap,
+    d: &mut Descriptor,
+) -> Result<(), Status> {
     let (want, cap) = (d.pages, d.nr_extents);
     d.pages = 0;
     d.nr_extents = 0;
@@ -197,9 +197,9 @@ fn alloc(core: &GuestCore, mem: &GuestMemoryMmap, d: &mut Descriptor) -> Result<
     Ok(())
 }
 
-fn free(core: &GuestCore, mem: &GuestMemoryMmap, d: &mut Descriptor) -> Result<(), Status> {
+fn free<B: RingBackend>(core: &B, mem: &GuestMemoryMmap, d: &mut Descriptor) -> Result<(), Status> {
     d.pages = 0;
-    if d.flags != 0 {
+    if d.flags & !FREE_REPORTED != 0 {
         return Err(Status::Invalid);
     }
     let bytes = extent_list_len(d)?;
@@ -208,32 +208,22 @@ fn free(core: &GuestCore, mem: &GuestMemoryMmap, d: &mut Descriptor) -> Result<(
     let mut list = vec![Extent::default(); d.nr_extents as usize];
     mem.read_slice(list.as_mut_bytes(), GuestAddress(d.extents_gpa))
         .map_err(|_| Status::BadPointer)?;
-    let mut runs = Vec::with_capacity(list.len());
-    for e in &list {
-        runs.push(core.run_of(e).ok_or(if e.gpa % 4096 != 0 || e.pages == 0 {
-            Status::Invalid
-        } else {
-            Status::NotOwned
-        })?);
+    if list.iter().any(|e| e.gpa % 4096 != 0 || e.pages == 0) {
+        return Err(Status::Invalid);
     }
-    d.pages = core.free(&runs)?;
+    d.pages = core.free(&list, d.flags & FREE_REPORTED != 0)?;
     Ok(())
 }
 
-fn stats(core: &GuestCore, mem: &GuestMemoryMmap, d: &mut Descriptor) -> Result<(), Status> {
+fn stats<B: RingBackend>(
+    core: &B,
+    mem: &GuestMemoryMmap,
+    d: &mut Descriptor,
+) -> Result<(), Status> {
     if d.flags != 0 {
         return Err(Status::Invalid);
     }
     in_shared(mem, d.arg0, GuestStats::SIZE as u64)?;
-    let s = core.snapshot();
-    let out = GuestStats {
-        quota_pages: s.quota_pages,
-        allocated_pages: s.allocated_pages,
-        resident_pages: s.resident_pages,
-        faults: s.faults,
-        freed_pages: s.freed_pages,
-        reserved: [0; 3],
-    };
-    mem.write_slice(&out.to_bytes(), GuestAddress(d.arg0))
+    mem.write_slice(core.stats().as_bytes(), GuestAddress(d.arg0))
         .map_err(|_| Status::BadPointer)
 }

@@ -321,11 +321,6 @@ impl GuestCore {
         self.state().alloc.set_quota(pages)
     }
 
-    /// The quota in pages.
-    pub fn quota(&self) -> u64 {
-        self.state().alloc.quota()
-    }
-
     /// Why the guest was stopped, if it was.
     pub fn fatal(&self) -> Option<GuestFault> {
         self.fatal.lock().clone()
