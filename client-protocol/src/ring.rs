@@ -29,6 +29,12 @@ pub const PORT_DEBUG_STR: u16 = 0x511;
 /// `out` (32-bit) to this port: the guest program ends with this exit code.
 pub const PORT_EXIT: u16 = 0x512;
 
+/// ivshmem transport (QEMU's `ivshmem-doorbell`): the peer id memout's ivshmem server takes
+/// for itself; a guest rings memout by writing `HOST_PEER << 16 | VECTOR` to the doorbell.
+pub const IVSHMEM_HOST_PEER: u16 = 0;
+/// ivshmem transport: the one interrupt vector, used both ways (doorbells and answers).
+pub const IVSHMEM_VECTOR: u16 = 0;
+
 /// Magic of the info page: `"MEMOUTI\0"` read as a little-endian `u64`.
 pub const INFO_MAGIC: u64 = u64::from_le_bytes(*b"MEMOUTI\0");
 /// Magic of the ring header: `"MRNG"` read as a little-endian `u32`.
@@ -67,8 +73,18 @@ pub struct InfoPage {
     pub quota_pages: u64,
     /// Guest-physical address of the fast-path page, 0 if none (see [`FEATURE_FASTPATH`]).
     pub fastpath_gpa: u64,
+    /// The address the host gives this info page in its view of guest memory. Every other
+    /// `*_gpa` here is in the same view: [`INFO_PAGE_GPA`] in memout's own VMM; for a
+    /// transport that maps the channel into the guest at an address only the guest knows (a
+    /// PCI BAR), the guest finds a structure at `bar + (gpa - info_gpa)`.
+    pub info_gpa: u64,
+    /// A scratch area in the channel for extent lists and STATS replies (0 if none: the guest
+    /// uses its own memory, as in memout's own VMM).
+    pub scratch_gpa: u64,
+    /// Size of the scratch area in bytes.
+    pub scratch_size: u64,
     /// Reserved, zero.
-    pub reserved: [u64; 8],
+    pub reserved: [u64; 5],
 }
 
 /// Header at the start of the ring; descriptors follow at `ring_gpa + size_of::<RingHeader>()`.
@@ -319,6 +335,9 @@ const _: () = {
     assert!(offset_of!(InfoPage, ring_gpa) == 16);
     assert!(offset_of!(InfoPage, region_gpa) == 32);
     assert!(offset_of!(InfoPage, fastpath_gpa) == 56);
+    assert!(offset_of!(InfoPage, info_gpa) == 64);
+    assert!(offset_of!(InfoPage, scratch_gpa) == 72);
+    assert!(offset_of!(InfoPage, scratch_size) == 80);
     assert!(size_of::<RingHeader>() == 64);
     assert!(offset_of!(RingHeader, req_prod) == 8);
     assert!(offset_of!(RingHeader, quota_pages) == 32);

@@ -27,6 +27,9 @@ fn expectations() -> Vec<(&'static str, u64)> {
         off!("memout_info", InfoPage, region_size),
         off!("memout_info", InfoPage, quota_pages),
         off!("memout_info", InfoPage, fastpath_gpa),
+        off!("memout_info", InfoPage, info_gpa),
+        off!("memout_info", InfoPage, scratch_gpa),
+        off!("memout_info", InfoPage, scratch_size),
         off!("memout_info", InfoPage, reserved),
         (
             "sizeof(struct memout_ring_header)",
@@ -80,6 +83,8 @@ fn expectations() -> Vec<(&'static str, u64)> {
         ("MEMOUT_FEATURE_FASTPATH", FEATURE_FASTPATH as u64),
         ("MEMOUT_ALLOC_PARTIAL", ALLOC_PARTIAL as u64),
         ("MEMOUT_FREE_REPORTED", FREE_REPORTED as u64),
+        ("MEMOUT_IVSHMEM_HOST_PEER", IVSHMEM_HOST_PEER as u64),
+        ("MEMOUT_IVSHMEM_VECTOR", IVSHMEM_VECTOR as u64),
         ("MEMOUT_OP_HELLO", Opcode::Hello as u64),
         ("MEMOUT_OP_ALLOC", Opcode::Alloc as u64),
         ("MEMOUT_OP_FREE", Opcode::Free as u64),

@@ -4,7 +4,11 @@
 #ifndef MEMOUT_ABI_H
 #define MEMOUT_ABI_H
 
+#ifdef __KERNEL__
+#include <linux/types.h>
+#else
 #include <stdint.h>
+#endif
 
 #define MEMOUT_ABI_VERSION 1u
 #define MEMOUT_PAGE_SIZE 4096ull
@@ -13,6 +17,10 @@
 #define MEMOUT_PORT_DOORBELL 0x510
 #define MEMOUT_PORT_DEBUG_STR 0x511
 #define MEMOUT_PORT_EXIT 0x512
+
+/* ivshmem transport (QEMU): memout's peer id, and the vector of doorbells and answers. */
+#define MEMOUT_IVSHMEM_HOST_PEER 0u
+#define MEMOUT_IVSHMEM_VECTOR 0u
 
 #define MEMOUT_INFO_MAGIC 0x004954554f4d454dull /* "MEMOUTI\0" */
 #define MEMOUT_RING_MAGIC 0x474e524du           /* "MRNG" */
@@ -57,7 +65,10 @@ struct memout_info {
     uint64_t region_size;
     uint64_t quota_pages;
     uint64_t fastpath_gpa;
-    uint64_t reserved[8];
+    uint64_t info_gpa;     /* this page in the host's view; other *_gpa are in that view */
+    uint64_t scratch_gpa;  /* extent lists and STATS replies (0: use guest memory) */
+    uint64_t scratch_size;
+    uint64_t reserved[5];
 };
 
 /* At ring_gpa; ring_slots descriptors follow immediately. */

@@ -162,6 +162,7 @@ impl Server {
             region_gpa: cfg.region_gpa,
             region_size: cfg.region_size,
             quota_pages: cfg.quota_bytes / PAGE_SIZE,
+            info_gpa: INFO_PAGE_GPA,
             ..Default::default()
         };
         let header = RingHeader {

@@ -1,0 +1,95 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Attaching to a memout channel: check it, say HELLO, start forwarding frees; detaching stops
+ * forwarding and says what was forwarded. Also the device's sysfs statistics.
+ */
+#include <linux/device.h>
+#include <linux/sysfs.h>
+
+#include "memout_dev.h"
+
+static ssize_t reported_bytes_show(struct device *dev, struct device_attribute *attr,
+				   char *buf)
+{
+	struct memout_dev *md = dev_get_drvdata(dev);
+
+	return sysfs_emit(buf, "%llu\n", md->reported_pages << PAGE_SHIFT);
+}
+static DEVICE_ATTR_RO(reported_bytes);
+
+static ssize_t report_errors_show(struct device *dev, struct device_attribute *attr,
+				  char *buf)
+{
+	struct memout_dev *md = dev_get_drvdata(dev);
+
+	return sysfs_emit(buf, "%llu\n", md->report_errors);
+}
+static DEVICE_ATTR_RO(report_errors);
+
+static ssize_t host_stats_show(struct device *dev, struct device_attribute *attr, char *buf)
+{
+	struct memout_dev *md = dev_get_drvdata(dev);
+	struct memout_stats s;
+	int err = memout_stats(md, &s);
+
+	if (err)
+		return err;
+	return sysfs_emit(buf, "quota_pages %llu\nallocated_pages %llu\nresident_pages %llu\nfreed_pages %llu\n",
+			  s.quota_pages, s.allocated_pages, s.resident_pages, s.freed_pages);
+}
+static DEVICE_ATTR_RO(host_stats);
+
+static struct attribute *memout_attrs[] = {
+	&dev_attr_reported_bytes.attr,
+	&dev_attr_report_errors.attr,
+	&dev_attr_host_stats.attr,
+	NULL,
+};
+
+static const struct attribute_group memout_group = {
+	.name = "memout",
+	.attrs = memout_attrs,
+};
+
+void memout_dev_init(struct memout_dev *md, struct device *dev,
+		     const struct memout_transport *tr)
+{
+	md->dev = dev;
+	md->tr = tr;
+	mutex_init(&md->lock);
+	init_waitqueue_head(&md->wq);
+	dev_set_drvdata(dev, md);
+}
+
+int memout_attach(struct memout_dev *md, void *chan, size_t size)
+{
+	int err;
+
+	err = memout_chan_init(md, chan, size);
+	if (err)
+		return err;
+	err = memout_hello(md);
+	if (err) {
+		dev_err(md->dev, "HELLO to the memout host failed: %d\n", err);
+		return err;
+	}
+	err = memout_reporting_start(md);
+	if (err)
+		return err;
+	err = sysfs_create_group(&md->dev->kobj, &memout_group);
+	if (err) {
+		memout_reporting_stop(md);
+		return err;
+	}
+	dev_info(md->dev, "memout: attached over %s, ring of %u slots, region %llu MiB\n",
+		 md->tr->name, md->info.ring_slots, md->info.region_size >> 20);
+	return 0;
+}
+
+void memout_detach(struct memout_dev *md)
+{
+	sysfs_remove_group(&md->dev->kobj, &memout_group);
+	memout_reporting_stop(md);
+	dev_info(md->dev, "memout: detached; %llu MiB reported free, %llu report errors\n",
+		 md->reported_pages >> (20 - PAGE_SHIFT), md->report_errors);
+}

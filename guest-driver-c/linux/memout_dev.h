@@ -1,0 +1,69 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * memout.ko: forwards a Linux guest's page allocator traffic to the memout host server.
+ *
+ * The module speaks the ring ABI of memout_abi.h (shared with memout's own guests, no copy)
+ * over a transport that gives it the channel (info page, ring, scratch area) and a doorbell:
+ * memout_ivshmem.c for QEMU's ivshmem-doorbell device. The ring code never touches the
+ * transport directly.
+ */
+#ifndef MEMOUT_DEV_H
+#define MEMOUT_DEV_H
+
+#include <linux/mutex.h>
+#include <linux/page_reporting.h>
+#include <linux/types.h>
+#include <linux/wait.h>
+#include <linux/workqueue.h>
+
+#include "../include/memout_abi.h"
+
+struct memout_dev;
+
+/* What a transport provides to the ring code. */
+struct memout_transport {
+	const char *name;
+	/* Tell the host that requests are waiting (must not sleep). */
+	void (*kick)(struct memout_dev *md);
+};
+
+struct memout_dev {
+	struct device *dev;
+	const struct memout_transport *tr;
+	/* The channel as the guest maps it; the host's view starts at info->info_gpa. */
+	void *chan;
+	size_t chan_size;
+	struct memout_info info;	/* validated copy */
+	struct memout_ring_header *ring;
+	struct memout_desc *desc;
+	void *scratch;
+	u32 req_prod;			/* guest-owned producer index */
+	struct mutex lock;		/* one request in flight */
+	wait_queue_head_t wq;		/* woken by the transport's interrupt */
+	bool hello_done;
+	bool broken;			/* the host stopped answering */
+
+	/* Free page reporting. */
+	struct page_reporting_dev_info prdev;
+	bool reporting;
+	struct delayed_work expedite;
+	u64 reported_pages;
+	u64 report_errors;
+};
+
+int memout_chan_init(struct memout_dev *md, void *chan, size_t size);
+int memout_hello(struct memout_dev *md);
+int memout_free_reported(struct memout_dev *md, const struct memout_extent *ext,
+			 unsigned int n, u64 *freed);
+int memout_stats(struct memout_dev *md, struct memout_stats *out);
+void memout_interrupt(struct memout_dev *md);
+
+int memout_reporting_start(struct memout_dev *md);
+void memout_reporting_stop(struct memout_dev *md);
+
+void memout_dev_init(struct memout_dev *md, struct device *dev,
+		     const struct memout_transport *tr);
+int memout_attach(struct memout_dev *md, void *chan, size_t size);
+void memout_detach(struct memout_dev *md);
+
+#endif /* MEMOUT_DEV_H */
