@@ -1,11 +1,14 @@
 # The two set-up-free commands of the README: `make demo` and `make test`.
 # Both install what a fresh Debian machine with a Rust toolchain and gcc lacks (libclang-dev,
-# needed by the userfaultfd crate's bindgen), then build with cargo.
+# needed by the userfaultfd crate's bindgen), then build with cargo. `make test` also installs
+# what the Linux-guest tests need (QEMU, busybox-static, the cloud kernel's headers, cpio).
 
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: deps demo test
+.PHONY: deps test-deps demo test
+
+LINUX_GUEST_PKGS := qemu-system-x86 busybox-static linux-headers-cloud-amd64 cpio
 
 deps:
 	@if ! dpkg -s libclang-dev >/dev/null 2>&1; then \
@@ -15,10 +18,18 @@ deps:
 	fi
 	@command -v gcc >/dev/null || { echo "memout: gcc is required to build the guest programs"; exit 1; }
 
+test-deps: deps
+	@missing=$$(for p in $(LINUX_GUEST_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	    echo "memout: installing" $$missing "(for the Linux-guest tests)"; \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
 demo: deps
 	$(CARGO) run --release -q -p memout-vmm --bin memout -- demo
 
-test: deps
+test: test-deps
 	@if [ -n "$$MEMOUT_ALLOW_SKIP" ]; then \
 	    echo "################################################################"; \
 	    echo "MEMOUT_ALLOW_SKIP=$$MEMOUT_ALLOW_SKIP: tests missing these pieces are SKIPPED, not run"; \

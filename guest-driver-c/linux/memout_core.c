@@ -26,6 +26,14 @@ static ssize_t report_errors_show(struct device *dev, struct device_attribute *a
 }
 static DEVICE_ATTR_RO(report_errors);
 
+static ssize_t swept_bytes_show(struct device *dev, struct device_attribute *attr, char *buf)
+{
+	struct memout_dev *md = dev_get_drvdata(dev);
+
+	return sysfs_emit(buf, "%llu\n", md->swept_pages << PAGE_SHIFT);
+}
+static DEVICE_ATTR_RO(swept_bytes);
+
 static ssize_t host_stats_show(struct device *dev, struct device_attribute *attr, char *buf)
 {
 	struct memout_dev *md = dev_get_drvdata(dev);
@@ -42,6 +50,7 @@ static DEVICE_ATTR_RO(host_stats);
 static struct attribute *memout_attrs[] = {
 	&dev_attr_reported_bytes.attr,
 	&dev_attr_report_errors.attr,
+	&dev_attr_swept_bytes.attr,
 	&dev_attr_host_stats.attr,
 	NULL,
 };

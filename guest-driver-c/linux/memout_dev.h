@@ -47,8 +47,14 @@ struct memout_dev {
 	struct page_reporting_dev_info prdev;
 	bool reporting;
 	struct delayed_work expedite;
+	struct workqueue_struct *wq_expedite;
 	u64 reported_pages;
 	u64 report_errors;
+
+	/* Sweeps of the per-CPU free lists (memout_sweep.c). */
+	long *sweep_last;		/* per CPU: its list length after the last sweep */
+	unsigned long sweep_next;	/* jiffies: no sweep before */
+	u64 swept_pages;
 };
 
 int memout_chan_init(struct memout_dev *md, void *chan, size_t size);
@@ -57,6 +63,10 @@ int memout_free_reported(struct memout_dev *md, const struct memout_extent *ext,
 			 unsigned int n, u64 *freed);
 int memout_stats(struct memout_dev *md, struct memout_stats *out);
 void memout_interrupt(struct memout_dev *md);
+
+int memout_sweep_init(struct memout_dev *md);
+void memout_sweep_tick(struct memout_dev *md);
+void memout_sweep_exit(struct memout_dev *md);
 
 int memout_reporting_start(struct memout_dev *md);
 void memout_reporting_stop(struct memout_dev *md);

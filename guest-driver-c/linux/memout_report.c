@@ -60,7 +60,8 @@ static void memout_expedite(struct work_struct *work)
 
 	if (atomic_read(&md->prdev.state) == MEMOUT_PAGE_REPORTING_REQUESTED)
 		mod_delayed_work(system_wq, &md->prdev.work, 0);
-	schedule_delayed_work(&md->expedite, msecs_to_jiffies(expedite_ms));
+	memout_sweep_tick(md);
+	queue_delayed_work(md->wq_expedite, &md->expedite, msecs_to_jiffies(expedite_ms));
 }
 
 int memout_reporting_start(struct memout_dev *md)
@@ -77,8 +78,18 @@ int memout_reporting_start(struct memout_dev *md)
 	}
 	md->reporting = true;
 	INIT_DELAYED_WORK(&md->expedite, memout_expedite);
-	if (expedite_ms)
-		schedule_delayed_work(&md->expedite, msecs_to_jiffies(expedite_ms));
+	if (!expedite_ms)
+		return 0;
+	/* Its own queue: a sweep waits for work on every CPU's system queue. */
+	md->wq_expedite = alloc_workqueue("memout", WQ_UNBOUND, 1);
+	if (!md->wq_expedite || memout_sweep_init(md)) {
+		dev_err(md->dev, "no memory for the expedite worker; reports keep the kernel's delay\n");
+		if (md->wq_expedite)
+			destroy_workqueue(md->wq_expedite);
+		md->wq_expedite = NULL;
+		return 0;
+	}
+	queue_delayed_work(md->wq_expedite, &md->expedite, msecs_to_jiffies(expedite_ms));
 	return 0;
 }
 
@@ -87,7 +98,12 @@ void memout_reporting_stop(struct memout_dev *md)
 	if (!md->reporting)
 		return;
 	/* Stop touching the reporting work before the kernel tears it down. */
-	cancel_delayed_work_sync(&md->expedite);
+	if (md->wq_expedite) {
+		cancel_delayed_work_sync(&md->expedite);
+		destroy_workqueue(md->wq_expedite);
+		md->wq_expedite = NULL;
+		memout_sweep_exit(md);
+	}
 	page_reporting_unregister(&md->prdev);
 	md->reporting = false;
 }

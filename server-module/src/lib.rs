@@ -34,6 +34,7 @@ mod eager;
 mod evicted;
 pub mod extents;
 mod fault_handler;
+pub mod file_guest;
 mod frames;
 mod guest;
 mod guest_ref;

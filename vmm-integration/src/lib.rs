@@ -21,6 +21,7 @@ pub mod cpl3;
 pub mod image;
 pub mod layout;
 pub mod plain;
+pub mod qemu;
 pub mod runner;
 pub mod swapfile;
 pub mod vcpu_kick;

@@ -28,6 +28,8 @@ pub enum Piece {
     Swap,
     /// The cgroup v1 memory controller at `/sys/fs/cgroup/memory`.
     CgroupV1Memory,
+    /// `qemu-system-x86_64` on the PATH (Linux guests run under QEMU's software emulation).
+    Qemu,
 }
 
 impl Piece {
@@ -39,6 +41,7 @@ impl Piece {
             Self::Root => "root",
             Self::Swap => "swap",
             Self::CgroupV1Memory => "cgroup-v1",
+            Self::Qemu => "qemu",
         }
     }
 
@@ -56,6 +59,7 @@ impl Piece {
             Self::CgroupV1Memory => {
                 std::path::Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists()
             }
+            Self::Qemu => on_path("qemu-system-x86_64"),
         }
     }
 
@@ -68,6 +72,9 @@ impl Piece {
             Self::Root => "not running as root",
             Self::Swap => "cannot make a swapfile (needs root, mkswap and swapon)",
             Self::CgroupV1Memory => "no cgroup v1 memory controller at /sys/fs/cgroup/memory",
+            Self::Qemu => {
+                "no qemu-system-x86_64 on the PATH (apt install qemu-system-x86, or make deps)"
+            }
         }
     }
 }

@@ -1,0 +1,77 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * memout-test: the guest side of memout's Linux tests. Prints "MEMOUT-TEST: ..." lines on
+ * the console for the host to follow.
+ *
+ *   memout-test free MIB SECS   allocate MIB, touch and check every page, free it all,
+ *                               then wait SECS (while the host watches its memory fall)
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now_ms(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
+}
+
+/* One line with the guest's free memory, for the host's log. */
+static void show_free(const char *when)
+{
+	char line[128];
+	FILE *f = fopen("/proc/meminfo", "r");
+
+	while (f && fgets(line, sizeof(line), f)) {
+		printf("MEMOUT-TEST: %s %s", when, line);
+	}
+	if (f)
+		fclose(f);
+}
+
+static int do_free(size_t mib, unsigned int secs)
+{
+	size_t len = mib << 20, off;
+	uint64_t *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (p == MAP_FAILED) {
+		perror("MEMOUT-TEST: mmap");
+		return 1;
+	}
+	/* Let the reports of what boot freed settle, so the host sees this test's pages alone. */
+	sleep(2);
+	show_free("before");
+	printf("MEMOUT-TEST: start\n");
+	fflush(stdout);
+	for (off = 0; off < len; off += 4096)
+		p[off / 8] = off ^ 0x6d656d6f7574ull;
+	for (off = 0; off < len; off += 4096) {
+		if (p[off / 8] != (off ^ 0x6d656d6f7574ull)) {
+			printf("MEMOUT-TEST: corrupt at %zu\n", off);
+			return 1;
+		}
+	}
+	printf("MEMOUT-TEST: touched %zu MiB\n", mib);
+	fflush(stdout);
+	sleep(1);
+	munmap(p, len);
+	printf("MEMOUT-TEST: freed %zu MiB at %.0f ms\n", mib, now_ms());
+	fflush(stdout);
+	sleep(secs);
+	show_free("after");
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc == 4 && !strcmp(argv[1], "free"))
+		return do_free(strtoul(argv[2], NULL, 0), strtoul(argv[3], NULL, 0));
+	fprintf(stderr, "usage: memout-test free MIB SECS\n");
+	return 2;
+}

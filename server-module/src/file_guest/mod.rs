@@ -1,0 +1,316 @@
+//! Guests of an external VMM (QEMU): their RAM is a file the VMM maps shared, and their
+//! channel a memfd the VMM maps into the guest. The guest (the Linux module `memout.ko`)
+//! already owns all of its RAM, so the frames memout tracks are the ones it gave back:
+//!
+//! - `FREE` with `FREE_REPORTED` (free page reporting): the guest keeps the frames, memout
+//!   punches their holes, and the guest reads zeroes if it reuses them;
+//! - plain `FREE` (the balloon: frames the module took from the guest's allocator): the frames
+//!   become the host's, holes punched; `ALLOC` hands them back within the quota.
+//!
+//! memout cannot see this guest's page faults (userfaultfd covers only its own address
+//! space), so there is no demand population, eviction or stale-fault logic here: the file's
+//! allocated pages are its resident memory. The same `rpc` code as for memout's own guests
+//! parses and checks every request.
+
+mod channel;
+mod ram_file;
+
+pub use channel::{CHANNEL_GPA, CHANNEL_SIZE, Channel, RING_SLOTS};
+pub use ram_file::RamFile;
+
+use crate::extents::{ExtentSet, Run};
+use crate::log_limit::LogLimiter;
+use crate::mailbox::HostMailbox;
+use crate::ring_backend::{RingBackend, RingCounters};
+use crate::rpc::{self, DoorbellOutcome, RingCursor};
+use memout_protocol::ring::{Extent, GuestStats, PAGE_SIZE, Status};
+use parking_lot::Mutex;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+use thiserror::Error;
+
+/// Why a file-backed guest could not be set up.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// The RAM size is zero or not a multiple of 2 MiB.
+    #[error("guest RAM of {0} bytes is not a non-zero multiple of 2 MiB")]
+    Size(u64),
+    /// The RAM file.
+    #[error(transparent)]
+    Ram(#[from] ram_file::Error),
+    /// The channel.
+    #[error(transparent)]
+    Channel(#[from] channel::Error),
+}
+
+/// Counters of a file-backed guest.
+#[derive(Debug, Default)]
+struct Counters {
+    doorbells: AtomicU64,
+    requests: AtomicU64,
+    request_errors: AtomicU64,
+    reported_pages: AtomicU64,
+    freed_pages: AtomicU64,
+    punch_errors: AtomicU64,
+}
+
+/// What a file-backed guest's statistics say now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileGuestStats {
+    /// RAM size in pages.
+    pub ram_pages: u64,
+    /// Quota (requested size) in pages.
+    pub quota_pages: u64,
+    /// Pages the guest holds (RAM minus what it gave back).
+    pub allocated_pages: u64,
+    /// Host memory the RAM file holds, in pages.
+    pub resident_pages: u64,
+    /// Doorbells seen.
+    pub doorbells: u64,
+    /// Requests carried out, and how many were refused.
+    pub requests: u64,
+    /// Requests refused.
+    pub request_errors: u64,
+    /// Pages reported free (their memory dropped, the guest keeps them).
+    pub reported_pages: u64,
+    /// Pages given back to the host.
+    pub freed_pages: u64,
+    /// Hole punches that failed (the FREE answered `HostError`).
+    pub punch_errors: u64,
+}
+
+/// A guest of an external VMM.
+pub struct FileGuest {
+    name: String,
+    ram: RamFile,
+    channel: Channel,
+    ring: Mutex<RingCursor>,
+    mailbox: HostMailbox,
+    /// Frames the guest gave back (the host's; ALLOC hands them out again).
+    returned: Mutex<ExtentSet>,
+    quota: AtomicU64,
+    hello: AtomicBool,
+    counters: Counters,
+    log: LogLimiter,
+    span: tracing::Span,
+}
+
+impl FileGuest {
+    /// Creates the RAM file (`ram_size` bytes in `dir`, e.g. `/dev/shm`) and the channel.
+    pub fn create(name: &str, dir: &Path, ram_size: u64) -> Result<Self, Error> {
+        if ram_size == 0 || ram_size % (2 << 20) != 0 {
+            return Err(Error::Size(ram_size));
+        }
+        let pages = ram_size / PAGE_SIZE;
+        let ram = RamFile::create(dir, name, ram_size)?;
+        let channel = Channel::create(name, ram_size, pages)?;
+        let mailbox = HostMailbox::new(channel.memory().clone(), Channel::ring_gpa());
+        Ok(Self {
+            name: name.to_string(),
+            ram,
+            ring: Mutex::new(RingCursor::new(Channel::ring_gpa(), RING_SLOTS)),
+            channel,
+            mailbox,
+            returned: Mutex::new(ExtentSet::new()),
+            quota: AtomicU64::new(pages),
+            hello: AtomicBool::new(false),
+            counters: Counters::default(),
+            log: LogLimiter::new(10, Duration::from_secs(10)),
+            span: tracing::info_span!("guest", name = %name),
+        })
+    }
+
+    /// The guest's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The RAM file the VMM maps.
+    pub fn ram(&self) -> &RamFile {
+        &self.ram
+    }
+
+    /// The channel the VMM maps into the guest.
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Call when the guest rang the doorbell: processes its requests.
+    pub fn on_doorbell(&self) -> DoorbellOutcome {
+        let _g = self.span.enter();
+        rpc::process_doorbell(self, self.channel.memory(), &mut self.ring.lock())
+    }
+
+    fn ram_pages(&self) -> u64 {
+        self.ram.size() / PAGE_SIZE
+    }
+
+    fn allocated(&self) -> u64 {
+        self.ram_pages() - self.returned.lock().total()
+    }
+
+    /// The guest's statistics now.
+    pub fn stats(&self) -> FileGuestStats {
+        let c = &self.counters;
+        FileGuestStats {
+            ram_pages: self.ram_pages(),
+            quota_pages: self.quota.load(Relaxed),
+            allocated_pages: self.allocated(),
+            resident_pages: self.ram.allocated_bytes().unwrap_or(0) / PAGE_SIZE,
+            doorbells: c.doorbells.load(Relaxed),
+            requests: c.requests.load(Relaxed),
+            request_errors: c.request_errors.load(Relaxed),
+            reported_pages: c.reported_pages.load(Relaxed),
+            freed_pages: c.freed_pages.load(Relaxed),
+            punch_errors: c.punch_errors.load(Relaxed),
+        }
+    }
+
+    /// The guest's extents as runs of RAM frames; `Invalid` for anything outside RAM or
+    /// overlapping another extent of the same request.
+    fn runs_of(&self, list: &[Extent]) -> Result<Vec<Run>, Status> {
+        let mut seen = ExtentSet::new();
+        let frames = self.ram_pages();
+        for e in list {
+            let start = e.gpa / PAGE_SIZE;
+            let end = start.checked_add(e.pages).ok_or(Status::Invalid)?;
+            let r = Run {
+                start,
+                len: e.pages,
+            };
+            if end > frames || seen.overlaps(r) {
+                return Err(Status::Invalid);
+            }
+            seen.insert(r);
+        }
+        Ok(seen.iter().collect())
+    }
+
+    fn punch(&self, runs: &[Run]) -> Result<(), Status> {
+        for r in runs {
+            if let Err(e) = self.ram.punch(r.start * PAGE_SIZE, r.len * PAGE_SIZE) {
+                self.counters.punch_errors.fetch_add(1, Relaxed);
+                if let Some(suppressed) = self.log.allow() {
+                    tracing::error!(parent: &self.span, %e, suppressed, "FREE could not drop memory");
+                }
+                return Err(Status::HostError);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl RingCounters for FileGuest {
+    fn doorbell(&self) {
+        self.counters.doorbells.fetch_add(1, Relaxed);
+    }
+
+    fn request(&self, failed: bool) {
+        self.counters.requests.fetch_add(1, Relaxed);
+        if failed {
+            self.counters.request_errors.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+impl RingBackend for FileGuest {
+    fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    fn log_limit(&self) -> &LogLimiter {
+        &self.log
+    }
+
+    fn hello_done(&self) -> bool {
+        self.hello.load(Relaxed)
+    }
+
+    fn set_hello(&self) {
+        self.hello.store(true, Relaxed);
+    }
+
+    fn alloc(&self, pages: u64, max_extents: usize, partial: bool) -> Result<Vec<Extent>, Status> {
+        let mut returned = self.returned.lock();
+        let held = self.ram_pages() - returned.total();
+        let room = self.quota.load(Relaxed).saturating_sub(held);
+        let want = if partial { pages.min(room) } else { pages };
+        if want == 0 || want > room {
+            return Err(Status::Quota);
+        }
+        let mut out = Vec::new();
+        let mut left = want;
+        for r in returned.longest_k(max_extents).collect::<Vec<_>>() {
+            let n = r.len.min(left);
+            out.push(Run {
+                start: r.start,
+                len: n,
+            });
+            left -= n;
+            if left == 0 {
+                break;
+            }
+        }
+        if left > 0 && !partial {
+            return Err(Status::NoMemory);
+        }
+        for r in &out {
+            returned.remove(*r);
+        }
+        Ok(out
+            .iter()
+            .map(|r| Extent {
+                gpa: r.start * PAGE_SIZE,
+                pages: r.len,
+            })
+            .collect())
+    }
+
+    fn undo_alloc(&self, extents: &[Extent]) {
+        let mut returned = self.returned.lock();
+        for e in extents {
+            returned.insert(Run {
+                start: e.gpa / PAGE_SIZE,
+                len: e.pages,
+            });
+        }
+    }
+
+    fn free(&self, list: &[Extent], reported: bool) -> Result<u64, Status> {
+        let runs = self.runs_of(list)?;
+        let pages = runs.iter().map(|r| r.len).sum();
+        let mut returned = self.returned.lock();
+        if runs.iter().any(|r| returned.overlaps(*r)) {
+            return Err(Status::NotOwned);
+        }
+        self.punch(&runs)?;
+        if reported {
+            self.counters.reported_pages.fetch_add(pages, Relaxed);
+        } else {
+            for r in &runs {
+                returned.insert(*r);
+            }
+            self.counters.freed_pages.fetch_add(pages, Relaxed);
+        }
+        Ok(pages)
+    }
+
+    fn stats(&self) -> GuestStats {
+        let s = FileGuest::stats(self);
+        GuestStats {
+            quota_pages: s.quota_pages,
+            allocated_pages: s.allocated_pages,
+            resident_pages: s.resident_pages,
+            faults: 0,
+            freed_pages: s.freed_pages + s.reported_pages,
+            reserved: [0; 3],
+        }
+    }
+
+    fn refresh_limits(&self) {
+        let quota = self.quota.load(Relaxed);
+        self.mailbox
+            .refresh(quota, self.allocated().saturating_sub(quota));
+    }
+}

@@ -1,0 +1,183 @@
+//! Serving a QEMU guest: memout owns the guest's RAM file and its channel, speaks the ivshmem
+//! server protocol to QEMU's `ivshmem-doorbell` device, and answers the guest's doorbells
+//! (the Linux module `memout.ko`) on its own thread. [`QemuGuest::qemu_args`] is what QEMU
+//! must be started with.
+//!
+//! QEMU maps the RAM file itself, so memout sees none of the guest's page faults: it frees
+//! memory the guest gives back (punching holes in the file) but cannot populate or evict on
+//! demand; see `docs/embedding.md`.
+
+pub mod ivshmem;
+pub mod launch;
+
+use ivshmem::{IvshmemClient, IvshmemServer};
+use memout_server::file_guest::{CHANNEL_SIZE, FileGuest};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use thiserror::Error;
+
+/// Most RAM a QEMU guest may have: below this, QEMU's `pc` machine maps all RAM at
+/// guest-physical 0 in one piece, so a frame's address is its offset in the RAM file.
+pub const MAX_RAM: u64 = 2 << 30;
+
+/// Errors serving a QEMU guest.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// RAM above [`MAX_RAM`].
+    #[error("guest RAM of {0} MiB is above the {max} MiB memout serves for QEMU", max = MAX_RAM >> 20)]
+    TooBig(u64),
+    /// The guest's RAM file or channel.
+    #[error(transparent)]
+    Guest(#[from] memout_server::file_guest::Error),
+    /// The ivshmem server.
+    #[error(transparent)]
+    Ivshmem(#[from] ivshmem::Error),
+    /// The stop eventfd.
+    #[error("cannot create an eventfd: {0}")]
+    EventFd(#[source] nix::errno::Errno),
+    /// The serving thread could not start.
+    #[error("cannot start the serving thread: {0}")]
+    Spawn(#[source] std::io::Error),
+}
+
+/// `Result` with this module's [`enum@Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// What to serve.
+#[derive(Debug, Clone)]
+pub struct QemuGuestConfig {
+    /// Guest name (also in the file names).
+    pub name: String,
+    /// Guest RAM in bytes (a multiple of 2 MiB, at most [`MAX_RAM`]).
+    pub ram_bytes: u64,
+    /// Where the RAM file goes (tmpfs, e.g. `/dev/shm`).
+    pub ram_dir: PathBuf,
+    /// The ivshmem server's socket.
+    pub socket: PathBuf,
+}
+
+/// One served QEMU guest. Dropping it stops serving and removes the RAM file's name (QEMU
+/// keeps the memory it mapped).
+pub struct QemuGuest {
+    guest: Arc<FileGuest>,
+    socket: PathBuf,
+    stop: Arc<EventFd>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl QemuGuest {
+    /// Creates the RAM file and the channel, listens on the socket, and starts serving.
+    pub fn start(cfg: &QemuGuestConfig) -> Result<Self> {
+        if cfg.ram_bytes > MAX_RAM {
+            return Err(Error::TooBig(cfg.ram_bytes >> 20));
+        }
+        let guest = Arc::new(FileGuest::create(&cfg.name, &cfg.ram_dir, cfg.ram_bytes)?);
+        let server = IvshmemServer::bind(&cfg.socket)?;
+        let stop = Arc::new(
+            EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC).map_err(Error::EventFd)?,
+        );
+        let thread = {
+            let (guest, stop) = (guest.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name(format!("memout-qemu-{}", cfg.name))
+                .spawn(move || serve(&guest, server, &stop))
+                .map_err(Error::Spawn)?
+        };
+        Ok(Self {
+            guest,
+            socket: cfg.socket.clone(),
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The guest as the server sees it (statistics, RAM file).
+    pub fn guest(&self) -> &Arc<FileGuest> {
+        &self.guest
+    }
+
+    /// The RAM file's path.
+    pub fn ram_path(&self) -> &Path {
+        self.guest.ram().path()
+    }
+
+    /// The QEMU options that give the guest its RAM from memout's file and the
+    /// `ivshmem-doorbell` device that carries the channel (add the kernel, console, etc.).
+    pub fn qemu_args(&self) -> Vec<String> {
+        let mib = self.guest.ram().size() >> 20;
+        vec![
+            "-machine".into(),
+            "pc,memory-backend=memout-ram".into(),
+            "-m".into(),
+            format!("{mib}M"),
+            "-object".into(),
+            format!(
+                "memory-backend-file,id=memout-ram,size={mib}M,mem-path={},share=on",
+                self.ram_path().display()
+            ),
+            "-chardev".into(),
+            format!("socket,path={},id=memout-chan", self.socket.display()),
+            "-device".into(),
+            format!(
+                "ivshmem-doorbell,chardev=memout-chan,vectors={}",
+                ivshmem::VECTORS
+            ),
+        ]
+    }
+}
+
+impl Drop for QemuGuest {
+    fn drop(&mut self) {
+        let _ = self.stop.write(1);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The serving loop: accept QEMU, answer doorbells, until `stop`.
+fn serve(guest: &FileGuest, mut server: IvshmemServer, stop: &EventFd) {
+    let _span = tracing::info_span!("qemu", guest = guest.name()).entered();
+    debug_assert_eq!(CHANNEL_SIZE.count_ones(), 1);
+    let mut client: Option<IvshmemClient> = None;
+    loop {
+        let (accept, ring, quit) = {
+            let mut fds = [
+                PollFd::new(server.listener(), PollFlags::POLLIN),
+                PollFd::new(server.doorbell().as_fd(), PollFlags::POLLIN),
+                PollFd::new(stop.as_fd(), PollFlags::POLLIN),
+            ];
+            if let Err(e) = poll(&mut fds, PollTimeout::NONE) {
+                if e == nix::errno::Errno::EINTR {
+                    continue;
+                }
+                tracing::error!(%e, "poll failed; no longer serving the guest");
+                return;
+            }
+            let ready = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
+            (ready(&fds[0]), ready(&fds[1]), ready(&fds[2]))
+        };
+        if quit {
+            return;
+        }
+        if accept {
+            match server.accept(guest.channel().fd()) {
+                Ok(c) => client = Some(c),
+                Err(e) => tracing::warn!(%e, "ivshmem client refused"),
+            }
+        }
+        if ring {
+            let _ = server.doorbell().read();
+            let out = guest.on_doorbell();
+            if out.processed > 0
+                && let Some(c) = &client
+            {
+                c.interrupt();
+            }
+        }
+    }
+}
