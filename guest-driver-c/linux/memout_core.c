@@ -42,7 +42,8 @@ static ssize_t host_stats_show(struct device *dev, struct device_attribute *attr
 
 	if (err)
 		return err;
-	return sysfs_emit(buf, "quota_pages %llu\nallocated_pages %llu\nresident_pages %llu\nfreed_pages %llu\n",
+	return sysfs_emit(buf,
+			  "quota_pages %llu\nallocated_pages %llu\nresident_pages %llu\nfreed_pages %llu\n",
 			  s.quota_pages, s.allocated_pages, s.resident_pages, s.freed_pages);
 }
 static DEVICE_ATTR_RO(host_stats);

@@ -82,7 +82,8 @@ static int memout_ivshmem_probe(struct pci_dev *pdev, const struct pci_device_id
 	memout_dev_init(&iv->md, &pdev->dev, &ivshmem_transport);
 	err = pci_alloc_irq_vectors(pdev, 1, 1, PCI_IRQ_MSIX);
 	if (err < 0) {
-		dev_warn(&pdev->dev, "no MSI-X vector (%d); waiting for the host by polling\n", err);
+		dev_warn(&pdev->dev, "no MSI-X vector (%d); waiting for the host by polling\n",
+			 err);
 	} else {
 		err = devm_request_irq(&pdev->dev, pci_irq_vector(pdev, 0), ivshmem_irq, 0,
 				       "memout", &iv->md);

@@ -6,7 +6,6 @@
  *   memout-test free MIB SECS   allocate MIB, touch and check every page, free it all,
  *                               then wait SECS (while the host watches its memory fall)
  */
-#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,9 +27,8 @@ static void show_free(const char *when)
 	char line[128];
 	FILE *f = fopen("/proc/meminfo", "r");
 
-	while (f && fgets(line, sizeof(line), f)) {
+	while (f && fgets(line, sizeof(line), f))
 		printf("MEMOUT-TEST: %s %s", when, line);
-	}
 	if (f)
 		fclose(f);
 }
@@ -38,7 +36,8 @@ static void show_free(const char *when)
 static int do_free(size_t mib, unsigned int secs)
 {
 	size_t len = mib << 20, off;
-	uint64_t *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	unsigned long long *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+				     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 
 	if (p == MAP_FAILED) {
 		perror("MEMOUT-TEST: mmap");
