@@ -1,0 +1,177 @@
+//! A file-backed guest (an external VMM's, e.g. QEMU's) through its ring, as a hostile or
+//! well-behaved Linux module would drive it: reported frees drop the RAM file's memory and keep
+//! ownership, the balloon's FREE/ALLOC move frames within the quota, and bad requests are
+//! refused with nothing dropped.
+
+use memout_protocol::ring::{
+    Descriptor, Extent, FREE_REPORTED, InfoPage, Opcode, PAGE_SIZE, RING_REQ_PROD_OFFSET,
+    RingHeader, Status,
+};
+use memout_server::file_guest::{CHANNEL_GPA, Channel, FileGuest};
+use std::os::unix::fs::FileExt;
+use vm_memory::{Bytes, GuestAddress};
+
+const MIB: u64 = 1 << 20;
+
+struct Driver {
+    g: FileGuest,
+    prod: u32,
+    scratch: u64,
+}
+
+impl Driver {
+    fn new(ram: u64) -> Self {
+        let g = FileGuest::create("t", std::path::Path::new("/dev/shm"), ram)
+            .expect("RAM file in /dev/shm");
+        let mut b = [0u8; InfoPage::SIZE];
+        g.channel()
+            .memory()
+            .read_slice(&mut b, GuestAddress(CHANNEL_GPA))
+            .unwrap();
+        let info = InfoPage::from_bytes(&b);
+        assert_eq!(info.info_gpa, CHANNEL_GPA);
+        assert_eq!(info.region_size, ram);
+        let mut d = Self {
+            g,
+            prod: 0,
+            scratch: info.scratch_gpa,
+        };
+        let h = d.submit(Descriptor {
+            opcode: Opcode::Hello as u16,
+            arg0: 1,
+            ..Default::default()
+        });
+        assert_eq!(h.status, Status::Ok as u32);
+        d
+    }
+
+    fn submit(&mut self, d: Descriptor) -> Descriptor {
+        let mem = self.g.channel().memory();
+        let slot = Channel::ring_gpa()
+            + RingHeader::SIZE as u64
+            + (self.prod % 32) as u64 * Descriptor::SIZE as u64;
+        mem.write_slice(&d.to_bytes(), GuestAddress(slot)).unwrap();
+        self.prod += 1;
+        mem.write_obj(
+            self.prod,
+            GuestAddress(Channel::ring_gpa() + RING_REQ_PROD_OFFSET as u64),
+        )
+        .unwrap();
+        self.g.on_doorbell();
+        let mut b = [0u8; Descriptor::SIZE];
+        mem.read_slice(&mut b, GuestAddress(slot)).unwrap();
+        Descriptor::decode(&b)
+    }
+
+    fn free(&mut self, list: &[Extent], flags: u16) -> Descriptor {
+        let mem = self.g.channel().memory();
+        for (i, e) in list.iter().enumerate() {
+            mem.write_slice(&e.to_bytes(), GuestAddress(self.scratch + i as u64 * 16))
+                .unwrap();
+        }
+        self.submit(Descriptor {
+            opcode: Opcode::Free as u16,
+            flags,
+            nr_extents: list.len() as u32,
+            extents_gpa: self.scratch,
+            ..Default::default()
+        })
+    }
+
+    /// Writes `bytes` of non-zero data at `offset` of the RAM file, as the guest would.
+    fn touch(&self, offset: u64, bytes: u64) {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.g.ram().path())
+            .unwrap();
+        f.write_all_at(&vec![0xa5; bytes as usize], offset).unwrap();
+    }
+
+    fn resident(&self) -> u64 {
+        self.g.stats().resident_pages * PAGE_SIZE
+    }
+}
+
+fn ext(gpa: u64, bytes: u64) -> Extent {
+    Extent {
+        gpa,
+        pages: bytes / PAGE_SIZE,
+    }
+}
+
+#[test]
+fn reported_frees_drop_memory_and_keep_ownership() {
+    let mut d = Driver::new(64 * MIB);
+    d.touch(0, 32 * MIB);
+    assert!(d.resident() >= 32 * MIB);
+    let r = d.free(&[ext(0, 16 * MIB), ext(24 * MIB, 8 * MIB)], FREE_REPORTED);
+    assert_eq!((r.status, r.pages), (0, 6144));
+    assert!(d.resident() <= 8 * MIB, "{} MiB left", d.resident() / MIB);
+    let s = d.g.stats();
+    assert_eq!((s.reported_pages, s.allocated_pages), (6144, 16384));
+    // The guest still owns them: it may report them again, and reads zeroes there.
+    assert_eq!(d.free(&[ext(0, 16 * MIB)], FREE_REPORTED).status, 0);
+    let f = std::fs::File::open(d.g.ram().path()).unwrap();
+    let mut b = [1u8; 64];
+    f.read_exact_at(&mut b, 4096).unwrap();
+    assert_eq!(b, [0u8; 64]);
+}
+
+#[test]
+fn the_balloon_gives_frames_back_within_the_quota() {
+    let mut d = Driver::new(64 * MIB);
+    d.touch(0, 64 * MIB);
+    let r = d.free(&[ext(32 * MIB, 32 * MIB)], 0);
+    assert_eq!((r.status, r.pages), (0, 8192));
+    assert!(d.resident() <= 32 * MIB);
+    assert_eq!(d.g.stats().allocated_pages, 8192);
+    // Frames given back are the host's: reporting them again is refused.
+    let r = d.free(&[ext(40 * MIB, 4 * MIB)], FREE_REPORTED);
+    assert_eq!(r.status, Status::NotOwned as u32);
+    // ALLOC hands them back (into the scratch area).
+    let a = d.submit(Descriptor {
+        opcode: Opcode::Alloc as u16,
+        pages: 4096,
+        nr_extents: 16,
+        extents_gpa: d.scratch,
+        ..Default::default()
+    });
+    assert_eq!((a.status, a.pages), (0, 4096));
+    assert_eq!(d.g.stats().allocated_pages, 12288);
+}
+
+#[test]
+fn bad_frees_are_refused_and_drop_nothing() {
+    let mut d = Driver::new(64 * MIB);
+    d.touch(0, 64 * MIB);
+    let before = d.resident();
+    for (list, why) in [
+        (vec![ext(60 * MIB, 8 * MIB)], "beyond RAM"),
+        (vec![ext(u64::MAX - 4095, 4096)], "address overflow"),
+        (
+            vec![ext(0, 8 * MIB), ext(4 * MIB, 8 * MIB)],
+            "overlapping extents",
+        ),
+        (
+            vec![ext(0, 8 * MIB), ext(100 * MIB, 4096)],
+            "one bad extent of two",
+        ),
+        (vec![ext(1, 4096)], "unaligned"),
+        (vec![Extent { gpa: 0, pages: 0 }], "empty extent"),
+    ] {
+        let r = d.free(&list, FREE_REPORTED);
+        assert_eq!(r.status, Status::Invalid as u32, "{why}");
+    }
+    let r = d.free(&[ext(0, 4096)], 0x8000);
+    assert_eq!(r.status, Status::Invalid as u32, "unknown flag");
+    // An extent list outside the channel.
+    let r = d.submit(Descriptor {
+        opcode: Opcode::Free as u16,
+        nr_extents: 1,
+        extents_gpa: 0x1000,
+        ..Default::default()
+    });
+    assert_eq!(r.status, Status::BadPointer as u32);
+    assert_eq!(d.resident(), before, "nothing dropped");
+    assert_eq!(d.g.stats().request_errors, 8);
+}
