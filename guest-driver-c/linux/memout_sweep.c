@@ -3,10 +3,13 @@
  * Sweeping the per-CPU free lists. Pages a task frees go first to its CPU's per-CPU lists
  * (up to their "high" mark: tens of MiB on a 1 GiB guest) and reach the buddy lists, where
  * free page reporting looks, only when those overflow. So after a large free, that much free
- * memory is never reported. A sweep takes the pages waiting on one CPU's lists (allocating
- * order-0 pages of a migrate type without reclaim takes them from that type's list first),
- * reports them to the host as FREE_REPORTED, and frees them again: they stay on the lists,
- * now without host memory.
+ * memory is never reported. The lists are kept per order (0 to 3, and pageblock order for
+ * THP) and migrate type. A sweep counts the blocks on each of one CPU's lists (under the
+ * list's lock), takes that many by allocating blocks of that order and type without reclaim
+ * (which takes them from that list first), reports them to the host as FREE_REPORTED, and
+ * frees them again: they stay on the lists, now without host memory.
+ * On a guest whose RAM spans several zones, an allocation may be served from a higher zone
+ * than the list counted; such pages are reported too, and the sweep simply covers less.
  *
  * A CPU is swept when its lists hold at least sweep_min_pages and changed by half that since
  * its last sweep, at most every sweep_interval_ms.
@@ -54,16 +57,22 @@ static unsigned int pcp_pages(void)
 	return n;
 }
 
+/* A page the sweep holds, and its order. */
+struct swept {
+	struct page *page;
+	unsigned int order;
+};
+
 static int cmp_pfn(const void *a, const void *b)
 {
-	unsigned long x = page_to_pfn(*(struct page * const *)a);
-	unsigned long y = page_to_pfn(*(struct page * const *)b);
+	unsigned long x = page_to_pfn(((const struct swept *)a)->page);
+	unsigned long y = page_to_pfn(((const struct swept *)b)->page);
 
 	return x < y ? -1 : x > y;
 }
 
-/* Reports @pages (sorted by pfn), coalesced into runs. */
-static void report_pages(struct memout_dev *md, struct page **pages, unsigned int n)
+/* Reports @held (sorted by pfn), coalesced into runs. */
+static void report_pages(struct memout_dev *md, struct swept *held, unsigned int n)
 {
 	struct memout_extent *ext = kmalloc_array(MEMOUT_SWEEP_EXTENTS, sizeof(*ext), GFP_KERNEL);
 	unsigned int i, k = 0;
@@ -72,10 +81,11 @@ static void report_pages(struct memout_dev *md, struct page **pages, unsigned in
 	if (!ext)
 		return;
 	for (i = 0; i < n; i++) {
-		u64 gpa = page_to_phys(pages[i]);
+		u64 gpa = page_to_phys(held[i].page);
+		u64 pages = 1ull << held[i].order;
 
 		if (k && ext[k - 1].gpa + (ext[k - 1].pages << PAGE_SHIFT) == gpa) {
-			ext[k - 1].pages++;
+			ext[k - 1].pages += pages;
 			continue;
 		}
 		if (k == MEMOUT_SWEEP_EXTENTS) {
@@ -84,7 +94,7 @@ static void report_pages(struct memout_dev *md, struct page **pages, unsigned in
 			k = 0;
 		}
 		ext[k].gpa = gpa;
-		ext[k].pages = 1;
+		ext[k].pages = pages;
 		k++;
 	}
 	if (k && !memout_free_reported(md, ext, k, &freed))
@@ -93,20 +103,70 @@ static void report_pages(struct memout_dev *md, struct page **pages, unsigned in
 }
 
 /*
- * Takes up to what this CPU's lists hold with @gfp added (a migrate type: each list is taken
- * by allocations of its type) into @pages from @n, at most @max; returns the new count.
- * Without reclaim or warnings: under pressure the sweep just ends early.
+ * The per-CPU list an allocation of @order and migrate type @mt takes from first: as
+ * mm/page_alloc.c's order_to_pindex() in 6.1 (one list per type for orders up to
+ * PAGE_ALLOC_COSTLY_ORDER; with THP, two for pageblock order, movable or not).
  */
-static unsigned int take(struct page **pages, unsigned int n, unsigned int max, gfp_t gfp)
+static unsigned int pindex(unsigned int order, int mt)
 {
-	unsigned int want = min(max, n + pcp_pages());
+#ifdef CONFIG_TRANSPARENT_HUGEPAGE
+	if (order > PAGE_ALLOC_COSTLY_ORDER)
+		return NR_LOWORDER_PCP_LISTS + (mt == MIGRATE_MOVABLE);
+#endif
+	return MIGRATE_PCPTYPES * order + mt;
+}
+
+/* Blocks on this CPU's list @idx, all zones (counted under each list's lock). */
+static unsigned int pcp_list_len(unsigned int idx)
+{
+	unsigned int n = 0;
+	int nid, z;
+
+	for_each_online_node(nid) {
+		pg_data_t *pgdat = NODE_DATA(nid);
+
+		for (z = 0; z < MAX_NR_ZONES; z++) {
+			struct zone *zone = &pgdat->node_zones[z];
+			struct per_cpu_pages *pcp;
+			struct list_head *pos;
+			unsigned long flags;
+
+			if (!populated_zone(zone))
+				continue;
+			pcp = this_cpu_ptr(zone->per_cpu_pageset);
+			spin_lock_irqsave(&pcp->lock, flags);
+			list_for_each(pos, &pcp->lists[idx])
+				n++;
+			spin_unlock_irqrestore(&pcp->lock, flags);
+		}
+	}
+	return n;
+}
+
+/*
+ * Takes the blocks on this CPU's list for (@order, @mt) by allocating that many of that
+ * order and type, into @held from @n, at most @max; returns the new count. Without reclaim
+ * or warnings: under pressure the sweep just ends early.
+ */
+static unsigned int take(struct swept *held, unsigned int n, unsigned int max,
+			 unsigned int order, int mt)
+{
+	static const gfp_t type_gfp[MIGRATE_PCPTYPES] = {
+		[MIGRATE_UNMOVABLE] = 0,
+		[MIGRATE_MOVABLE] = __GFP_MOVABLE,
+		[MIGRATE_RECLAIMABLE] = __GFP_RECLAIMABLE,
+	};
+	unsigned int want = min(max, n + pcp_list_len(pindex(order, mt)));
 
 	while (n < want) {
-		struct page *p = alloc_page(GFP_NOWAIT | __GFP_NOWARN | __GFP_NOMEMALLOC | gfp);
+		struct page *p = alloc_pages(GFP_NOWAIT | __GFP_NOWARN | __GFP_NOMEMALLOC |
+					     type_gfp[mt], order);
 
 		if (!p)
 			break;
-		pages[n++] = p;
+		held[n].page = p;
+		held[n].order = order;
+		n++;
 	}
 	return n;
 }
@@ -115,23 +175,29 @@ static unsigned int take(struct page **pages, unsigned int n, unsigned int max, 
 static long sweep_this_cpu(void *arg)
 {
 	struct memout_dev *md = arg;
-	/* Room for every list at its high mark, and a refill batch or two more. */
-	unsigned int max = 2 * pcp_pages() + 256, n, i;
-	struct page **pages;
+	unsigned int max = pcp_pages(), n = 0, i, order;
+	struct swept *held;
+	long pages = 0;
+	int mt;
 
-	pages = kvmalloc_array(max, sizeof(*pages), GFP_KERNEL);
-	if (!pages)
+	held = kvmalloc_array(max, sizeof(*held), GFP_KERNEL);
+	if (!held)
 		return 0;
-	/* What tasks free (anonymous and file pages) waits on the movable list: first. */
-	n = take(pages, 0, max, __GFP_MOVABLE);
-	n = take(pages, n, max, __GFP_RECLAIMABLE);
-	n = take(pages, n, max, 0);
-	sort(pages, n, sizeof(*pages), cmp_pfn, NULL);
-	report_pages(md, pages, n);
-	for (i = 0; i < n; i++)
-		__free_page(pages[i]);
-	kvfree(pages);
-	return n;
+	for (order = 0; order <= PAGE_ALLOC_COSTLY_ORDER; order++)
+		for (mt = 0; mt < MIGRATE_PCPTYPES; mt++)
+			n = take(held, n, max, order, mt);
+#ifdef CONFIG_TRANSPARENT_HUGEPAGE
+	n = take(held, n, max, pageblock_order, MIGRATE_MOVABLE);
+	n = take(held, n, max, pageblock_order, MIGRATE_UNMOVABLE);
+#endif
+	sort(held, n, sizeof(*held), cmp_pfn, NULL);
+	report_pages(md, held, n);
+	for (i = 0; i < n; i++) {
+		pages += 1l << held[i].order;
+		__free_pages(held[i].page, held[i].order);
+	}
+	kvfree(held);
+	return pages;
 }
 
 static long pcp_pages_on(void *unused)
