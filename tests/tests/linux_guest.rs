@@ -40,7 +40,7 @@ fn guest(name: &str, ram: u64) -> QemuGuest {
 /// host answering.
 #[test]
 fn guest_frees_reach_the_host_within_two_seconds() {
-    if !require_all(&[Piece::Qemu, Piece::Root], "linux_guest") {
+    if !require_all(&[Piece::Qemu], "linux_guest") {
         return;
     }
     let image = image();

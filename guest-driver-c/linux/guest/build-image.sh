@@ -3,7 +3,8 @@
 # Builds memout's Linux test guest from Debian packages only (apt, no other downloads):
 #   OUT/vmlinuz       the Debian cloud kernel (linux-image-cloud-amd64), unpacked, not installed
 #   OUT/memout.ko     built against that kernel's headers
-#   OUT/initrd.cpio.gz  busybox-static, memout.ko, memout-test and ./init
+#   OUT/initrd.cpio.gz  busybox-static, memout.ko, memout-test, ./init, and the kernel's
+#                     virtio-balloon modules (the baseline of `memout bench linux-free`)
 # Installs what is missing (qemu-system-x86, busybox-static, linux-headers-cloud-amd64, cpio).
 # Cached: does nothing if its inputs did not change. Usage: build-image.sh OUT
 set -euo pipefail
@@ -28,12 +29,23 @@ if [ -f "$out/stamp" ] && [ "$(cat "$out/stamp")" = "$stamp" ] && [ -f "$out/ini
 	exit 0
 fi
 
-# The kernel the headers belong to, unpacked from its package.
-if [ ! -f "$out/vmlinuz-$kver" ]; then
+# The kernel the headers belong to, unpacked from its package, and the virtio modules the
+# virtio-balloon baseline loads (in load order).
+virtio_mods="virtio virtio_ring virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_balloon"
+if [ ! -f "$out/vmlinuz-$kver" ] || [ ! -f "$out/kmod-$kver/virtio_balloon.ko" ]; then
 	rm -rf "$out/deb" && mkdir -p "$out/deb"
 	(cd "$out/deb" && apt-get download -q -o APT::Sandbox::User=root "linux-image-$kver" >&2)
 	dpkg-deb -x "$out"/deb/linux-image-"$kver"_*.deb "$out/deb/root"
 	cp "$out/deb/root/boot/vmlinuz-$kver" "$out/vmlinuz-$kver"
+	rm -rf "$out/kmod-$kver" && mkdir -p "$out/kmod-$kver"
+	for m in $virtio_mods; do
+		f="$(find "$out/deb/root/lib/modules/$kver" -name "$m.ko*" | head -1)"
+		[ -n "$f" ] || { echo "build-image: no $m module in linux-image-$kver" >&2; exit 1; }
+		case "$f" in
+		*.xz) xz -dc "$f" > "$out/kmod-$kver/$m.ko" ;;
+		*) cp "$f" "$out/kmod-$kver/$m.ko" ;;
+		esac
+	done
 	rm -rf "$out/deb"
 fi
 ln -sf "vmlinuz-$kver" "$out/vmlinuz"
@@ -55,5 +67,8 @@ done
 gcc -static -O2 -Wall -Werror -o "$root/memout-test" "$here/memout_test.c"
 cp "$here/init" "$root/init"
 cp "$out/memout.ko" "$root/memout.ko"
+mkdir -p "$root/lib/virtio"
+for m in $virtio_mods; do cp "$out/kmod-$kver/$m.ko" "$root/lib/virtio/"; done
+echo "$virtio_mods" > "$root/lib/virtio/order"
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) > "$out/initrd.cpio.gz"
 echo "$stamp" > "$out/stamp"

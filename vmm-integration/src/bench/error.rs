@@ -18,6 +18,25 @@ pub enum Error {
         #[source]
         source: crate::image::Error,
     },
+    /// Serving a QEMU guest failed.
+    #[error(transparent)]
+    Qemu(#[from] crate::qemu::Error),
+    /// Building the Linux image or running QEMU failed.
+    #[error(transparent)]
+    Launch(#[from] crate::qemu::launch::Error),
+    /// The baseline's RAM file could not be made.
+    #[error(transparent)]
+    RamFile(#[from] memout_server::file_guest::Error),
+    /// A Linux guest's freed memory did not leave the host in time.
+    #[error("{side}: {left_mib} MiB short of 90 % given back {after:?} after the free")]
+    NotGivenBack {
+        /// Which side.
+        side: String,
+        /// How far from the target.
+        left_mib: u64,
+        /// How long it was given.
+        after: std::time::Duration,
+    },
     /// The server could not be built or refused the guest.
     #[error(transparent)]
     Server(#[from] memout_server::server::Error),
