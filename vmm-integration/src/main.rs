@@ -97,6 +97,26 @@ enum Cmd {
     },
     /// List the built-in guest images.
     Guests,
+    /// Serve a Linux guest that runs under QEMU (memout.ko over ivshmem-doorbell): prints the
+    /// QEMU options it needs and serves until Ctrl-C; with QEMU arguments after `--` (kernel,
+    /// console, ...), starts qemu-system-x86_64 itself and serves until it exits.
+    Qemu {
+        /// The guest's name.
+        #[arg(long, default_value = "linux")]
+        name: String,
+        /// Guest RAM (at most 2G).
+        #[arg(long, default_value = "1G", value_parser = cli_size::parse)]
+        ram: u64,
+        /// Where the RAM file goes (tmpfs).
+        #[arg(long, default_value = "/dev/shm")]
+        ram_dir: std::path::PathBuf,
+        /// The ivshmem server's socket [default: $TMPDIR/memout-<name>.ivshmem].
+        #[arg(long)]
+        socket: Option<std::path::PathBuf>,
+        /// QEMU arguments to start QEMU with (after `--`).
+        #[arg(last = true)]
+        qemu: Vec<String>,
+    },
 }
 
 /// Why a `memout` command failed (printed after `memout: `, exit status 1).
@@ -121,7 +141,7 @@ enum CliError {
     },
     #[error("unknown eviction {0:?} (none, store, kernel)")]
     UnknownEviction(String),
-    #[error("unknown scenario {0:?} (populate, rpc, shrink, swap, resize)")]
+    #[error("unknown scenario {0:?} (populate, rpc, shrink, swap, resize, linux-free)")]
     UnknownScenario(String),
     #[error("--rounds {0} is outside 1..=1000")]
     Rounds(usize),
@@ -132,6 +152,12 @@ enum CliError {
     Guest(runner::Outcome),
     #[error("host RSS did not drop after the guest freed memory")]
     RssDidNotDrop,
+    #[error(transparent)]
+    Qemu(#[from] memout_vmm::qemu::Error),
+    #[error("cannot run qemu-system-x86_64: {0}")]
+    QemuSpawn(#[source] std::io::Error),
+    #[error("cannot wait for a signal: {0}")]
+    Signal(#[source] nix::errno::Errno),
 }
 
 fn eviction_of(
@@ -232,6 +258,13 @@ fn main() -> ExitCode {
             dir,
             zero_pct,
         } => bench(&scenario, mib, rounds, json, dir, zero_pct),
+        Cmd::Qemu {
+            name,
+            ram,
+            ram_dir,
+            socket,
+            qemu: extra,
+        } => serve_qemu(name, ram, ram_dir, socket, &extra),
         Cmd::Guests => {
             for (name, bytes) in memout_vmm::images::ALL {
                 println!("{name:<12} {:>8} bytes", bytes.len());
@@ -395,5 +428,67 @@ fn bench(
     } else {
         result.print_table();
     }
+    Ok(())
+}
+
+/// `memout qemu`: serve one QEMU guest until Ctrl-C, SIGTERM, or the QEMU it started exits.
+fn serve_qemu(
+    name: String,
+    ram: u64,
+    ram_dir: std::path::PathBuf,
+    socket: Option<std::path::PathBuf>,
+    extra: &[String],
+) -> Result<(), CliError> {
+    use memout_vmm::qemu::{QemuGuest, QemuGuestConfig};
+    use nix::sys::signal::{SigSet, Signal};
+    let socket =
+        socket.unwrap_or_else(|| std::env::temp_dir().join(format!("memout-{name}.ivshmem")));
+    // Blocked before any thread starts, so the signals wait for `wait()` below.
+    let mut stop = SigSet::empty();
+    stop.add(Signal::SIGINT);
+    stop.add(Signal::SIGTERM);
+    stop.thread_block().map_err(CliError::Signal)?;
+    let g = QemuGuest::start(&QemuGuestConfig {
+        name: name.clone(),
+        ram_bytes: ram,
+        ram_dir,
+        socket,
+    })?;
+    let args = g.qemu_args();
+    let child = if extra.is_empty() {
+        println!(
+            "qemu-system-x86_64 {} <kernel, disk and console options>",
+            args.join(" ")
+        );
+        eprintln!("memout: serving {name}; Ctrl-C to stop");
+        None
+    } else {
+        let child = std::process::Command::new("qemu-system-x86_64")
+            .args(&args)
+            .args(extra)
+            .spawn()
+            .map_err(CliError::QemuSpawn)?;
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        // When QEMU exits, wake the wait below as a SIGTERM would.
+        let mut child = child;
+        std::thread::spawn(move || {
+            let _ = child.wait();
+            let _ = nix::sys::signal::kill(nix::unistd::getpid(), Signal::SIGTERM);
+        });
+        Some(pid)
+    };
+    stop.wait().map_err(CliError::Signal)?;
+    if let Some(pid) = child {
+        let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
+    }
+    let s = g.guest().stats();
+    eprintln!(
+        "memout: {name}: {} MiB resident, {} MiB reported free, {} MiB given back, {} requests ({} refused)",
+        s.resident_pages >> 8,
+        s.reported_pages >> 8,
+        s.freed_pages >> 8,
+        s.requests,
+        s.request_errors
+    );
     Ok(())
 }

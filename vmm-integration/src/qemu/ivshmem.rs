@@ -67,10 +67,14 @@ impl IvshmemServer {
     /// Listens at `path` (removed first if a stale socket is there; removed again on drop).
     pub fn bind(path: &Path) -> Result<Self> {
         let _ = std::fs::remove_file(path);
-        let listener = UnixListener::bind(path).map_err(|source| Error::Listen {
+        let listen_err = |source| Error::Listen {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        let listener = UnixListener::bind(path).map_err(listen_err)?;
+        // Whoever connects gets the guest's channel: only this user may.
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(listen_err)?;
         let host = (0..VECTORS)
             .map(|_| {
                 EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
@@ -98,6 +102,14 @@ impl IvshmemServer {
     /// The listening socket (poll it for a QEMU connecting).
     pub fn listener(&self) -> BorrowedFd<'_> {
         self.listener.as_fd()
+    }
+
+    /// Accepts a connection and closes it at once (one QEMU per channel).
+    pub fn refuse(&self) {
+        if let Ok((s, _)) = self.listener.accept() {
+            drop(s);
+            tracing::warn!("refused a second ivshmem client: the guest's QEMU is connected");
+        }
     }
 
     /// Accepts one QEMU and hands it the shared memory `shm` and the eventfds.

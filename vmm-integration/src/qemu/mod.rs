@@ -165,9 +165,13 @@ fn serve(guest: &FileGuest, mut server: IvshmemServer, stop: &EventFd) {
             return;
         }
         if accept {
-            match server.accept(guest.channel().fd()) {
-                Ok(c) => client = Some(c),
-                Err(e) => tracing::warn!(%e, "ivshmem client refused"),
+            if client.is_some() {
+                server.refuse();
+            } else {
+                match server.accept(guest.channel().fd()) {
+                    Ok(c) => client = Some(c),
+                    Err(e) => tracing::warn!(%e, "ivshmem client refused"),
+                }
             }
         }
         if ring {
