@@ -153,11 +153,7 @@ enum CliError {
     #[error("host RSS did not drop after the guest freed memory")]
     RssDidNotDrop,
     #[error(transparent)]
-    Qemu(#[from] memout_vmm::qemu::Error),
-    #[error("cannot run qemu-system-x86_64: {0}")]
-    QemuSpawn(#[source] std::io::Error),
-    #[error("cannot wait for a signal: {0}")]
-    Signal(#[source] nix::errno::Errno),
+    Qemu(#[from] memout_vmm::qemu::run::Error),
 }
 
 fn eviction_of(
@@ -439,49 +435,22 @@ fn serve_qemu(
     socket: Option<std::path::PathBuf>,
     extra: &[String],
 ) -> Result<(), CliError> {
-    use memout_vmm::qemu::{QemuGuest, QemuGuestConfig};
-    use nix::sys::signal::{SigSet, Signal};
+    use memout_vmm::qemu::{QemuGuestConfig, run::serve_until_done};
     let socket =
         socket.unwrap_or_else(|| std::env::temp_dir().join(format!("memout-{name}.ivshmem")));
-    // Blocked before any thread starts, so the signals wait for `wait()` below.
-    let mut stop = SigSet::empty();
-    stop.add(Signal::SIGINT);
-    stop.add(Signal::SIGTERM);
-    stop.thread_block().map_err(CliError::Signal)?;
-    let g = QemuGuest::start(&QemuGuestConfig {
+    let cfg = QemuGuestConfig {
         name: name.clone(),
         ram_bytes: ram,
         ram_dir,
         socket,
-    })?;
-    let args = g.qemu_args();
-    let child = if extra.is_empty() {
+    };
+    let s = serve_until_done(&cfg, extra, |args| {
         println!(
             "qemu-system-x86_64 {} <kernel, disk and console options>",
             args.join(" ")
         );
         eprintln!("memout: serving {name}; Ctrl-C to stop");
-        None
-    } else {
-        let child = std::process::Command::new("qemu-system-x86_64")
-            .args(&args)
-            .args(extra)
-            .spawn()
-            .map_err(CliError::QemuSpawn)?;
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        // When QEMU exits, wake the wait below as a SIGTERM would.
-        let mut child = child;
-        std::thread::spawn(move || {
-            let _ = child.wait();
-            let _ = nix::sys::signal::kill(nix::unistd::getpid(), Signal::SIGTERM);
-        });
-        Some(pid)
-    };
-    stop.wait().map_err(CliError::Signal)?;
-    if let Some(pid) = child {
-        let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
-    }
-    let s = g.guest().stats();
+    })?;
     eprintln!(
         "memout: {name}: {} MiB resident, {} MiB reported free, {} MiB given back, {} requests ({} refused)",
         s.resident_pages >> 8,

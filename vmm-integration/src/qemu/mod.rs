@@ -9,6 +9,7 @@
 
 pub mod ivshmem;
 pub mod launch;
+pub mod run;
 
 use ivshmem::{IvshmemClient, IvshmemServer};
 use memout_server::file_guest::{CHANNEL_SIZE, FileGuest};
