@@ -99,3 +99,93 @@ fn guest_frees_reach_the_host_within_two_seconds() {
         "the module's detach line\n{console}"
     );
 }
+
+/// Without its device the module loads, says it is waiting, and the guest runs on.
+#[test]
+fn the_module_without_its_device_loads_and_waits() {
+    if !require_all(&[Piece::Qemu], "linux_guest") {
+        return;
+    }
+    let image = image();
+    let args: Vec<String> = ["-m", "512M"].map(String::from).to_vec();
+    let q = Qemu::boot_with(&args, &image, "memout_test=free,16,0").expect("starting QEMU");
+    let console = q.finish(Duration::from_secs(120)).join("\n");
+    for want in [
+        "MEMOUT-GUEST: loaded",
+        "no ivshmem device served by memout yet",
+        "MEMOUT-GUEST: test passed",
+        "MEMOUT-GUEST: unloaded",
+        "MEMOUT-GUEST: done",
+    ] {
+        assert!(console.contains(want), "no {want:?}\n{console}");
+    }
+}
+
+/// A host that takes the channel but never answers: the module gives up on it after its
+/// deadline, says so, and the guest runs on.
+#[test]
+fn a_host_that_never_answers_is_given_up() {
+    use memout_server::file_guest::FileGuest;
+    use memout_vmm::qemu::ivshmem::IvshmemServer;
+    if !require_all(&[Piece::Qemu], "linux_guest") {
+        return;
+    }
+    let image = image();
+    let guest =
+        FileGuest::create("mute", std::path::Path::new("/dev/shm"), 512 * MIB).expect("RAM file");
+    let socket = std::env::temp_dir().join(format!("memout-mute-{}.sock", std::process::id()));
+    let mut server = IvshmemServer::bind(&socket).expect("ivshmem socket");
+    let args: Vec<String> = vec![
+        "-machine".into(),
+        "pc,memory-backend=ram0".into(),
+        "-m".into(),
+        "512M".into(),
+        "-object".into(),
+        format!(
+            "memory-backend-file,id=ram0,size=512M,mem-path={},share=on",
+            guest.ram().path().display()
+        ),
+        "-chardev".into(),
+        format!("socket,path={},id=chan", socket.display()),
+        "-device".into(),
+        "ivshmem-doorbell,chardev=chan,vectors=1".into(),
+    ];
+    let q = Qemu::boot_with(&args, &image, "memout_test=free,16,0").expect("starting QEMU");
+    // Hand QEMU the channel, then never look at a doorbell.
+    let _client = server.accept(guest.channel().fd()).expect("QEMU connects");
+    let console = q.finish(Duration::from_secs(120)).join("\n");
+    for want in [
+        "host did not answer request",
+        "HELLO to the memout host failed",
+        "MEMOUT-GUEST: test passed",
+        "MEMOUT-GUEST: done",
+    ] {
+        assert!(console.contains(want), "no {want:?}\n{console}");
+    }
+    assert_eq!(guest.stats().requests, 0, "nothing was served");
+}
+
+/// memout goes away while the guest runs: QEMU keeps the RAM file mapped, the guest's data
+/// stays intact, and the module stops using the channel.
+#[test]
+fn memout_gone_leaves_the_guest_intact() {
+    if !require_all(&[Piece::Qemu], "linux_guest") {
+        return;
+    }
+    let image = image();
+    let g = guest("gone", 512 * MIB);
+    let ram = g.ram_path().to_path_buf();
+    let mut q = Qemu::boot(&g, &image, "memout_test=hold,64,6").expect("starting QEMU");
+    q.wait_line("MEMOUT-TEST: holding", Duration::from_secs(120))
+        .expect("the guest fills its memory");
+    drop(g);
+    assert!(!ram.exists(), "memout removed the RAM file's name");
+    let console = q.finish(Duration::from_secs(120)).join("\n");
+    for want in [
+        "MEMOUT-TEST: intact (0 bad words)",
+        "MEMOUT-GUEST: test passed",
+        "MEMOUT-GUEST: done",
+    ] {
+        assert!(console.contains(want), "no {want:?}\n{console}");
+    }
+}

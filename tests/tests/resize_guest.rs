@@ -116,7 +116,25 @@ fn resize_a_running_guest_up_and_down_while_it_verifies_its_data() {
         })),
         ..Default::default()
     };
-    let (finish, flags) = (cfg.finish.clone(), cfg.flags.clone());
+    let (finish, flags, reads) = (
+        cfg.finish.clone(),
+        cfg.flags.clone(),
+        cfg.flags_reads.clone(),
+    );
+    // Sets the guest's flags and waits until it has certainly read them: the second read
+    // counted after the store loads after it.
+    let set_flags = |v: u32| {
+        flags.store(v, SeqCst);
+        let seen = reads.load(SeqCst) + 2;
+        let end = std::time::Instant::now() + Duration::from_secs(30);
+        while reads.load(SeqCst) < seen {
+            assert!(
+                std::time::Instant::now() < end,
+                "the guest never read its flags"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
     let runner = std::thread::spawn(move || run_guest(&server, &img, &cfg).unwrap());
 
     let mut c = connect(control.path());
@@ -155,8 +173,7 @@ fn resize_a_running_guest_up_and_down_while_it_verifies_its_data() {
 
         // Shrink of a guest that ignores the request: evicted after the deadline, and the
         // guest keeps running (and verifying) with its data cycling through the store.
-        flags.store(1, SeqCst);
-        std::thread::sleep(Duration::from_millis(300)); // a pass or two, so it sees the flag
+        set_flags(1);
         let p = resize(&mut c, 48 * MIB, 200);
         assert_eq!(p.phase, ResizePhase::Done, "round {round}: {p:?}");
         assert_eq!(p.released_bytes, 0, "{p:?}");
@@ -171,7 +188,7 @@ fn resize_a_running_guest_up_and_down_while_it_verifies_its_data() {
             "the guest kept its data: {s:?}"
         );
         assert!(s.evicted_bytes > 0);
-        flags.store(0, SeqCst);
+        set_flags(0);
     }
     // Grow again: the cap lifts, the guest grows.
     let p = resize(&mut c, 160 * MIB, 1000);

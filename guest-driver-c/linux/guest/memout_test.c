@@ -5,6 +5,8 @@
  *
  *   memout-test free MIB SECS   allocate MIB, touch and check every page, free it all,
  *                               then wait SECS (while the host watches its memory fall)
+ *   memout-test hold MIB SECS   fill MIB, wait SECS (while the host does something), then
+ *                               check every byte is still what was written
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,10 +69,33 @@ static int do_free(size_t mib, unsigned int secs)
 	return 0;
 }
 
+static int do_hold(size_t mib, unsigned int secs)
+{
+	size_t len = mib << 20, i, bad = 0;
+	unsigned long long *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+				     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (p == MAP_FAILED) {
+		perror("MEMOUT-TEST: mmap");
+		return 1;
+	}
+	for (i = 0; i < len / 8; i++)
+		p[i] = i * 0x9e3779b97f4a7c15ull;
+	printf("MEMOUT-TEST: holding %zu MiB\n", mib);
+	fflush(stdout);
+	sleep(secs);
+	for (i = 0; i < len / 8; i++)
+		bad += p[i] != i * 0x9e3779b97f4a7c15ull;
+	printf("MEMOUT-TEST: %s (%zu bad words)\n", bad ? "corrupt" : "intact", bad);
+	return bad != 0;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc == 4 && !strcmp(argv[1], "free"))
 		return do_free(strtoul(argv[2], NULL, 0), strtoul(argv[3], NULL, 0));
-	fprintf(stderr, "usage: memout-test free MIB SECS\n");
+	if (argc == 4 && !strcmp(argv[1], "hold"))
+		return do_hold(strtoul(argv[2], NULL, 0), strtoul(argv[3], NULL, 0));
+	fprintf(stderr, "usage: memout-test free|hold MIB SECS\n");
 	return 2;
 }

@@ -37,6 +37,9 @@ pub struct RunConfig {
     pub finish: Arc<AtomicBool>,
     /// A word the guest reads from [`PORT_FLAGS`](super::PORT_FLAGS) while it runs.
     pub flags: Arc<AtomicU32>,
+    /// How many times the guest has read [`flags`](Self::flags) (counted after each read): two
+    /// reads after a change, the guest has certainly seen it.
+    pub flags_reads: Arc<std::sync::atomic::AtomicU64>,
     /// Serve the server's control socket here while the guest runs (bound once the guest has
     /// been accepted, so a refused configuration never touches the socket path).
     pub control: Option<std::path::PathBuf>,
@@ -85,6 +88,7 @@ impl Default for RunConfig {
             min_bytes: 0,
             finish: Arc::default(),
             flags: Arc::default(),
+            flags_reads: Arc::default(),
             control: None,
         }
     }

@@ -277,7 +277,11 @@ pub fn run_guest(server: &Server, image: &GuestImage, cfg: &RunConfig) -> Result
                 let value = match port {
                     PORT_ARG => cfg.arg,
                     PORT_FINISH => cfg.finish.load(SeqCst) as u32,
-                    PORT_FLAGS => cfg.flags.load(SeqCst),
+                    PORT_FLAGS => {
+                        let v = cfg.flags.load(SeqCst);
+                        cfg.flags_reads.fetch_add(1, SeqCst);
+                        v
+                    }
                     _ => break Outcome::Refused(format!("read from unknown I/O port {port:#x}")),
                 };
                 let bytes = value.to_le_bytes();
