@@ -209,7 +209,8 @@ void memout_sweep_tick(struct memout_dev *md)
 {
 	unsigned int cpu;
 
-	if (!sweep_min_pages || !md->sweep_last ||
+	/* A host that stopped answering gets nothing more. */
+	if (!sweep_min_pages || !md->sweep_last || md->broken ||
 	    time_before(jiffies, md->sweep_next))
 		return;
 	md->sweep_next = jiffies + msecs_to_jiffies(sweep_interval_ms);
