@@ -34,6 +34,15 @@ static ssize_t swept_bytes_show(struct device *dev, struct device_attribute *att
 }
 static DEVICE_ATTR_RO(swept_bytes);
 
+static ssize_t balloon_bytes_show(struct device *dev, struct device_attribute *attr,
+				  char *buf)
+{
+	struct memout_dev *md = dev_get_drvdata(dev);
+
+	return sysfs_emit(buf, "%llu\n", md->balloon_pages << PAGE_SHIFT);
+}
+static DEVICE_ATTR_RO(balloon_bytes);
+
 static ssize_t host_stats_show(struct device *dev, struct device_attribute *attr, char *buf)
 {
 	struct memout_dev *md = dev_get_drvdata(dev);
@@ -52,6 +61,7 @@ static struct attribute *memout_attrs[] = {
 	&dev_attr_reported_bytes.attr,
 	&dev_attr_report_errors.attr,
 	&dev_attr_swept_bytes.attr,
+	&dev_attr_balloon_bytes.attr,
 	&dev_attr_host_stats.attr,
 	NULL,
 };
@@ -83,12 +93,18 @@ int memout_attach(struct memout_dev *md, void *chan, size_t size)
 		dev_err(md->dev, "HELLO to the memout host failed: %d\n", err);
 		return err;
 	}
-	err = memout_reporting_start(md);
+	err = memout_balloon_init(md);
 	if (err)
 		return err;
+	err = memout_reporting_start(md);
+	if (err) {
+		memout_balloon_exit(md);
+		return err;
+	}
 	err = sysfs_create_group(&md->dev->kobj, &memout_group);
 	if (err) {
 		memout_reporting_stop(md);
+		memout_balloon_exit(md);
 		return err;
 	}
 	dev_info(md->dev, "memout: attached over %s, ring of %u slots, region %llu MiB\n",
@@ -100,6 +116,7 @@ void memout_detach(struct memout_dev *md)
 {
 	sysfs_remove_group(&md->dev->kobj, &memout_group);
 	memout_reporting_stop(md);
+	memout_balloon_exit(md);
 	dev_info(md->dev, "memout: detached; %llu MiB reported free, %llu report errors\n",
 		 md->reported_pages >> (20 - PAGE_SHIFT), md->report_errors);
 }

@@ -51,6 +51,14 @@ struct memout_dev {
 	u64 reported_pages;
 	u64 report_errors;
 
+	/* The balloon (memout_balloon.c): pages given to the host, by pfn. */
+	struct xarray balloon;
+	u64 balloon_pages;
+	struct memout_extent *balloon_ext;	/* extents of one request */
+	struct page **balloon_batch;		/* pages of one request */
+	struct work_struct msg_work;
+	bool balloon_on;
+
 	/* Sweeps of the per-CPU free lists (memout_sweep.c). */
 	long *sweep_last;		/* per CPU: its list length after the last sweep */
 	unsigned long sweep_next;	/* jiffies: no sweep before */
@@ -61,8 +69,16 @@ int memout_chan_init(struct memout_dev *md, void *chan, size_t size);
 int memout_hello(struct memout_dev *md);
 int memout_free_reported(struct memout_dev *md, const struct memout_extent *ext,
 			 unsigned int n, u64 *freed);
+int memout_free_frames(struct memout_dev *md, const struct memout_extent *ext,
+		       unsigned int n, u64 *freed);
+int memout_alloc_frames(struct memout_dev *md, u64 pages, struct memout_extent *out,
+			unsigned int cap, unsigned int *n, u64 *granted);
 int memout_stats(struct memout_dev *md, struct memout_stats *out);
 void memout_interrupt(struct memout_dev *md);
+
+int memout_balloon_init(struct memout_dev *md);
+void memout_balloon_interrupt(struct memout_dev *md);
+void memout_balloon_exit(struct memout_dev *md);
 
 int memout_sweep_init(struct memout_dev *md);
 void memout_sweep_tick(struct memout_dev *md);

@@ -61,6 +61,8 @@ static void memout_expedite(struct work_struct *work)
 	if (atomic_read(&md->prdev.state) == MEMOUT_PAGE_REPORTING_REQUESTED)
 		mod_delayed_work(system_wq, &md->prdev.work, 0);
 	memout_sweep_tick(md);
+	/* Host messages, in case an interrupt was lost. */
+	memout_balloon_interrupt(md);
 	queue_delayed_work(md->wq_expedite, &md->expedite, msecs_to_jiffies(expedite_ms));
 }
 

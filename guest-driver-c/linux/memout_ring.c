@@ -111,6 +111,7 @@ int memout_chan_init(struct memout_dev *md, void *chan, size_t size)
 void memout_interrupt(struct memout_dev *md)
 {
 	wake_up(&md->wq);
+	memout_balloon_interrupt(md);
 }
 
 static bool answered(struct memout_dev *md, u32 want)
@@ -177,12 +178,12 @@ int memout_hello(struct memout_dev *md)
 	return err;
 }
 
-int memout_free_reported(struct memout_dev *md, const struct memout_extent *ext,
-			 unsigned int n, u64 *freed)
+static int free_list(struct memout_dev *md, const struct memout_extent *ext, unsigned int n,
+		     u16 flags, u64 *freed)
 {
 	struct memout_desc d = {
 		.opcode = MEMOUT_OP_FREE,
-		.flags = MEMOUT_FREE_REPORTED,
+		.flags = flags,
 		.nr_extents = n,
 		.extents_gpa = md->info.scratch_gpa,
 	};
@@ -196,6 +197,49 @@ int memout_free_reported(struct memout_dev *md, const struct memout_extent *ext,
 	err = submit(md, &d);
 	mutex_unlock(&md->lock);
 	*freed = err ? 0 : d.pages;
+	return err;
+}
+
+int memout_free_reported(struct memout_dev *md, const struct memout_extent *ext,
+			 unsigned int n, u64 *freed)
+{
+	return free_list(md, ext, n, MEMOUT_FREE_REPORTED, freed);
+}
+
+int memout_free_frames(struct memout_dev *md, const struct memout_extent *ext,
+		       unsigned int n, u64 *freed)
+{
+	return free_list(md, ext, n, 0, freed);
+}
+
+int memout_alloc_frames(struct memout_dev *md, u64 pages, struct memout_extent *out,
+			unsigned int cap, unsigned int *n, u64 *granted)
+{
+	struct memout_desc d = {
+		.opcode = MEMOUT_OP_ALLOC,
+		.flags = MEMOUT_ALLOC_PARTIAL,
+		.nr_extents = cap,
+		.pages = pages,
+		.extents_gpa = md->info.scratch_gpa,
+	};
+	int err;
+
+	*n = 0;
+	*granted = 0;
+	if (!cap || cap > MEMOUT_MAX_EXTENTS ||
+	    (u64)cap * sizeof(*out) > md->info.scratch_size)
+		return -EINVAL;
+	mutex_lock(&md->lock);
+	err = submit(md, &d);
+	/* The host's counts are checked, not trusted: never more extents than asked room for. */
+	if (!err && d.nr_extents <= cap) {
+		memcpy(out, md->scratch, d.nr_extents * sizeof(*out));
+		*n = d.nr_extents;
+		*granted = d.pages;
+	} else if (!err) {
+		err = -EPROTO;
+	}
+	mutex_unlock(&md->lock);
 	return err;
 }
 

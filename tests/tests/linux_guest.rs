@@ -189,3 +189,64 @@ fn memout_gone_leaves_the_guest_intact() {
         assert!(console.contains(want), "no {want:?}\n{console}");
     }
 }
+
+/// (b) Resizing a Linux guest: shrunk from 1 GiB to 512 MiB, its balloon gives the host the
+/// difference (requested vs actual in the stats) and the RAM file follows; grown back, the
+/// balloon takes it again; the guest's data stays intact throughout.
+#[test]
+fn a_linux_guest_shrinks_and_grows_with_its_data_intact() {
+    if !require_all(&[Piece::Qemu], "linux_guest") {
+        return;
+    }
+    let image = image();
+    let g = guest("resize", 1024 * MIB);
+    let mut q = Qemu::boot(&g, &image, "memout_test=hold,256,40 memout.expedite_ms=50")
+        .expect("starting QEMU");
+    q.wait_line("MEMOUT-TEST: holding", Duration::from_secs(120))
+        .expect("the guest fills 256 MiB");
+    let wait_for = |what: &str, ok: &dyn Fn(u64, u64) -> bool| {
+        let end = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let s = g.guest().stats();
+            let (alloc, resident) = (s.allocated_pages * 4096, s.resident_pages * 4096);
+            if ok(alloc, resident) {
+                return (alloc, resident);
+            }
+            assert!(
+                std::time::Instant::now() < end,
+                "{what}: allocated {} MiB, resident {} MiB",
+                alloc / MIB,
+                resident / MIB
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let before = g.guest().stats().resident_pages * 4096;
+    let t = std::time::Instant::now();
+    g.resize(512 * MIB).expect("shrink");
+    assert_eq!(g.guest().stats().quota_pages * 4096, 512 * MIB);
+    let (_, resident) = wait_for("shrink to 512 MiB", &|a, _| a <= 512 * MIB);
+    let shrunk = t.elapsed();
+    assert!(resident <= 512 * MIB, "RAM file {} MiB", resident / MIB);
+    let t = std::time::Instant::now();
+    g.resize(1024 * MIB).expect("grow");
+    wait_for("grow back to 1 GiB", &|a, _| a == 1024 * MIB);
+    eprintln!(
+        "RAM file {} MiB before; shrink to 512 MiB in {shrunk:?} (RAM file {} MiB), grow back \
+         in {:?}",
+        before / MIB,
+        resident / MIB,
+        t.elapsed()
+    );
+    assert!(g.resize(2048 * MIB).is_err(), "above the guest's RAM");
+    let console = q.finish(Duration::from_secs(120)).join("\n");
+    for want in [
+        "MEMOUT-TEST: intact (0 bad words)",
+        "MEMOUT-GUEST: balloon_bytes 0",
+        "MEMOUT-GUEST: unloaded",
+    ] {
+        assert!(console.contains(want), "no {want:?}\n{console}");
+    }
+    let s = g.guest().stats();
+    assert_eq!((s.request_errors, s.punch_errors), (0, 0), "{s:?}");
+}

@@ -44,6 +44,22 @@ pub enum Error {
     Channel(#[from] channel::Error),
 }
 
+/// A quota the guest cannot have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum QuotaError {
+    /// Zero, or not a multiple of 4 KiB.
+    #[error("a quota of {0} bytes is not a non-zero multiple of 4 KiB")]
+    Unaligned(u64),
+    /// Above the guest's RAM.
+    #[error("a quota of {bytes} bytes is above the guest's RAM of {ram} bytes")]
+    AboveRam {
+        /// Asked for.
+        bytes: u64,
+        /// RAM size.
+        ram: u64,
+    },
+}
+
 /// Counters of a file-backed guest.
 #[derive(Debug, Default)]
 struct Counters {
@@ -148,6 +164,28 @@ impl FileGuest {
 
     fn allocated(&self) -> u64 {
         self.ram_pages() - self.returned.lock().total()
+    }
+
+    /// Sets the guest's requested size (its quota) and tells the guest in the ring header: it
+    /// releases what it holds above it (its balloon inflates), or takes back what it gave
+    /// (deflates). The VMM must then interrupt the guest. Requested vs actual: `stats()`'s
+    /// `quota_pages` vs `allocated_pages`.
+    pub fn set_quota(&self, bytes: u64) -> Result<(), QuotaError> {
+        if bytes == 0 || bytes % PAGE_SIZE != 0 {
+            return Err(QuotaError::Unaligned(bytes));
+        }
+        if bytes > self.ram.size() {
+            return Err(QuotaError::AboveRam {
+                bytes,
+                ram: self.ram.size(),
+            });
+        }
+        let quota = bytes / PAGE_SIZE;
+        self.quota.store(quota, Relaxed);
+        self.mailbox
+            .post(quota, self.allocated().saturating_sub(quota));
+        tracing::info!(parent: &self.span, quota = bytes, "resize");
+        Ok(())
     }
 
     /// The guest's statistics now.

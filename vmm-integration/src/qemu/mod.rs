@@ -12,7 +12,7 @@ pub mod launch;
 pub mod run;
 
 use ivshmem::{IvshmemClient, IvshmemServer};
-use memout_server::file_guest::{CHANNEL_SIZE, FileGuest};
+use memout_server::file_guest::{CHANNEL_SIZE, FileGuest, QuotaError};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use std::os::fd::AsFd;
@@ -67,6 +67,8 @@ pub struct QemuGuest {
     guest: Arc<FileGuest>,
     socket: PathBuf,
     stop: Arc<EventFd>,
+    /// Written when the guest must be interrupted (a host message was posted).
+    notify: Arc<EventFd>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -78,20 +80,24 @@ impl QemuGuest {
         }
         let guest = Arc::new(FileGuest::create(&cfg.name, &cfg.ram_dir, cfg.ram_bytes)?);
         let server = IvshmemServer::bind(&cfg.socket)?;
-        let stop = Arc::new(
-            EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC).map_err(Error::EventFd)?,
-        );
+        let eventfd = || {
+            EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+                .map(Arc::new)
+                .map_err(Error::EventFd)
+        };
+        let (stop, notify) = (eventfd()?, eventfd()?);
         let thread = {
-            let (guest, stop) = (guest.clone(), stop.clone());
+            let (guest, stop, notify) = (guest.clone(), stop.clone(), notify.clone());
             std::thread::Builder::new()
                 .name(format!("memout-qemu-{}", cfg.name))
-                .spawn(move || serve(&guest, server, &stop))
+                .spawn(move || serve(&guest, server, &stop, &notify))
                 .map_err(Error::Spawn)?
         };
         Ok(Self {
             guest,
             socket: cfg.socket.clone(),
             stop,
+            notify,
             thread: Some(thread),
         })
     }
@@ -99,6 +105,15 @@ impl QemuGuest {
     /// The guest as the server sees it (statistics, RAM file).
     pub fn guest(&self) -> &Arc<FileGuest> {
         &self.guest
+    }
+
+    /// Resizes the guest: sets its requested size and interrupts it, so its balloon gives
+    /// memory back or takes it again. Progress: `guest().stats()` (`quota_pages` requested,
+    /// `allocated_pages` actual).
+    pub fn resize(&self, bytes: u64) -> std::result::Result<(), QuotaError> {
+        self.guest.set_quota(bytes)?;
+        let _ = self.notify.write(1);
+        Ok(())
     }
 
     /// The RAM file's path.
@@ -141,16 +156,17 @@ impl Drop for QemuGuest {
 }
 
 /// The serving loop: accept QEMU, answer doorbells, until `stop`.
-fn serve(guest: &FileGuest, mut server: IvshmemServer, stop: &EventFd) {
+fn serve(guest: &FileGuest, mut server: IvshmemServer, stop: &EventFd, notify: &EventFd) {
     let _span = tracing::info_span!("qemu", guest = guest.name()).entered();
     debug_assert_eq!(CHANNEL_SIZE.count_ones(), 1);
     let mut client: Option<IvshmemClient> = None;
     loop {
-        let (accept, ring, quit) = {
+        let (accept, ring, quit, message) = {
             let mut fds = [
                 PollFd::new(server.listener(), PollFlags::POLLIN),
                 PollFd::new(server.doorbell().as_fd(), PollFlags::POLLIN),
                 PollFd::new(stop.as_fd(), PollFlags::POLLIN),
+                PollFd::new(notify.as_fd(), PollFlags::POLLIN),
             ];
             if let Err(e) = poll(&mut fds, PollTimeout::NONE) {
                 if e == nix::errno::Errno::EINTR {
@@ -160,7 +176,12 @@ fn serve(guest: &FileGuest, mut server: IvshmemServer, stop: &EventFd) {
                 return;
             }
             let ready = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
-            (ready(&fds[0]), ready(&fds[1]), ready(&fds[2]))
+            (
+                ready(&fds[0]),
+                ready(&fds[1]),
+                ready(&fds[2]),
+                ready(&fds[3]),
+            )
         };
         if quit {
             return;
@@ -175,14 +196,17 @@ fn serve(guest: &FileGuest, mut server: IvshmemServer, stop: &EventFd) {
                 }
             }
         }
+        let mut interrupt = false;
+        if message {
+            let _ = notify.read();
+            interrupt = true;
+        }
         if ring {
             let _ = server.doorbell().read();
-            let out = guest.on_doorbell();
-            if out.processed > 0
-                && let Some(c) = &client
-            {
-                c.interrupt();
-            }
+            interrupt |= guest.on_doorbell().processed > 0;
+        }
+        if interrupt && let Some(c) = &client {
+            c.interrupt();
         }
     }
 }
