@@ -9,10 +9,19 @@
 #include <linux/device.h>
 #include <linux/gfp.h>
 #include <linux/mm.h>
+#include <linux/module.h>
 #include <linux/slab.h>
 #include <linux/xarray.h>
 
 #include "memout_dev.h"
+
+/*
+ * The balloon never takes the guest below this much available memory (MemAvailable): a
+ * release the guest cannot give without starving itself ends short, and says so.
+ */
+static unsigned int reserve_mib = 32;
+module_param(reserve_mib, uint, 0444);
+MODULE_PARM_DESC(reserve_mib, "Memory the balloon always leaves the guest, in MiB");
 
 /* Pages per FREE or ALLOC (extents coalesce runs, so one request is at most this). */
 #define MEMOUT_BALLOON_BATCH 4096
@@ -31,7 +40,11 @@ static u64 inflate(struct memout_dev *md, u64 want)
 	unsigned int n, k, i;
 
 	while (done < want) {
-		n = min_t(u64, want - done, MEMOUT_BALLOON_BATCH);
+		long spare = si_mem_available() - ((long)reserve_mib << (20 - PAGE_SHIFT));
+
+		if (spare <= 0)
+			break;
+		n = min_t(u64, min_t(u64, want - done, spare), MEMOUT_BALLOON_BATCH);
 		for (i = 0; i < n;) {
 			const gfp_t gfp = GFP_HIGHUSER | __GFP_NOMEMALLOC | __GFP_NORETRY |
 					  __GFP_NOWARN;

@@ -250,3 +250,48 @@ fn a_linux_guest_shrinks_and_grows_with_its_data_intact() {
     let s = g.guest().stats();
     assert_eq!((s.request_errors, s.punch_errors), (0, 0), "{s:?}");
 }
+
+/// A release larger than the guest can give: the balloon gives what it can, says how much
+/// in `dmesg`, and the guest keeps running with its data intact.
+#[test]
+fn a_release_beyond_what_the_guest_can_give_leaves_it_running() {
+    if !require_all(&[Piece::Qemu], "linux_guest") {
+        return;
+    }
+    let image = image();
+    let g = guest("overask", 512 * MIB);
+    let mut q = Qemu::boot(&g, &image, "memout_test=hold,320,20").expect("starting QEMU");
+    q.wait_line("MEMOUT-TEST: holding", Duration::from_secs(120))
+        .expect("the guest fills 320 MiB");
+    g.resize(32 * MIB).expect("a size the host accepts");
+    // The balloon stops where the guest's allocator has nothing more to give.
+    let end = std::time::Instant::now() + Duration::from_secs(60);
+    let mut last = u64::MAX;
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = g.guest().stats().allocated_pages * 4096;
+        if now == last || std::time::Instant::now() > end {
+            break;
+        }
+        last = now;
+    }
+    let held = g.guest().stats().allocated_pages * 4096;
+    assert!(
+        held > 320 * MIB,
+        "the guest kept what it uses: {} MiB",
+        held / MIB
+    );
+    assert!(
+        held < 512 * MIB,
+        "the balloon gave something: {} MiB",
+        held / MIB
+    );
+    let console = q.finish(Duration::from_secs(120)).join("\n");
+    for want in [
+        "the guest gave",
+        "MEMOUT-TEST: intact (0 bad words)",
+        "MEMOUT-GUEST: done",
+    ] {
+        assert!(console.contains(want), "no {want:?}\n{console}");
+    }
+}

@@ -11,6 +11,9 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 linux="$(dirname "$here")"
 out="$(mkdir -p "$1" && cd "$1" && pwd)"
+# One build at a time (test binaries and tools may ask at once).
+exec 9>"$out/.lock"
+flock 9
 
 need=()
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
