@@ -37,10 +37,11 @@ fn swapfile(test: &str, tag: &str, mib: u64) -> Option<Swapfile> {
     Some(made.unwrap_or_else(|e| panic!("{test}: cannot make a swapfile: {e}")))
 }
 
-/// Where a 32 MiB kernel-mode budget may stand right after a guest streamed through its 128 MiB
-/// working set: the kernel swaps in faster than memout can page out (74-96 MiB measured here),
-/// so the budget holds only once the guest pauses (see the steady-state test below).
-const BUDGET_SLACK_END: u64 = 112 << 20;
+/// Where a 32 MiB kernel-mode budget must stand once a guest that streamed through its 128 MiB
+/// working set pauses. While it streams, the kernel swaps in faster than memout pages out
+/// (44-126 MiB measured at the end of streaming, the top on a busy host); after the swapper's
+/// pause (0.3 s or more) it is 28-30 MiB, even on a busy host.
+const PAUSED_SLACK: u64 = 48 << 20;
 
 #[test]
 fn kernel_mode_without_swap_is_refused() {
@@ -227,17 +228,21 @@ fn kernel_mode_pages_out_and_stays_correct() {
     assert_eq!(after_evict.stats.eviction_mode, "kernel");
     assert!(r.stats.evictions_pages > 128 * 256, "{:?}", r.stats);
     // The kernel swaps pages back in behind memout's back; the budget is re-checked every
-    // 10 ms against what is really in RAM, so it can be overshot by what the guest swaps in
-    // within a tick or two.
-    let end = r.checkpoints.iter().find(|c| c.id == 3).unwrap();
+    // 10 ms against what is really in RAM, so a guest streaming through its memory stands
+    // above it by what it swaps in between checks (more when the host is busy), and the
+    // budget holds once the guest pauses: checkpoint 4 comes after a pause that touches
+    // nothing.
+    let streaming = r.checkpoints.iter().find(|c| c.id == 3).unwrap();
+    let paused = r.checkpoints.iter().find(|c| c.id == 4).unwrap();
     eprintln!(
-        "kernel mode: RSS {} MiB at the end (budget 32 MiB)",
-        end.region_rss >> 20
+        "kernel mode: RSS {} MiB at the end of streaming, {} MiB after a pause (budget 32 MiB)",
+        streaming.region_rss >> 20,
+        paused.region_rss >> 20
     );
     assert!(
-        end.region_rss <= BUDGET_SLACK_END,
-        "RSS {} MiB at the end",
-        end.region_rss >> 20
+        paused.region_rss <= PAUSED_SLACK,
+        "RSS {} MiB after the pause (budget 32 MiB)",
+        paused.region_rss >> 20
     );
 }
 
