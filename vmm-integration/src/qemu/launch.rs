@@ -194,14 +194,24 @@ impl Qemu {
         &self.seen
     }
 
-    /// Waits for QEMU to exit (the guest powers off), killing it after `timeout`.
+    /// Waits for QEMU to exit (the guest powers off), killing it after `timeout`; the console
+    /// then ends with a line saying so.
     pub fn finish(mut self, timeout: Duration) -> Vec<String> {
         let end = Instant::now() + timeout;
-        while let Ok((_, l)) = self
-            .lines
-            .recv_timeout(end.saturating_duration_since(Instant::now()))
-        {
-            self.seen.push(l.trim_end_matches('\r').to_string());
+        loop {
+            match self
+                .lines
+                .recv_timeout(end.saturating_duration_since(Instant::now()))
+            {
+                Ok((_, l)) => self.seen.push(l.trim_end_matches('\r').to_string()),
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.seen.push(format!(
+                        "memout: QEMU killed, still running after {timeout:?}"
+                    ));
+                    break;
+                }
+            }
         }
         std::mem::take(&mut self.seen)
     }
