@@ -38,8 +38,9 @@ MODULE_PARM_DESC(sweep_interval_ms, "Sweep a CPU at most this often");
 /* Extents per FREE request (the channel's scratch area holds 4096). */
 #define MEMOUT_SWEEP_EXTENTS 2048
 
-/* Pages on this CPU's per-CPU free lists, all zones of all nodes (a racy snapshot). */
-static unsigned int pcp_pages(void)
+/* Sums @count(zone, arg) over every populated zone of every online node. */
+static unsigned int sum_zones(unsigned int (*count)(struct zone *zone, unsigned int arg),
+			      unsigned int arg)
 {
 	unsigned int n = 0;
 	int nid, z;
@@ -47,14 +48,22 @@ static unsigned int pcp_pages(void)
 	for_each_online_node(nid) {
 		pg_data_t *pgdat = NODE_DATA(nid);
 
-		for (z = 0; z < MAX_NR_ZONES; z++) {
-			struct zone *zone = &pgdat->node_zones[z];
-
-			if (populated_zone(zone))
-				n += READ_ONCE(this_cpu_ptr(zone->per_cpu_pageset)->count);
-		}
+		for (z = 0; z < MAX_NR_ZONES; z++)
+			if (populated_zone(&pgdat->node_zones[z]))
+				n += count(&pgdat->node_zones[z], arg);
 	}
 	return n;
+}
+
+static unsigned int zone_pcp_pages(struct zone *zone, unsigned int unused)
+{
+	return READ_ONCE(this_cpu_ptr(zone->per_cpu_pageset)->count);
+}
+
+/* Pages on this CPU's per-CPU free lists, all zones of all nodes (a racy snapshot). */
+static unsigned int pcp_pages(void)
+{
+	return sum_zones(zone_pcp_pages, 0);
 }
 
 /* A page the sweep holds, and its order. */
@@ -116,31 +125,24 @@ static unsigned int pindex(unsigned int order, int mt)
 	return MIGRATE_PCPTYPES * order + mt;
 }
 
+static unsigned int zone_list_len(struct zone *zone, unsigned int idx)
+{
+	struct per_cpu_pages *pcp = this_cpu_ptr(zone->per_cpu_pageset);
+	struct list_head *pos;
+	unsigned long flags;
+	unsigned int n = 0;
+
+	spin_lock_irqsave(&pcp->lock, flags);
+	list_for_each(pos, &pcp->lists[idx])
+		n++;
+	spin_unlock_irqrestore(&pcp->lock, flags);
+	return n;
+}
+
 /* Blocks on this CPU's list @idx, all zones (counted under each list's lock). */
 static unsigned int pcp_list_len(unsigned int idx)
 {
-	unsigned int n = 0;
-	int nid, z;
-
-	for_each_online_node(nid) {
-		pg_data_t *pgdat = NODE_DATA(nid);
-
-		for (z = 0; z < MAX_NR_ZONES; z++) {
-			struct zone *zone = &pgdat->node_zones[z];
-			struct per_cpu_pages *pcp;
-			struct list_head *pos;
-			unsigned long flags;
-
-			if (!populated_zone(zone))
-				continue;
-			pcp = this_cpu_ptr(zone->per_cpu_pageset);
-			spin_lock_irqsave(&pcp->lock, flags);
-			list_for_each(pos, &pcp->lists[idx])
-				n++;
-			spin_unlock_irqrestore(&pcp->lock, flags);
-		}
-	}
-	return n;
+	return sum_zones(zone_list_len, idx);
 }
 
 /*

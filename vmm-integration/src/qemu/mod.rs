@@ -12,7 +12,7 @@ pub mod launch;
 pub mod run;
 
 use ivshmem::{IvshmemClient, IvshmemServer};
-use memout_server::file_guest::{CHANNEL_SIZE, FileGuest, QuotaError};
+use memout_server::file_guest::{FileGuest, QuotaError};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use std::os::fd::AsFd;
@@ -158,7 +158,6 @@ impl Drop for QemuGuest {
 /// The serving loop: accept QEMU, answer doorbells, until `stop`.
 fn serve(guest: &FileGuest, mut server: IvshmemServer, stop: &EventFd, notify: &EventFd) {
     let _span = tracing::info_span!("qemu", guest = guest.name()).entered();
-    debug_assert_eq!(CHANNEL_SIZE.count_ones(), 1);
     let mut client: Option<IvshmemClient> = None;
     loop {
         let (accept, ring, quit, message) = {
