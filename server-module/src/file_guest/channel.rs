@@ -112,7 +112,10 @@ const _: () = {
             <= SCRATCH_OFFSET
     );
     assert!(SCRATCH_OFFSET + SCRATCH_SIZE <= CHANNEL_SIZE);
-    assert!(CHANNEL_SIZE.is_power_of_two(), "ivshmem needs a power of two");
+    assert!(
+        CHANNEL_SIZE.is_power_of_two(),
+        "ivshmem needs a power of two"
+    );
     assert!(
         SCRATCH_SIZE >= 4096 * 16,
         "room for the longest extent list"
