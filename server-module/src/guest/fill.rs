@@ -202,8 +202,11 @@ impl GuestCore {
                 Some(g) if g.end() >= run.end() => {}
                 _ => return, // freed meanwhile
             }
+            // Counting what other populators are copying now: two eager workers and a fault
+            // that each saw room for themselves alone would together overshoot the limit.
             let budget = self.limit();
-            if st.resident.count().saturating_add(run.len) > budget {
+            let after = st.resident.count() + st.populating + run.len;
+            if after > budget {
                 return; // would only be evicted again
             }
             self.claim(&mut st, run)
@@ -244,6 +247,7 @@ impl GuestCore {
         }
         for c in &claims {
             st.inflight.insert(c.run);
+            st.populating += c.run.len;
         }
         claims
     }
@@ -435,6 +439,7 @@ impl GuestCore {
         let mut st = self.state();
         for c in claims {
             st.inflight.remove(c.run);
+            st.populating -= c.run.len;
         }
         let mut swapped_in = 0;
         for r in done {

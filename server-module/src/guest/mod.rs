@@ -145,6 +145,8 @@ struct State {
     resident: ResidentMap,
     /// Runs claimed by a populator or an evictor and being copied right now.
     inflight: ExtentSet,
+    /// Pages of `inflight` that populators claimed: not resident yet, but about to be.
+    populating: u64,
     /// Where evicted frames' contents are.
     evicted: EvictedMap,
     /// Store slots in use.
@@ -233,6 +235,7 @@ impl GuestCore {
                 alloc: p.alloc,
                 resident,
                 inflight: ExtentSet::new(),
+                populating: 0,
                 evicted: EvictedMap::new(),
                 slots: SlotAllocator::new(capacity),
                 cold: ColdQueue::new(),
