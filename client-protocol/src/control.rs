@@ -14,7 +14,7 @@
 use bincode::{Decode, Encode};
 
 /// Version of this protocol; a server refuses clients that speak another.
-pub const CONTROL_VERSION: u32 = 1;
+pub const CONTROL_VERSION: u32 = 2;
 
 /// Largest frame payload either side accepts, in bytes.
 pub const MAX_FRAME: usize = 64 * 1024;
@@ -45,6 +45,29 @@ impl Policy {
         [Self::PerPage, Self::FaultAround, Self::Eager]
             .into_iter()
             .find(|p| p.name() == s)
+    }
+}
+
+/// Which VMM runs a guest, and so what memout can do for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VmmKind {
+    /// memout's own VMM: memout serves the guest's page faults (demand population, eviction,
+    /// budgets, policies).
+    Memout,
+    /// Another VMM (QEMU) maps the guest's RAM; memout frees what the guest gives back and
+    /// resizes it through its balloon, but sees none of its faults (no eviction, budget or
+    /// policy).
+    External,
+}
+
+impl VmmKind {
+    /// The name tools show.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Memout => "memout",
+            Self::External => "external",
+        }
     }
 }
 
@@ -171,6 +194,8 @@ pub struct ResizeProgress {
 pub struct GuestStatus {
     /// Guest name.
     pub name: String,
+    /// Which VMM runs it.
+    pub vmm: VmmKind,
     /// Size of the outsourced region (the most it can ever be given).
     pub region_bytes: u64,
     /// Requested size: the guest may hold at most this much (its quota).

@@ -123,6 +123,16 @@ impl Server {
         )
     }
 
+    /// Lists a guest of an external VMM (QEMU; see [`crate::file_guest`]) with this server's
+    /// guests, so the control socket shows, resizes and reports it like the others. Held
+    /// weakly: it leaves the list when the last `Arc` is dropped. A name in use is refused.
+    pub fn register_external(
+        &self,
+        guest: &std::sync::Arc<crate::file_guest::FileGuest>,
+    ) -> std::result::Result<(), ConfigError> {
+        self.registry.add_external(guest)
+    }
+
     /// Starts serving a guest: maps its outsourced region (never locked), registers it with a
     /// new userfaultfd, writes the info page and ring header, and starts its fault handler.
     /// The VMM then maps [`GuestRef::region_host_addr`](crate::GuestRef::region_host_addr) as a KVM memslot at `region_gpa`.

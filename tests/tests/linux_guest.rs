@@ -2,6 +2,9 @@
 //! served by memout over ivshmem: what the guest frees leaves the host, and the module's
 //! bookkeeping holds from load to unload.
 
+use memout_protocol::control::{ErrorKind, GuestStatus, Request, ResizePhase, Response, VmmKind};
+use memout_server::Server;
+use memout_server::control::{Client, ControlServer};
 use memout_tests::{Piece, require_all};
 use memout_vmm::qemu::launch::{LinuxImage, Qemu};
 use memout_vmm::qemu::{QemuGuest, QemuGuestConfig};
@@ -31,6 +34,7 @@ fn guest(name: &str, ram: u64) -> QemuGuest {
         ram_bytes: ram,
         ram_dir: "/dev/shm".into(),
         socket,
+        min_bytes: 64 * MIB,
     })
     .expect("serving the QEMU guest")
 }
@@ -190,9 +194,43 @@ fn memout_gone_leaves_the_guest_intact() {
     }
 }
 
-/// (b) Resizing a Linux guest: shrunk from 1 GiB to 512 MiB, its balloon gives the host the
-/// difference (requested vs actual in the stats) and the RAM file follows; grown back, the
-/// balloon takes it again; the guest's data stays intact throughout.
+/// A control-socket client for a server that lists `g` (the socket is removed when the
+/// returned server is dropped).
+fn control(g: &QemuGuest, name: &str) -> (Server, ControlServer, Client) {
+    let server = Server::builder().build().expect("server");
+    g.register(&server).expect("listing the guest");
+    let path = std::env::temp_dir().join(format!("memout-ctl-{name}-{}.sock", std::process::id()));
+    let ctl = server.serve_control(&path).expect("control socket");
+    let c = Client::connect(ctl.path(), "linux-test", Duration::from_secs(120)).expect("connect");
+    (server, ctl, c)
+}
+
+fn resize(c: &mut Client, guest: &str, bytes: u64, deadline_ms: u32) -> Response {
+    c.request(&Request::Resize {
+        guest: guest.into(),
+        bytes,
+        release_deadline_ms: deadline_ms,
+        wait: true,
+    })
+    .expect("resize request")
+}
+
+fn status(c: &mut Client, guest: &str) -> GuestStatus {
+    match c
+        .request(&Request::Status {
+            guest: guest.into(),
+        })
+        .expect("status request")
+    {
+        Response::Status(s) => *s,
+        r => panic!("{r:?}"),
+    }
+}
+
+/// (b) Resizing a Linux guest through the control socket (what `memoutctl resize` sends):
+/// shrunk from 1 GiB to 512 MiB, its balloon gives the host the difference (requested vs
+/// actual in the report) and the RAM file follows; grown back, the balloon takes it again;
+/// the guest's data stays intact throughout. What memout cannot do for it is refused.
 #[test]
 fn a_linux_guest_shrinks_and_grows_with_its_data_intact() {
     if !require_all(&[Piece::Qemu], "linux_guest") {
@@ -200,45 +238,79 @@ fn a_linux_guest_shrinks_and_grows_with_its_data_intact() {
     }
     let image = image();
     let g = guest("resize", 1024 * MIB);
+    let (_server, _ctl, mut c) = control(&g, "resize");
     let mut q = Qemu::boot(&g, &image, "memout_test=hold,256,40 memout.expedite_ms=50")
         .expect("starting QEMU");
     q.wait_line("MEMOUT-TEST: holding", Duration::from_secs(120))
         .expect("the guest fills 256 MiB");
-    let wait_for = |what: &str, ok: &dyn Fn(u64, u64) -> bool| {
-        let end = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let s = g.guest().stats();
-            let (alloc, resident) = (s.allocated_pages * 4096, s.resident_pages * 4096);
-            if ok(alloc, resident) {
-                return (alloc, resident);
-            }
-            assert!(
-                std::time::Instant::now() < end,
-                "{what}: allocated {} MiB, resident {} MiB",
-                alloc / MIB,
-                resident / MIB
+    match c.request(&Request::List).expect("list") {
+        Response::Guests(l) => {
+            assert_eq!(l.len(), 1, "{l:?}");
+            assert_eq!(
+                (l[0].name.as_str(), l[0].vmm),
+                ("resize", VmmKind::External)
             );
-            std::thread::sleep(Duration::from_millis(20));
         }
+        r => panic!("{r:?}"),
+    }
+    let before = status(&mut c, "resize").resident_bytes;
+
+    let Response::Resize(p) = resize(&mut c, "resize", 512 * MIB, 60_000) else {
+        panic!("shrink refused");
     };
-    let before = g.guest().stats().resident_pages * 4096;
+    assert_eq!(p.phase, ResizePhase::Done, "{p:?}");
+    assert_eq!(p.target_bytes, 512 * MIB);
+    assert!(p.allocated_bytes <= 512 * MIB, "{p:?}");
+    assert!(p.released_bytes >= 512 * MIB - 4 * MIB, "{p:?}");
+    let s = status(&mut c, "resize");
+    assert_eq!(s.requested_bytes, 512 * MIB);
+    assert!(s.resident_bytes <= 512 * MIB, "RAM file: {s:?}");
+    let shrunk = std::time::Duration::from_micros(p.elapsed_us);
+
+    let Response::Resize(p) = resize(&mut c, "resize", 1024 * MIB, 1000) else {
+        panic!("grow refused");
+    };
+    assert_eq!(p.phase, ResizePhase::Done, "{p:?}");
     let t = std::time::Instant::now();
-    g.resize(512 * MIB).expect("shrink");
-    assert_eq!(g.guest().stats().quota_pages * 4096, 512 * MIB);
-    let (_, resident) = wait_for("shrink to 512 MiB", &|a, _| a <= 512 * MIB);
-    let shrunk = t.elapsed();
-    assert!(resident <= 512 * MIB, "RAM file {} MiB", resident / MIB);
-    let t = std::time::Instant::now();
-    g.resize(1024 * MIB).expect("grow");
-    wait_for("grow back to 1 GiB", &|a, _| a == 1024 * MIB);
+    while status(&mut c, "resize").allocated_bytes < 1024 * MIB {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the balloon deflates"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     eprintln!(
         "RAM file {} MiB before; shrink to 512 MiB in {shrunk:?} (RAM file {} MiB), grow back \
          in {:?}",
         before / MIB,
-        resident / MIB,
+        s.resident_bytes / MIB,
         t.elapsed()
     );
-    assert!(g.resize(2048 * MIB).is_err(), "above the guest's RAM");
+    let refused = |r: Response, kind: ErrorKind| match r {
+        Response::Error { kind: k, .. } if k == kind => {}
+        r => panic!("expected {kind:?}: {r:?}"),
+    };
+    refused(
+        resize(&mut c, "resize", 2048 * MIB, 10),
+        ErrorKind::InvalidSize,
+    );
+    refused(
+        resize(&mut c, "resize", 32 * MIB, 10),
+        ErrorKind::InvalidSize,
+    );
+    for r in [
+        Request::Evict {
+            guest: "resize".into(),
+            bytes: 64 * MIB,
+        },
+        Request::SetBudget {
+            guest: "resize".into(),
+            bytes: Some(256 * MIB),
+        },
+    ] {
+        refused(c.request(&r).expect("request"), ErrorKind::NotSupported);
+    }
+    assert_eq!(status(&mut c, "resize").requested_bytes, 1024 * MIB);
     let console = q.finish(Duration::from_secs(300)).join("\n");
     for want in [
         "MEMOUT-TEST: intact (0 bad words)",
@@ -263,7 +335,18 @@ fn a_release_beyond_what_the_guest_can_give_leaves_it_running() {
     let mut q = Qemu::boot(&g, &image, "memout_test=hold,320,20").expect("starting QEMU");
     q.wait_line("MEMOUT-TEST: holding", Duration::from_secs(120))
         .expect("the guest fills 320 MiB");
-    g.resize(32 * MIB).expect("a size the host accepts");
+    let (_server, _ctl, mut c) = control(&g, "overask");
+    let Response::Resize(p) = resize(&mut c, "overask", 64 * MIB, 3000) else {
+        panic!("a size the host accepts");
+    };
+    // Past the deadline the report says what the guest kept; the quota stays.
+    assert_eq!(p.phase, ResizePhase::Incomplete, "{p:?}");
+    assert!(
+        p.note
+            .as_deref()
+            .is_some_and(|n| n.contains("cannot evict")),
+        "{p:?}"
+    );
     // The balloon stops where the guest's allocator has nothing more to give.
     let end = std::time::Instant::now() + Duration::from_secs(60);
     let mut last = u64::MAX;

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use memout_vmm::cli_size;
 
+mod cmd_qemu;
+
 #[derive(Parser)]
 #[command(
     name = "memout",
@@ -100,23 +102,7 @@ enum Cmd {
     /// Serve a Linux guest that runs under QEMU (memout.ko over ivshmem-doorbell): prints the
     /// QEMU options it needs and serves until Ctrl-C; with QEMU arguments after `--` (kernel,
     /// console, ...), starts qemu-system-x86_64 itself and serves until it exits.
-    Qemu {
-        /// The guest's name.
-        #[arg(long, default_value = "linux")]
-        name: String,
-        /// Guest RAM (at most 2G).
-        #[arg(long, default_value = "1G", value_parser = cli_size::parse)]
-        ram: u64,
-        /// Where the RAM file goes (tmpfs).
-        #[arg(long, default_value = "/dev/shm")]
-        ram_dir: std::path::PathBuf,
-        /// The ivshmem server's socket [default: $TMPDIR/memout-<name>.ivshmem].
-        #[arg(long)]
-        socket: Option<std::path::PathBuf>,
-        /// QEMU arguments to start QEMU with (after `--`).
-        #[arg(last = true)]
-        qemu: Vec<String>,
-    },
+    Qemu(cmd_qemu::QemuArgs),
 }
 
 /// Why a `memout` command failed (printed after `memout: `, exit status 1).
@@ -254,13 +240,7 @@ fn main() -> ExitCode {
             dir,
             zero_pct,
         } => bench(&scenario, mib, rounds, json, dir, zero_pct),
-        Cmd::Qemu {
-            name,
-            ram,
-            ram_dir,
-            socket,
-            qemu: extra,
-        } => serve_qemu(name, ram, ram_dir, socket, &extra),
+        Cmd::Qemu(args) => cmd_qemu::run(args).map_err(CliError::from),
         Cmd::Guests => {
             for (name, bytes) in memout_vmm::images::ALL {
                 println!("{name:<12} {:>8} bytes", bytes.len());
@@ -424,40 +404,5 @@ fn bench(
     } else {
         result.print_table();
     }
-    Ok(())
-}
-
-/// `memout qemu`: serve one QEMU guest until Ctrl-C, SIGTERM, or the QEMU it started exits.
-fn serve_qemu(
-    name: String,
-    ram: u64,
-    ram_dir: std::path::PathBuf,
-    socket: Option<std::path::PathBuf>,
-    extra: &[String],
-) -> Result<(), CliError> {
-    use memout_vmm::qemu::{QemuGuestConfig, run::serve_until_done};
-    let socket =
-        socket.unwrap_or_else(|| std::env::temp_dir().join(format!("memout-{name}.ivshmem")));
-    let cfg = QemuGuestConfig {
-        name: name.clone(),
-        ram_bytes: ram,
-        ram_dir,
-        socket,
-    };
-    let s = serve_until_done(&cfg, extra, |args| {
-        println!(
-            "qemu-system-x86_64 {} <kernel, disk and console options>",
-            args.join(" ")
-        );
-        eprintln!("memout: serving {name}; Ctrl-C to stop");
-    })?;
-    eprintln!(
-        "memout: {name}: {} MiB resident, {} MiB reported free, {} MiB given back, {} requests ({} refused)",
-        s.resident_pages >> 8,
-        s.reported_pages >> 8,
-        s.freed_pages >> 8,
-        s.requests,
-        s.request_errors
-    );
     Ok(())
 }

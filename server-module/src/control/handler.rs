@@ -3,10 +3,9 @@
 
 use super::wire::{progress, status};
 use crate::guest::{EvictError, GuestCore, ResizeError, ResizeOptions};
-use crate::registry::Registry;
+use crate::registry::{Registry, Served};
 use memout_protocol::control::{CONTROL_VERSION, ErrorKind, Request, Response};
 use memout_protocol::ring::PAGE_SIZE;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Longest release deadline a client may ask for.
@@ -39,14 +38,25 @@ pub(super) fn handle(registry: &Registry, req: Request, hello: &mut bool) -> Res
         return Response::error(ErrorKind::Handshake, "the first request must be hello");
     }
     let find = |name: &str| {
-        registry.find_core(name).ok_or_else(|| {
+        registry.find_served(name).ok_or_else(|| {
             Response::error(ErrorKind::UnknownGuest, format!("no guest called {name:?}"))
         })
+    };
+    // Budgets, evictions and policies act on page faults memout serves: only its own guests.
+    let find_memout = |name: &str| match find(name)? {
+        Served::Memout(g) => Ok(g),
+        Served::External(_) => Err(Response::error(
+            ErrorKind::NotSupported,
+            format!(
+                "guest {name:?} runs in an external VMM: memout does not see its page faults, \
+                 so it cannot evict, budget or populate it (resize works through its balloon)"
+            ),
+        )),
     };
     let r = match req {
         Request::Hello { .. } => unreachable!("handled above"),
         Request::List => Ok(Response::Guests(
-            registry.cores().iter().map(|g| status(g)).collect(),
+            registry.served().iter().map(status).collect(),
         )),
         Request::Status { guest } => find(&guest).map(|g| Response::Status(Box::new(status(&g)))),
         Request::ResizeStatus { guest } => find(&guest).and_then(|g| {
@@ -65,7 +75,7 @@ pub(super) fn handle(registry: &Registry, req: Request, hello: &mut bool) -> Res
             release_deadline_ms,
             wait,
         } => find(&guest).and_then(|g| resize(&g, bytes, release_deadline_ms, wait)),
-        Request::SetBudget { guest, bytes } => find(&guest).and_then(|g| {
+        Request::SetBudget { guest, bytes } => find_memout(&guest).and_then(|g| {
             if let Some(b) = bytes {
                 check_size(&g, b, "budget")?;
             }
@@ -73,7 +83,7 @@ pub(super) fn handle(registry: &Registry, req: Request, hello: &mut bool) -> Res
                 .map(|()| Response::Done)
                 .map_err(evict_error)
         }),
-        Request::Evict { guest, bytes } => find(&guest).and_then(|g| {
+        Request::Evict { guest, bytes } => find_memout(&guest).and_then(|g| {
             check_size(&g, bytes, "eviction")?;
             g.evict(bytes / PAGE_SIZE)
                 .map(|p| Response::Evicted {
@@ -81,7 +91,7 @@ pub(super) fn handle(registry: &Registry, req: Request, hello: &mut bool) -> Res
                 })
                 .map_err(evict_error)
         }),
-        Request::SetPolicy { guest, policy } => find(&guest).map(|g| {
+        Request::SetPolicy { guest, policy } => find_memout(&guest).map(|g| {
             g.set_policy(policy.into());
             Response::Done
         }),
@@ -113,12 +123,7 @@ fn evict_error(e: EvictError) -> Response {
     }
 }
 
-fn resize(
-    g: &Arc<GuestCore>,
-    bytes: u64,
-    deadline_ms: u32,
-    wait: bool,
-) -> Result<Response, Response> {
+fn resize(g: &Served, bytes: u64, deadline_ms: u32, wait: bool) -> Result<Response, Response> {
     if deadline_ms > MAX_RELEASE_DEADLINE_MS {
         return Err(Response::error(
             ErrorKind::InvalidSize,

@@ -1,9 +1,11 @@
 //! The control socket's edge: the server's domain types turned into the protocol's wire types
 //! (sizes in bytes, names as strings) and back. Nothing inside the server stores a wire type.
 
+use crate::file_guest::FileGuest;
 use crate::guest::{GuestCore, ResizeReport, ResizeStage};
 use crate::populate::PopulatePolicy;
-use memout_protocol::control::{GuestStatus, Policy, ResizePhase, ResizeProgress};
+use crate::registry::Served;
+use memout_protocol::control::{GuestStatus, Policy, ResizePhase, ResizeProgress, VmmKind};
 use memout_protocol::ring::PAGE_SIZE;
 
 impl From<Policy> for PopulatePolicy {
@@ -54,10 +56,18 @@ pub(super) fn progress(r: &ResizeReport) -> ResizeProgress {
 }
 
 /// A guest's state as the control protocol reports it.
-pub(crate) fn status(g: &GuestCore) -> GuestStatus {
+pub(crate) fn status(g: &Served) -> GuestStatus {
+    match g {
+        Served::Memout(g) => memout_status(g),
+        Served::External(g) => external_status(g),
+    }
+}
+
+fn memout_status(g: &GuestCore) -> GuestStatus {
     let s = g.snapshot();
     GuestStatus {
         name: g.name().to_string(),
+        vmm: VmmKind::Memout,
         region_bytes: g.region().size() as u64,
         requested_bytes: s.quota_pages * PAGE_SIZE,
         min_bytes: g.min_pages() * PAGE_SIZE,
@@ -75,6 +85,34 @@ pub(crate) fn status(g: &GuestCore) -> GuestStatus {
         evict_errors: s.evict_errors,
         last_evict_error: s.last_evict_error.map(|e| e.to_string()),
         stopped: g.fatal().map(|f| f.to_string()),
+        resize: g.resize_progress().map(|r| progress(&r)),
+    }
+}
+
+/// An external VMM's guest: no faults, population or eviction to report; what it gave back
+/// (reported free and ballooned) is its freed pages.
+fn external_status(g: &FileGuest) -> GuestStatus {
+    let s = g.stats();
+    GuestStatus {
+        name: g.name().to_string(),
+        vmm: VmmKind::External,
+        region_bytes: s.ram_pages * PAGE_SIZE,
+        requested_bytes: s.quota_pages * PAGE_SIZE,
+        min_bytes: g.min_bytes(),
+        allocated_bytes: s.allocated_pages * PAGE_SIZE,
+        resident_bytes: s.resident_pages * PAGE_SIZE,
+        evicted_bytes: 0,
+        budget_bytes: None,
+        policy: "external".into(),
+        eviction: "none".into(),
+        faults: 0,
+        populated_pages: 0,
+        freed_pages: s.freed_pages + s.reported_pages,
+        evicted_pages_total: 0,
+        swapped_in_pages: 0,
+        evict_errors: 0,
+        last_evict_error: None,
+        stopped: None,
         resize: g.resize_progress().map(|r| progress(&r)),
     }
 }

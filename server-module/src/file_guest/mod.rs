@@ -14,20 +14,24 @@
 
 mod channel;
 mod ram_file;
+mod resize;
 
 pub use channel::{CHANNEL_GPA, CHANNEL_SIZE, Channel, RING_SLOTS};
 pub use ram_file::RamFile;
 
 use crate::extents::{ExtentSet, Run};
+use crate::guest::{ResizeError, ResizeOptions, ResizeReport, check_target};
 use crate::log_limit::LogLimiter;
 use crate::mailbox::HostMailbox;
 use crate::ring_backend::{RingBackend, RingCounters};
 use crate::rpc::{self, DoorbellOutcome, RingCursor};
 use memout_protocol::ring::{Extent, GuestStats, PAGE_SIZE, Status};
 use parking_lot::Mutex;
+use resize::Resizes;
 use std::path::Path;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use thiserror::Error;
 
 /// Why a file-backed guest could not be set up.
@@ -42,23 +46,20 @@ pub enum Error {
     /// The channel.
     #[error(transparent)]
     Channel(#[from] channel::Error),
-}
-
-/// A quota the guest cannot have.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
-pub enum QuotaError {
-    /// Zero, or not a multiple of 4 KiB.
-    #[error("a quota of {0} bytes is not a non-zero multiple of 4 KiB")]
-    Unaligned(u64),
-    /// Above the guest's RAM.
-    #[error("a quota of {bytes} bytes is above the guest's RAM of {ram} bytes")]
-    AboveRam {
+    /// A pinned minimum that is not a multiple of 4 KiB or is above the RAM.
+    #[error(
+        "a pinned minimum of {min} bytes is not a multiple of 4 KiB within the RAM of {ram} bytes"
+    )]
+    Minimum {
         /// Asked for.
-        bytes: u64,
+        min: u64,
         /// RAM size.
         ram: u64,
     },
 }
+
+/// How the VMM interrupts the guest after a host message was posted.
+pub type Interrupt = Box<dyn Fn() + Send + Sync>;
 
 /// Counters of a file-backed guest.
 #[derive(Debug, Default)]
@@ -106,6 +107,10 @@ pub struct FileGuest {
     /// Frames the guest gave back (the host's; ALLOC hands them out again).
     returned: Mutex<ExtentSet>,
     quota: AtomicU64,
+    /// Pages no resize goes below.
+    min_pages: u64,
+    interrupt: OnceLock<Interrupt>,
+    resizes: Resizes,
     hello: AtomicBool,
     counters: Counters,
     log: LogLimiter,
@@ -130,6 +135,9 @@ impl FileGuest {
             mailbox,
             returned: Mutex::new(ExtentSet::new()),
             quota: AtomicU64::new(pages),
+            min_pages: 0,
+            interrupt: OnceLock::new(),
+            resizes: Resizes::default(),
             hello: AtomicBool::new(false),
             counters: Counters::default(),
             log: LogLimiter::new(10, Duration::from_secs(10)),
@@ -137,9 +145,33 @@ impl FileGuest {
         })
     }
 
+    /// Pins a minimum: no resize goes below `bytes` (a multiple of 4 KiB, at most the RAM).
+    pub fn with_min_bytes(mut self, bytes: u64) -> Result<Self, Error> {
+        if bytes % PAGE_SIZE != 0 || bytes > self.ram.size() {
+            return Err(Error::Minimum {
+                min: bytes,
+                ram: self.ram.size(),
+            });
+        }
+        self.min_pages = bytes / PAGE_SIZE;
+        Ok(self)
+    }
+
+    /// Tells the server how to interrupt the guest when it posts a host message (a resize);
+    /// the VMM glue sets it once (later calls are ignored). Without it the guest sees the
+    /// message on its next doorbell.
+    pub fn set_interrupt(&self, interrupt: Interrupt) {
+        let _ = self.interrupt.set(interrupt);
+    }
+
     /// The guest's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Smallest size a resize may ask for, in bytes.
+    pub fn min_bytes(&self) -> u64 {
+        self.min_pages * PAGE_SIZE
     }
 
     /// The RAM file the VMM maps.
@@ -166,26 +198,47 @@ impl FileGuest {
         self.ram_pages() - self.returned.lock().total()
     }
 
-    /// Sets the guest's requested size (its quota) and tells the guest in the ring header: it
-    /// releases what it holds above it (its balloon inflates), or takes back what it gave
-    /// (deflates). The VMM must then interrupt the guest. Requested vs actual: `stats()`'s
-    /// `quota_pages` vs `allocated_pages`.
-    pub fn set_quota(&self, bytes: u64) -> Result<(), QuotaError> {
-        if bytes == 0 || bytes % PAGE_SIZE != 0 {
-            return Err(QuotaError::Unaligned(bytes));
+    /// Resizes the guest: sets its requested size (its quota), tells the guest in the ring
+    /// header and interrupts it, so its balloon releases what it holds above the target or
+    /// takes back what it gave. The report follows the guest's releases until it holds no
+    /// more than the target (`Done`) or `opts.release_deadline` passes (`Incomplete`: memout
+    /// cannot evict this guest's memory; the quota stays and the balloon keeps going).
+    pub fn resize(&self, bytes: u64, opts: ResizeOptions) -> Result<ResizeReport, ResizeError> {
+        check_target(bytes, self.ram.size(), self.min_bytes())?;
+        let target = bytes / PAGE_SIZE;
+        let from = self.quota.swap(target, Relaxed);
+        let held = self.allocated();
+        self.mailbox.post(target, held.saturating_sub(target));
+        if let Some(interrupt) = self.interrupt.get() {
+            interrupt();
         }
-        if bytes > self.ram.size() {
-            return Err(QuotaError::AboveRam {
-                bytes,
-                ram: self.ram.size(),
-            });
+        tracing::info!(parent: &self.span, bytes, "resize");
+        Ok(self
+            .resizes
+            .start(from, target, held, self.resident(), opts.release_deadline))
+    }
+
+    /// The guest's latest resize, up to date.
+    pub fn resize_progress(&self) -> Option<ResizeReport> {
+        self.resizes.progress(self.allocated(), self.resident())
+    }
+
+    /// Waits until resize `id` is final (or superseded), at most `timeout`; returns the
+    /// latest resize's progress.
+    pub fn wait_resize(&self, id: u64, timeout: Duration) -> Option<ResizeReport> {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            self.resize_progress()?;
+            if self.resizes.settled(id) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
-        let quota = bytes / PAGE_SIZE;
-        self.quota.store(quota, Relaxed);
-        self.mailbox
-            .post(quota, self.allocated().saturating_sub(quota));
-        tracing::info!(parent: &self.span, quota = bytes, "resize");
-        Ok(())
+        self.resize_progress()
+    }
+
+    fn resident(&self) -> u64 {
+        self.ram.allocated_bytes().unwrap_or(0) / PAGE_SIZE
     }
 
     /// The guest's statistics now.
@@ -195,7 +248,7 @@ impl FileGuest {
             ram_pages: self.ram_pages(),
             quota_pages: self.quota.load(Relaxed),
             allocated_pages: self.allocated(),
-            resident_pages: self.ram.allocated_bytes().unwrap_or(0) / PAGE_SIZE,
+            resident_pages: self.resident(),
             doorbells: c.doorbells.load(Relaxed),
             requests: c.requests.load(Relaxed),
             request_errors: c.request_errors.load(Relaxed),

@@ -18,6 +18,7 @@ mod store_evict;
 
 pub use evict::{EvictError, Eviction};
 pub use kernel_swap::KERNEL_BUDGET_TICK;
+pub(crate) use resize::check_target;
 pub use resize::{ResizeError, ResizeOptions};
 pub use resize_report::{ResizeReport, ResizeStage, Shortfall};
 

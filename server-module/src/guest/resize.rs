@@ -62,6 +62,23 @@ pub enum ResizeError {
     Spawn(#[source] Shared<std::io::Error>),
 }
 
+/// Checks a resize target of `bytes` against a guest of `region` bytes pinned at `min`.
+pub(crate) fn check_target(bytes: u64, region: u64, min: u64) -> Result<(), ResizeError> {
+    if bytes == 0 {
+        return Err(ResizeError::Zero);
+    }
+    if bytes % PAGE_SIZE != 0 {
+        return Err(ResizeError::Unaligned(bytes));
+    }
+    if bytes > region {
+        return Err(ResizeError::AboveRegion { bytes, region });
+    }
+    if bytes < min {
+        return Err(ResizeError::BelowMinimum { bytes, min });
+    }
+    Ok(())
+}
+
 /// How a resize proceeds.
 #[derive(Debug, Clone, Copy)]
 pub struct ResizeOptions {
@@ -167,20 +184,7 @@ impl GuestCore {
     /// continues on its own thread. Returns the resize's first progress (its `id` is what
     /// [`wait_resize`](Self::wait_resize) takes).
     pub fn resize(&self, bytes: u64, opts: ResizeOptions) -> Result<ResizeReport, ResizeError> {
-        let region = self.region.size() as u64;
-        if bytes == 0 {
-            return Err(ResizeError::Zero);
-        }
-        if bytes % PAGE_SIZE != 0 {
-            return Err(ResizeError::Unaligned(bytes));
-        }
-        if bytes > region {
-            return Err(ResizeError::AboveRegion { bytes, region });
-        }
-        let min = self.min_pages * PAGE_SIZE;
-        if bytes < min {
-            return Err(ResizeError::BelowMinimum { bytes, min });
-        }
+        check_target(bytes, self.region.size() as u64, self.min_pages * PAGE_SIZE)?;
         if let Some(f) = self.fatal() {
             return Err(ResizeError::Stopped(f));
         }

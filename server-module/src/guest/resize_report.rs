@@ -46,6 +46,16 @@ pub enum Shortfall {
     /// resize left keeps evicting as the guest runs.
     #[error("frames busy; the budget check keeps evicting as the guest runs")]
     FramesBusy,
+    /// A guest of an external VMM kept frames above the target past the deadline. memout
+    /// cannot evict memory another process maps; the guest's balloon may still release it.
+    #[error(
+        "the guest still holds {pages} pages above the target; memout cannot evict a guest of \
+         another VMM, and its balloon keeps releasing toward the target"
+    )]
+    NotReleased {
+        /// Pages above the target when the deadline passed.
+        pages: u64,
+    },
 }
 
 /// One resize: what was asked, where it is, and what it did so far. Sizes are in pages.

@@ -76,6 +76,7 @@ fn memout_round(image: &LinuxImage, bytes: u64, socket: &Path) -> Result<Freed> 
         ram_bytes: RAM,
         ram_dir: "/dev/shm".into(),
         socket: socket.to_path_buf(),
+        min_bytes: 0,
     })?;
     let mut q = Qemu::boot(
         &g,

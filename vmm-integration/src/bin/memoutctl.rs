@@ -162,8 +162,9 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             }
             Response::Guests(gs) => {
                 println!(
-                    "{:<16} {:>10} {:>10} {:>10} {:>10} {:>10} {:<13} {:<8} STATE",
+                    "{:<16} {:<8} {:>10} {:>10} {:>10} {:>10} {:>10} {:<13} {:<8} STATE",
                     "NAME",
+                    "VMM",
                     "REQUESTED",
                     "ALLOCATED",
                     "RESIDENT",
@@ -174,8 +175,9 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                 );
                 for g in &gs {
                     println!(
-                        "{:<16} {:>10} {:>10} {:>10} {:>10} {:>10} {:<13} {:<8} {}",
+                        "{:<16} {:<8} {:>10} {:>10} {:>10} {:>10} {:>10} {:<13} {:<8} {}",
                         g.name,
+                        g.vmm.name(),
                         mib(g.requested_bytes),
                         mib(g.allocated_bytes),
                         mib(g.resident_bytes),
@@ -362,6 +364,7 @@ fn follow(c: &mut Client, guest: &str, first: ResizeProgress) -> Result<ResizePr
 fn print_status(g: &GuestStatus) {
     let row = |k: &str, v: String| println!("{k:<18} {v}");
     row("name", g.name.clone());
+    row("vmm", g.vmm.name().into());
     row("state", state(g));
     row("region", mib(g.region_bytes));
     row("requested", mib(g.requested_bytes));

@@ -12,7 +12,8 @@ pub mod launch;
 pub mod run;
 
 use ivshmem::{IvshmemClient, IvshmemServer};
-use memout_server::file_guest::{FileGuest, QuotaError};
+use memout_server::file_guest::FileGuest;
+use memout_server::{ConfigError, Server};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use std::os::fd::AsFd;
@@ -59,6 +60,9 @@ pub struct QemuGuestConfig {
     pub ram_dir: PathBuf,
     /// The ivshmem server's socket.
     pub socket: PathBuf,
+    /// Smallest size a resize may ask for (bytes, a multiple of 4 KiB): what the guest's
+    /// kernel and programs need to keep running.
+    pub min_bytes: u64,
 }
 
 /// One served QEMU guest. Dropping it stops serving and removes the RAM file's name (QEMU
@@ -67,8 +71,6 @@ pub struct QemuGuest {
     guest: Arc<FileGuest>,
     socket: PathBuf,
     stop: Arc<EventFd>,
-    /// Written when the guest must be interrupted (a host message was posted).
-    notify: Arc<EventFd>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -78,7 +80,10 @@ impl QemuGuest {
         if cfg.ram_bytes > MAX_RAM {
             return Err(Error::TooBig(cfg.ram_bytes >> 20));
         }
-        let guest = Arc::new(FileGuest::create(&cfg.name, &cfg.ram_dir, cfg.ram_bytes)?);
+        let guest = Arc::new(
+            FileGuest::create(&cfg.name, &cfg.ram_dir, cfg.ram_bytes)?
+                .with_min_bytes(cfg.min_bytes)?,
+        );
         let server = IvshmemServer::bind(&cfg.socket)?;
         let eventfd = || {
             EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
@@ -86,6 +91,11 @@ impl QemuGuest {
                 .map_err(Error::EventFd)
         };
         let (stop, notify) = (eventfd()?, eventfd()?);
+        // A host message (a resize) wakes the serving thread, which interrupts the guest.
+        let wake = notify.clone();
+        guest.set_interrupt(Box::new(move || {
+            let _ = wake.write(1);
+        }));
         let thread = {
             let (guest, stop, notify) = (guest.clone(), stop.clone(), notify.clone());
             std::thread::Builder::new()
@@ -97,23 +107,20 @@ impl QemuGuest {
             guest,
             socket: cfg.socket.clone(),
             stop,
-            notify,
             thread: Some(thread),
         })
     }
 
-    /// The guest as the server sees it (statistics, RAM file).
+    /// The guest as the server sees it: statistics, the RAM file, and
+    /// [`resize`](FileGuest::resize), which interrupts the guest through this device.
     pub fn guest(&self) -> &Arc<FileGuest> {
         &self.guest
     }
 
-    /// Resizes the guest: sets its requested size and interrupts it, so its balloon gives
-    /// memory back or takes it again. Progress: `guest().stats()` (`quota_pages` requested,
-    /// `allocated_pages` actual).
-    pub fn resize(&self, bytes: u64) -> std::result::Result<(), QuotaError> {
-        self.guest.set_quota(bytes)?;
-        let _ = self.notify.write(1);
-        Ok(())
+    /// Lists the guest with `server`'s guests, so its control socket (`memoutctl list`,
+    /// `status`, `resize`) covers it; it leaves the list when this is dropped.
+    pub fn register(&self, server: &Server) -> std::result::Result<(), ConfigError> {
+        server.register_external(&self.guest)
     }
 
     /// The RAM file's path.
