@@ -1,7 +1,8 @@
 //! Resizing a running KVM guest through the control socket, up and down repeatedly (grow,
 //! shrink with release, shrink with eviction, grow again), while the guest verifies all the
 //! data it holds on every pass. Host RSS of the region follows the requested size within the
-//! documented tolerance (`docs/design.md`: one 2 MiB chunk above the requested size).
+//! documented tolerance (`docs/design.md`: one 2 MiB chunk above the requested size), measured
+//! as `rss_within` explains.
 
 use memout_protocol::control::{GuestStatus, Request, ResizePhase, ResizeProgress, Response};
 use memout_server::control::Client;
@@ -66,13 +67,25 @@ fn until(c: &mut Client, what: &str, cond: impl Fn(&GuestStatus) -> bool) -> Gue
     }
 }
 
-fn rss_within(addr: usize, requested: u64, step: &str) {
+/// Checks host RSS of the region against `requested` + [`TOLERANCE`]. RSS comes from a walk
+/// of `/proc/self/smaps` that takes milliseconds (7–8 ms here) while a running guest cycles
+/// its data through the store: a chunk counted before the walk passed its drop and the chunk
+/// populated in its place later in the walk are both counted. So pages dropped during the
+/// walk (the guest's evictions and frees, from the server's counters) are allowed on top.
+fn rss_within(c: &mut Client, addr: usize, requested: u64, step: &str) {
+    let dropped = |s: &GuestStatus| (s.evicted_pages_total + s.freed_pages) * 4096;
+    let before = dropped(&status(c));
     let rss = mapping_rss(addr).unwrap();
+    let s = status(c);
+    let during = dropped(&s) - before;
     assert!(
-        rss <= requested + TOLERANCE,
-        "{step}: host RSS {} MiB above requested {} MiB",
-        rss / MIB,
-        requested / MIB
+        rss <= requested + TOLERANCE + during,
+        "{step}: host RSS {} KiB above requested {} MiB (+{} KiB dropped during the walk); \
+         the server counts {} KiB resident now: {s:?}",
+        rss >> 10,
+        requested / MIB,
+        during >> 10,
+        s.resident_bytes >> 10
     );
 }
 
@@ -162,14 +175,14 @@ fn resize_a_running_guest_up_and_down_while_it_verifies_its_data() {
         until(&mut c, "the guest to grow to 192 MiB", |s| {
             s.allocated_bytes >= 192 * MIB
         });
-        rss_within(addr, 192 * MIB, "grow");
+        rss_within(&mut c, addr, 192 * MIB, "grow");
 
         // Shrink with release: the guest gives frames back before the deadline.
         let p = resize(&mut c, 96 * MIB, 5000);
         assert_eq!(p.phase, ResizePhase::Done, "round {round}: {p:?}");
         assert!(p.released_bytes >= 96 * MIB, "{p:?}");
         assert_eq!(p.evicted_bytes, 0, "{p:?}");
-        rss_within(addr, 96 * MIB, "shrink with release");
+        rss_within(&mut c, addr, 96 * MIB, "shrink with release");
 
         // Shrink of a guest that ignores the request: evicted after the deadline, and the
         // guest keeps running (and verifying) with its data cycling through the store.
@@ -179,7 +192,12 @@ fn resize_a_running_guest_up_and_down_while_it_verifies_its_data() {
         assert_eq!(p.released_bytes, 0, "{p:?}");
         assert!(p.evicted_bytes >= 40 * MIB, "{p:?}");
         for _ in 0..10 {
-            rss_within(addr, 48 * MIB, "shrink with eviction, guest running");
+            rss_within(
+                &mut c,
+                addr,
+                48 * MIB,
+                "shrink with eviction, guest running",
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         let s = status(&mut c);
@@ -196,7 +214,7 @@ fn resize_a_running_guest_up_and_down_while_it_verifies_its_data() {
     until(&mut c, "the guest to grow to 160 MiB", |s| {
         s.allocated_bytes >= 160 * MIB
     });
-    rss_within(addr, 160 * MIB, "grow again");
+    rss_within(&mut c, addr, 160 * MIB, "grow again");
 
     finish.store(true, SeqCst);
     let report = runner.join().unwrap();
