@@ -22,4 +22,6 @@ if [ ! -f "$cp" ]; then
 		"$out/scripts/"
 fi
 cd "$here"
-perl "$cp" --no-tree --strict --quiet -f ./*.c ./*.h guest/*.c
+# Build products (memout.mod.c) are not sources.
+mapfile -t src < <(ls ./*.c ./*.h guest/*.c | grep -v "\.mod\.c$")
+perl "$cp" --no-tree --strict --quiet -f "${src[@]}"

@@ -5,6 +5,7 @@
  * guest's allocator and FREEs them: they become the host's. When the quota rises above what
  * the guest holds, it ALLOCs them back and returns them to the allocator. Pages held are
  * tracked by pfn, so a grant of a frame the module does not hold is refused, not freed.
+ * /dev/memout (memout_chardev.c) draws its frames from here: granted by the host.
  */
 #include <linux/device.h>
 #include <linux/gfp.h>
@@ -31,13 +32,68 @@ static u64 ram_pages(struct memout_dev *md)
 	return md->info.region_size >> PAGE_SHIFT;
 }
 
+/* Gives @n pages (@n <= MEMOUT_BALLOON_BATCH) to the host; the balloon then holds them. */
+static int give(struct memout_dev *md, struct page **pages, unsigned int n)
+{
+	struct memout_extent *ext = md->balloon_ext;
+	unsigned int i, k;
+	u64 freed;
+
+	for (i = 0, k = 0; i < n; i++) {
+		u64 gpa = page_to_phys(pages[i]);
+
+		if (k && ext[k - 1].gpa + (ext[k - 1].pages << PAGE_SHIFT) == gpa) {
+			ext[k - 1].pages++;
+			continue;
+		}
+		ext[k].gpa = gpa;
+		ext[k].pages = 1;
+		k++;
+	}
+	if (memout_free_frames(md, ext, k, &freed) || freed != n)
+		return -EIO;
+	for (i = 0; i < n; i++)
+		xa_store(&md->balloon, page_to_pfn(pages[i]), pages[i], GFP_KERNEL);
+	md->balloon_pages += n;
+	return 0;
+}
+
+/*
+ * Asks the host for up to @want (<= MEMOUT_BALLOON_BATCH) of the frames it holds; those the
+ * balloon holds move to @out. Returns how many.
+ */
+static unsigned int take(struct memout_dev *md, unsigned int want, struct page **out)
+{
+	struct memout_extent *ext = md->balloon_ext;
+	unsigned int n, i, got = 0;
+	u64 granted, p;
+
+	if (memout_alloc_frames(md, want, ext, MEMOUT_BALLOON_BATCH, &n, &granted))
+		return 0;
+	for (i = 0; i < n; i++) {
+		for (p = 0; p < ext[i].pages; p++) {
+			unsigned long pfn = (ext[i].gpa >> PAGE_SHIFT) + p;
+			struct page *page = got < want ? xa_erase(&md->balloon, pfn) : NULL;
+
+			if (!page) {
+				dev_err_ratelimited(md->dev, "host granted pfn %#lx, which the balloon does not hold or was not asked for\n",
+						    pfn);
+				md->bad_grants++;
+				continue;
+			}
+			out[got++] = page;
+			md->balloon_pages--;
+		}
+	}
+	return got;
+}
+
 /* Takes up to @want pages from the allocator and gives them to the host; returns how many. */
 static u64 inflate(struct memout_dev *md, u64 want)
 {
-	struct memout_extent *ext = md->balloon_ext;
 	struct page **batch = md->balloon_batch;
-	u64 done = 0, freed;
-	unsigned int n, k, i;
+	u64 done = 0;
+	unsigned int n, i;
 
 	while (done < want) {
 		long spare = si_mem_available() - ((long)reserve_mib << (20 - PAGE_SHIFT));
@@ -68,25 +124,11 @@ static u64 inflate(struct memout_dev *md, u64 want)
 		n = i;
 		if (!n)
 			break;
-		for (i = 0, k = 0; i < n; i++) {
-			u64 gpa = page_to_phys(batch[i]);
-
-			if (k && ext[k - 1].gpa + (ext[k - 1].pages << PAGE_SHIFT) == gpa) {
-				ext[k - 1].pages++;
-				continue;
-			}
-			ext[k].gpa = gpa;
-			ext[k].pages = 1;
-			k++;
-		}
-		if (memout_free_frames(md, ext, k, &freed) || freed != n) {
+		if (give(md, batch, n)) {
 			for (i = 0; i < n; i++)
 				__free_page(batch[i]);
 			break;
 		}
-		for (i = 0; i < n; i++)
-			xa_store(&md->balloon, page_to_pfn(batch[i]), batch[i], GFP_KERNEL);
-		md->balloon_pages += n;
 		done += n;
 	}
 	return done;
@@ -95,46 +137,36 @@ static u64 inflate(struct memout_dev *md, u64 want)
 /* Asks the host for up to @want of the pages it holds back and frees them; returns how many. */
 static u64 deflate(struct memout_dev *md, u64 want)
 {
-	struct memout_extent *ext = md->balloon_ext;
-	u64 done = 0, granted, p;
+	struct page **batch = md->balloon_batch;
+	u64 done = 0;
 	unsigned int n, i;
 
 	while (done < want) {
-		u64 ask = min_t(u64, want - done, MEMOUT_BALLOON_BATCH);
-
-		if (memout_alloc_frames(md, ask, ext, MEMOUT_BALLOON_BATCH, &n, &granted) ||
-		    !granted)
+		n = take(md, min_t(u64, want - done, MEMOUT_BALLOON_BATCH), batch);
+		if (!n)
 			break;
-		for (i = 0; i < n; i++) {
-			for (p = 0; p < ext[i].pages; p++) {
-				unsigned long pfn = (ext[i].gpa >> PAGE_SHIFT) + p;
-				struct page *page = xa_erase(&md->balloon, pfn);
-
-				if (!page) {
-					dev_err_ratelimited(md->dev, "host granted pfn %#lx, which the balloon does not hold\n",
-							    pfn);
-					continue;
-				}
-				__free_page(page);
-				md->balloon_pages--;
-				done++;
-			}
-		}
+		for (i = 0; i < n; i++)
+			__free_page(batch[i]);
+		done += n;
 	}
 	return done;
 }
 
-static void memout_messages(struct work_struct *work)
+static u64 held_pages(struct memout_dev *md)
 {
-	struct memout_dev *md = container_of(work, struct memout_dev, msg_work);
-	u32 prod = READ_ONCE(md->ring->host_msg_prod);
-	u64 quota, release, held, got;
+	return ram_pages(md) - md->balloon_pages;
+}
 
-	/* The fields are state, read after the count that published them. */
-	rmb();
-	quota = READ_ONCE(md->ring->quota_pages);
-	release = READ_ONCE(md->ring->release_pages);
-	held = ram_pages(md) - md->balloon_pages;
+/*
+ * Brings the balloon to what the host asks now (release_pages, quota_pages in the ring header,
+ * which the host refreshes on every doorbell). Called with balloon_lock held.
+ */
+static void rebalance(struct memout_dev *md)
+{
+	u64 quota = READ_ONCE(md->ring->quota_pages);
+	u64 release = READ_ONCE(md->ring->release_pages);
+	u64 held = held_pages(md), got;
+
 	if (release) {
 		got = inflate(md, release);
 		if (got < release)
@@ -143,6 +175,69 @@ static void memout_messages(struct work_struct *work)
 	} else if (quota > held && md->balloon_pages) {
 		deflate(md, min(quota - held, md->balloon_pages));
 	}
+}
+
+/*
+ * Frames for /dev/memout: up to @want pages the host grants (ALLOC), out of those the
+ * balloon holds. Beyond the quota the guest first gives the host as many of its free pages
+ * (the host decides which frames come back). Returns how many are in @out.
+ */
+unsigned long memout_balloon_grant(struct memout_dev *md, unsigned long want,
+				   struct page **out)
+{
+	unsigned long got = 0;
+	unsigned int ask, n;
+	u64 quota;
+
+	mutex_lock(&md->balloon_lock);
+	while (got < want) {
+		ask = min_t(unsigned long, want - got, MEMOUT_BALLOON_BATCH);
+		/* Within the quota the host grants what it holds; beyond, the guest pays first. */
+		quota = READ_ONCE(md->ring->quota_pages);
+		if (quota < held_pages(md) + ask && inflate(md, ask) < ask)
+			break;
+		n = take(md, ask, out + got);
+		got += n;
+		if (n < ask)
+			break;
+	}
+	mutex_unlock(&md->balloon_lock);
+	return got;
+}
+
+/*
+ * /dev/memout's pages back to the host (FREE); then the balloon gives the guest's allocator
+ * what the quota allows, before this returns.
+ */
+void memout_balloon_return(struct memout_dev *md, struct page **pages, unsigned long n)
+{
+	unsigned long i, done;
+	unsigned int k;
+
+	mutex_lock(&md->balloon_lock);
+	for (done = 0; done < n; done += k) {
+		k = min_t(unsigned long, n - done, MEMOUT_BALLOON_BATCH);
+		if (give(md, pages + done, k)) {
+			/* The host did not take them: the guest keeps them. */
+			for (i = 0; i < k; i++)
+				__free_page(pages[done + i]);
+		}
+	}
+	/* Back to the quota: the guest gets again what it may hold. */
+	rebalance(md);
+	mutex_unlock(&md->balloon_lock);
+}
+
+static void memout_messages(struct work_struct *work)
+{
+	struct memout_dev *md = container_of(work, struct memout_dev, msg_work);
+	u32 prod = READ_ONCE(md->ring->host_msg_prod);
+
+	/* The fields are state, read after the count that published them. */
+	rmb();
+	mutex_lock(&md->balloon_lock);
+	rebalance(md);
+	mutex_unlock(&md->balloon_lock);
 	WRITE_ONCE(md->ring->host_msg_cons, prod);
 }
 
@@ -156,6 +251,7 @@ void memout_balloon_interrupt(struct memout_dev *md)
 int memout_balloon_init(struct memout_dev *md)
 {
 	xa_init(&md->balloon);
+	mutex_init(&md->balloon_lock);
 	INIT_WORK(&md->msg_work, memout_messages);
 	md->balloon_ext = kcalloc(MEMOUT_BALLOON_BATCH, sizeof(*md->balloon_ext), GFP_KERNEL);
 	md->balloon_batch = kcalloc(MEMOUT_BALLOON_BATCH, sizeof(*md->balloon_batch), GFP_KERNEL);

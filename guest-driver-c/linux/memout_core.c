@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * Attaching to a memout channel: check it, say HELLO, start forwarding frees; detaching stops
- * forwarding and says what was forwarded. Also the device's sysfs statistics.
+ * Attaching to a memout channel: check it, say HELLO, start forwarding frees and serving
+ * /dev/memout; detaching stops both and says what was forwarded. Also the device's sysfs
+ * statistics.
  */
 #include <linux/device.h>
 #include <linux/sysfs.h>
@@ -43,6 +44,22 @@ static ssize_t balloon_bytes_show(struct device *dev, struct device_attribute *a
 }
 static DEVICE_ATTR_RO(balloon_bytes);
 
+static ssize_t dev_bytes_show(struct device *dev, struct device_attribute *attr, char *buf)
+{
+	struct memout_dev *md = dev_get_drvdata(dev);
+
+	return sysfs_emit(buf, "%lld\n", atomic64_read(&md->dev_pages) << PAGE_SHIFT);
+}
+static DEVICE_ATTR_RO(dev_bytes);
+
+static ssize_t bad_grants_show(struct device *dev, struct device_attribute *attr, char *buf)
+{
+	struct memout_dev *md = dev_get_drvdata(dev);
+
+	return sysfs_emit(buf, "%llu\n", md->bad_grants);
+}
+static DEVICE_ATTR_RO(bad_grants);
+
 static ssize_t host_stats_show(struct device *dev, struct device_attribute *attr, char *buf)
 {
 	struct memout_dev *md = dev_get_drvdata(dev);
@@ -62,6 +79,8 @@ static struct attribute *memout_attrs[] = {
 	&dev_attr_report_errors.attr,
 	&dev_attr_swept_bytes.attr,
 	&dev_attr_balloon_bytes.attr,
+	&dev_attr_dev_bytes.attr,
+	&dev_attr_bad_grants.attr,
 	&dev_attr_host_stats.attr,
 	NULL,
 };
@@ -97,24 +116,31 @@ int memout_attach(struct memout_dev *md, void *chan, size_t size)
 	if (err)
 		return err;
 	err = memout_reporting_start(md);
-	if (err) {
-		memout_balloon_exit(md);
-		return err;
-	}
+	if (err)
+		goto balloon;
+	err = memout_chardev_attach(md);
+	if (err)
+		goto reporting;
 	err = sysfs_create_group(&md->dev->kobj, &memout_group);
-	if (err) {
-		memout_reporting_stop(md);
-		memout_balloon_exit(md);
-		return err;
-	}
+	if (err)
+		goto chardev;
 	dev_info(md->dev, "memout: attached over %s, ring of %u slots, region %llu MiB\n",
 		 md->tr->name, md->info.ring_slots, md->info.region_size >> 20);
 	return 0;
+
+chardev:
+	memout_chardev_detach(md);
+reporting:
+	memout_reporting_stop(md);
+balloon:
+	memout_balloon_exit(md);
+	return err;
 }
 
 void memout_detach(struct memout_dev *md)
 {
 	sysfs_remove_group(&md->dev->kobj, &memout_group);
+	memout_chardev_detach(md);
 	memout_reporting_stop(md);
 	memout_balloon_exit(md);
 	dev_info(md->dev, "memout: detached; %llu MiB reported free, %llu report errors\n",

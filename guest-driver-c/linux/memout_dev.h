@@ -10,6 +10,7 @@
 #ifndef MEMOUT_DEV_H
 #define MEMOUT_DEV_H
 
+#include <linux/atomic.h>
 #include <linux/mutex.h>
 #include <linux/page_reporting.h>
 #include <linux/types.h>
@@ -52,8 +53,10 @@ struct memout_dev {
 	u64 report_errors;
 
 	/* The balloon (memout_balloon.c): pages given to the host, by pfn. */
+	struct mutex balloon_lock;	/* the balloon, its buffers, and grants */
 	struct xarray balloon;
 	u64 balloon_pages;
+	u64 bad_grants;			/* frames the host granted that were not its to grant */
 	struct memout_extent *balloon_ext;	/* extents of one request */
 	struct page **balloon_batch;		/* pages of one request */
 	struct work_struct msg_work;
@@ -63,6 +66,9 @@ struct memout_dev {
 	long *sweep_last;		/* per CPU: its list length after the last sweep */
 	unsigned long sweep_next;	/* jiffies: no sweep before */
 	u64 swept_pages;
+
+	/* /dev/memout (memout_chardev.c): pages mapped by processes. */
+	atomic64_t dev_pages;
 };
 
 int memout_chan_init(struct memout_dev *md, void *chan, size_t size);
@@ -79,6 +85,12 @@ void memout_interrupt(struct memout_dev *md);
 int memout_balloon_init(struct memout_dev *md);
 void memout_balloon_interrupt(struct memout_dev *md);
 void memout_balloon_exit(struct memout_dev *md);
+unsigned long memout_balloon_grant(struct memout_dev *md, unsigned long want,
+				   struct page **out);
+void memout_balloon_return(struct memout_dev *md, struct page **pages, unsigned long n);
+
+int memout_chardev_attach(struct memout_dev *md);
+void memout_chardev_detach(struct memout_dev *md);
 
 int memout_sweep_init(struct memout_dev *md);
 void memout_sweep_tick(struct memout_dev *md);

@@ -63,3 +63,35 @@ impl DropFailure {
         }
     }
 }
+
+/// How a file-backed guest's host misbehaves on its next ALLOCs (the Linux module's balloon
+/// and `/dev/memout` take frames back that way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AllocFault {
+    /// Refuse with `NoMemory`, as a host out of memory would.
+    Refuse,
+    /// Grant frames the guest already holds (never the host's to grant), as a broken or
+    /// hostile host would; nothing changes host-side.
+    Foreign,
+}
+
+/// `count` ALLOCs of a file-backed guest answered as an [`AllocFault`] says.
+#[derive(Debug, Default)]
+pub struct AllocFaults {
+    armed: parking_lot::Mutex<Option<(AllocFault, u32)>>,
+}
+
+impl AllocFaults {
+    /// The next `count` ALLOCs misbehave as `fault` says.
+    pub fn arm(&self, fault: AllocFault, count: u32) {
+        *self.armed.lock() = (count > 0).then_some((fault, count));
+    }
+
+    /// Called on each ALLOC: how this one misbehaves, if it does.
+    pub fn take(&self) -> Option<AllocFault> {
+        let mut g = self.armed.lock();
+        let (fault, left) = (*g)?;
+        *g = (left > 1).then_some((fault, left - 1));
+        Some(fault)
+    }
+}

@@ -378,3 +378,130 @@ fn a_release_beyond_what_the_guest_can_give_leaves_it_running() {
         assert!(console.contains(want), "no {want:?}\n{console}");
     }
 }
+
+/// `/dev/memout`: a guest process maps 64 MiB of frames the host grants (zero-filled), fills
+/// and checks them; its munmap FREEs them, so the RAM file drops at once; mappings the module
+/// must refuse (private, too large, more than the guest can give) are refused, with a `dmesg`
+/// line for the host's shortfall; the module unloads with nothing mapped and nothing held.
+#[test]
+fn dev_memout_maps_host_granted_frames_and_gives_them_back_on_unmap() {
+    if !require_all(&[Piece::Qemu], "linux_guest") {
+        return;
+    }
+    let image = image();
+    let g = guest("dev", 512 * MIB);
+    let mut q = Qemu::boot(&g, &image, "memout_test=dev,64,3").expect("starting QEMU");
+    let before = g.guest().stats();
+    q.wait_line(
+        "MEMOUT-TEST: dev mapped 64 MiB (0 nonzero words)",
+        Duration::from_secs(120),
+    )
+    .expect("the guest maps /dev/memout and reads zeroes");
+    let mapped = g.guest().stats();
+    q.wait_line("MEMOUT-TEST: dev unmapped", Duration::from_secs(60))
+        .expect("the guest unmaps");
+    let unmapped = g.guest().stats();
+    let console = q.finish(Duration::from_secs(300)).join("\n");
+    let page = 4096;
+    // The grant: the guest paid the host for it first (FREE), then the host granted (ALLOC).
+    assert!(
+        (mapped.freed_pages - before.freed_pages) * page >= 64 * MIB,
+        "{before:?}\n{mapped:?}"
+    );
+    // The unmap: FREEd, and the RAM file gave the filled pages back.
+    assert!(
+        (unmapped.freed_pages - mapped.freed_pages) * page >= 64 * MIB,
+        "{mapped:?}\n{unmapped:?}"
+    );
+    assert!(
+        unmapped.resident_pages * page + 57 * MIB <= mapped.resident_pages * page,
+        "RAM file {} MiB mapped, {} MiB after the unmap\n{console}",
+        mapped.resident_pages * page / MIB,
+        unmapped.resident_pages * page / MIB
+    );
+    for want in [
+        "MEMOUT-TEST: dev intact (0 bad words)",
+        "MEMOUT-TEST: dev private mapping refused: Invalid argument",
+        "MEMOUT-TEST: dev 2 GiB mapping refused: Argument list too long",
+        "MEMOUT-TEST: dev 900 MiB mapping refused: Cannot allocate memory",
+        "mmap refused",
+        "MEMOUT-GUEST: test passed",
+        "MEMOUT-GUEST: dev_bytes 0",
+        "MEMOUT-GUEST: bad_grants 0",
+        "MEMOUT-GUEST: balloon_bytes 0",
+        "MEMOUT-GUEST: unloaded",
+    ] {
+        assert!(console.contains(want), "no {want:?}\n{console}");
+    }
+    assert!(!console.contains("dev mapping was split"), "{console}");
+    let s = g.guest().stats();
+    assert_eq!((s.request_errors, s.punch_errors), (0, 0), "{s:?}");
+}
+
+/// A host that refuses the balloon's ALLOCs, then one that grants frames the guest already
+/// holds: the module says so in `dmesg`, takes nothing it was not given, and the guest keeps
+/// running with its data intact; once the host behaves, the balloon gives everything back.
+#[test]
+fn a_host_that_refuses_or_misgrants_allocs_leaves_the_guest_intact() {
+    use memout_server::inject::AllocFault;
+    use memout_server::{ResizeOptions, ResizeStage};
+    if !require_all(&[Piece::Qemu], "linux_guest") {
+        return;
+    }
+    let image = image();
+    let g = guest("faults", 512 * MIB);
+    let fg = g.guest().clone();
+    let mut q = Qemu::boot(&g, &image, "memout_test=hold,128,25").expect("starting QEMU");
+    q.wait_line("MEMOUT-TEST: holding", Duration::from_secs(120))
+        .expect("the guest fills 128 MiB");
+    let resize = |bytes: u64| {
+        let r = fg
+            .resize(
+                bytes,
+                ResizeOptions {
+                    release_deadline: Duration::from_secs(60),
+                },
+            )
+            .expect("a size the guest can have");
+        fg.wait_resize(r.id, Duration::from_secs(90))
+            .expect("a resize")
+    };
+    let held = || fg.stats().allocated_pages * 4096;
+    let r = resize(256 * MIB);
+    assert_eq!(r.stage, ResizeStage::Done, "{r:?}");
+
+    // Each fault answers the balloon's first ALLOC after the grow message.
+    for fault in [AllocFault::Refuse, AllocFault::Foreign] {
+        fg.inject_alloc_fault(fault, 1);
+        resize(512 * MIB);
+        std::thread::sleep(Duration::from_secs(2));
+        assert_eq!(
+            held(),
+            256 * MIB,
+            "{fault:?}: the balloon took nothing back"
+        );
+        resize(256 * MIB); // the next grow is a new message
+    }
+    let r = resize(512 * MIB);
+    assert_eq!(r.stage, ResizeStage::Done);
+    let end = std::time::Instant::now() + Duration::from_secs(60);
+    while held() < 512 * MIB {
+        assert!(std::time::Instant::now() < end, "the balloon deflates");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let console = q.finish(Duration::from_secs(300)).join("\n");
+    for want in [
+        "host refused opcode",
+        "which the balloon does not hold",
+        "MEMOUT-TEST: intact (0 bad words)",
+        "MEMOUT-GUEST: test passed",
+        "MEMOUT-GUEST: balloon_bytes 0",
+        "MEMOUT-GUEST: unloaded",
+    ] {
+        assert!(console.contains(want), "no {want:?}\n{console}");
+    }
+    assert!(
+        !console.contains("MEMOUT-GUEST: bad_grants 0"),
+        "the foreign grant was counted\n{console}"
+    );
+}

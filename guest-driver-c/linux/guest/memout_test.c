@@ -7,7 +7,12 @@
  *                               then wait SECS (while the host watches its memory fall)
  *   memout-test hold MIB SECS   fill MIB, wait SECS (while the host does something), then
  *                               check every byte is still what was written
+ *   memout-test dev MIB SECS    map MIB of /dev/memout (host-granted frames), check they read
+ *                               zero, fill them, wait SECS, check and unmap them; then check
+ *                               that mappings the module must refuse are refused
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -90,12 +95,73 @@ static int do_hold(size_t mib, unsigned int secs)
 	return bad != 0;
 }
 
+/* Expects mmap of @len bytes of @fd with @flags to fail with @want. */
+static int expect_refusal(int fd, size_t len, int flags, int want, const char *what)
+{
+	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, flags, fd, 0);
+
+	if (p != MAP_FAILED) {
+		printf("MEMOUT-TEST: dev %s was mapped\n", what);
+		munmap(p, len);
+		return 1;
+	}
+	printf("MEMOUT-TEST: dev %s refused: %s\n", what, strerror(errno));
+	return errno != want;
+}
+
+static int do_dev(size_t mib, unsigned int secs)
+{
+	size_t len = mib << 20, i, nonzero = 0, bad = 0;
+	unsigned long long *p;
+	int fd = open("/dev/memout", O_RDWR), err = 0;
+
+	if (fd < 0) {
+		perror("MEMOUT-TEST: open /dev/memout");
+		return 1;
+	}
+	p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (p == MAP_FAILED) {
+		perror("MEMOUT-TEST: mmap /dev/memout");
+		return 1;
+	}
+	for (i = 0; i < len / 8; i++)
+		nonzero += p[i] != 0;
+	for (i = 0; i < len / 8; i++)
+		p[i] = i * 0x9e3779b97f4a7c15ull;
+	printf("MEMOUT-TEST: dev mapped %zu MiB (%zu nonzero words)\n", mib, nonzero);
+	fflush(stdout);
+	sleep(secs);
+	for (i = 0; i < len / 8; i++)
+		bad += p[i] != i * 0x9e3779b97f4a7c15ull;
+	printf("MEMOUT-TEST: dev %s (%zu bad words)\n", bad ? "corrupt" : "intact", bad);
+	/* Half of it: the mapping cannot be split. */
+	if (munmap(p, len / 2) == 0) {
+		printf("MEMOUT-TEST: dev mapping was split\n");
+		err = 1;
+	}
+	if (munmap(p, len)) {
+		perror("MEMOUT-TEST: munmap /dev/memout");
+		err = 1;
+	}
+	printf("MEMOUT-TEST: dev unmapped at %.0f ms\n", now_ms());
+	fflush(stdout);
+	sleep(2);
+	err |= expect_refusal(fd, 1 << 20, MAP_PRIVATE, EINVAL, "private mapping");
+	err |= expect_refusal(fd, 2ull << 30, MAP_SHARED, E2BIG, "2 GiB mapping");
+	err |= expect_refusal(fd, 900ull << 20, MAP_SHARED, ENOMEM, "900 MiB mapping");
+	fflush(stdout);
+	close(fd);
+	return err || bad || nonzero;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc == 4 && !strcmp(argv[1], "free"))
 		return do_free(strtoul(argv[2], NULL, 0), strtoul(argv[3], NULL, 0));
 	if (argc == 4 && !strcmp(argv[1], "hold"))
 		return do_hold(strtoul(argv[2], NULL, 0), strtoul(argv[3], NULL, 0));
-	fprintf(stderr, "usage: memout-test free|hold MIB SECS\n");
+	if (argc == 4 && !strcmp(argv[1], "dev"))
+		return do_dev(strtoul(argv[2], NULL, 0), strtoul(argv[3], NULL, 0));
+	fprintf(stderr, "usage: memout-test free|hold|dev MIB SECS\n");
 	return 2;
 }

@@ -111,6 +111,8 @@ pub struct FileGuest {
     min_pages: u64,
     interrupt: OnceLock<Interrupt>,
     resizes: Resizes,
+    #[cfg(feature = "fault-injection")]
+    alloc_faults: crate::inject::AllocFaults,
     hello: AtomicBool,
     counters: Counters,
     log: LogLimiter,
@@ -138,6 +140,8 @@ impl FileGuest {
             min_pages: 0,
             interrupt: OnceLock::new(),
             resizes: Resizes::default(),
+            #[cfg(feature = "fault-injection")]
+            alloc_faults: Default::default(),
             hello: AtomicBool::new(false),
             counters: Counters::default(),
             log: LogLimiter::new(10, Duration::from_secs(10)),
@@ -162,6 +166,13 @@ impl FileGuest {
     /// message on its next doorbell.
     pub fn set_interrupt(&self, interrupt: Interrupt) {
         let _ = self.interrupt.set(interrupt);
+    }
+
+    /// Test hook (feature `fault-injection`): the next `count` ALLOCs misbehave as `fault`
+    /// says.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_alloc_fault(&self, fault: crate::inject::AllocFault, count: u32) {
+        self.alloc_faults.arm(fault, count);
     }
 
     /// The guest's name.
@@ -278,6 +289,24 @@ impl FileGuest {
         Ok(seen.iter().collect())
     }
 
+    /// Up to `pages` frames the guest holds, as one extent per run (fault injection only).
+    #[cfg(feature = "fault-injection")]
+    fn foreign(&self, pages: u64) -> Vec<Extent> {
+        let all = Run {
+            start: 0,
+            len: self.ram_pages(),
+        };
+        self.returned
+            .lock()
+            .gaps(all, pages)
+            .into_iter()
+            .map(|r| Extent {
+                gpa: r.start * PAGE_SIZE,
+                pages: r.len,
+            })
+            .collect()
+    }
+
     fn punch(&self, runs: &[Run]) -> Result<(), Status> {
         for r in runs {
             if let Err(e) = self.ram.punch(r.start * PAGE_SIZE, r.len * PAGE_SIZE) {
@@ -323,6 +352,12 @@ impl RingBackend for FileGuest {
     }
 
     fn alloc(&self, pages: u64, max_extents: usize, partial: bool) -> Result<Vec<Extent>, Status> {
+        #[cfg(feature = "fault-injection")]
+        match self.alloc_faults.take() {
+            Some(crate::inject::AllocFault::Refuse) => return Err(Status::NoMemory),
+            Some(crate::inject::AllocFault::Foreign) => return Ok(self.foreign(pages)),
+            None => {}
+        }
         let mut returned = self.returned.lock();
         let held = self.ram_pages() - returned.total();
         let room = self.quota.load(Relaxed).saturating_sub(held);
