@@ -185,6 +185,11 @@ impl FileGuest {
         self.min_pages * PAGE_SIZE
     }
 
+    /// True once the guest has said HELLO: its module runs, so the VMM has mapped the RAM.
+    pub fn attached(&self) -> bool {
+        self.hello.load(Relaxed)
+    }
+
     /// The RAM file the VMM maps.
     pub fn ram(&self) -> &RamFile {
         &self.ram

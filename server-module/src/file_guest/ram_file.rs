@@ -6,7 +6,7 @@ use nix::fcntl::{FallocateFlags, fallocate};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use thiserror::Error;
 
 /// Errors of the RAM file.
@@ -42,13 +42,14 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
-/// A guest RAM file (sparse, `0600`, removed when dropped; a VMM that has it mapped keeps its
-/// memory).
+/// A guest RAM file (sparse, `0600`, its name removed by [`RamFile::unlink`] or when
+/// dropped; a VMM that has it mapped keeps its memory).
 #[derive(Debug)]
 pub struct RamFile {
     file: File,
     path: PathBuf,
     size: u64,
+    unlinked: AtomicBool,
 }
 
 impl RamFile {
@@ -71,12 +72,25 @@ impl RamFile {
             .open(&path)
             .map_err(err)?;
         file.set_len(size).map_err(err)?;
-        Ok(Self { file, path, size })
+        Ok(Self {
+            file,
+            path,
+            size,
+            unlinked: AtomicBool::new(false),
+        })
     }
 
     /// Where the file is (what the VMM maps).
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Removes the file's name once the VMM has it mapped, so no name is left behind if
+    /// memout is killed; the memory stays with whoever maps it, and with this handle.
+    pub fn unlink(&self) {
+        if !self.unlinked.swap(true, Relaxed) {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 
     /// Its size in bytes.
@@ -104,7 +118,7 @@ impl RamFile {
 
 impl Drop for RamFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        self.unlink();
     }
 }
 
@@ -127,7 +141,18 @@ mod tests {
         f.file.read_exact_at(&mut b, 4096).unwrap();
         assert_eq!(b, [0u8; 16]);
         let path = f.path().to_path_buf();
-        drop(f);
+        f.unlink();
         assert!(!path.exists());
+        assert!(
+            f.allocated_bytes().unwrap() <= 2 << 20,
+            "the memory stays with the handle"
+        );
+        std::fs::write(&path, b"someone else's").unwrap();
+        drop(f);
+        assert!(
+            path.exists(),
+            "a name reused after the unlink is not removed"
+        );
+        std::fs::remove_file(&path).unwrap();
     }
 }

@@ -123,7 +123,8 @@ impl QemuGuest {
         server.register_external(&self.guest)
     }
 
-    /// The RAM file's path.
+    /// The RAM file's path (what [`qemu_args`](Self::qemu_args) names; removed once the
+    /// guest's module has said HELLO).
     pub fn ram_path(&self) -> &Path {
         self.guest.ram().path()
     }
@@ -210,6 +211,11 @@ fn serve(guest: &FileGuest, mut server: IvshmemServer, stop: &EventFd, notify: &
         if ring {
             let _ = server.doorbell().read();
             interrupt |= guest.on_doorbell().processed > 0;
+            // The guest runs, so QEMU has mapped its RAM: the name is no longer needed, and
+            // none is left behind if memout is killed.
+            if guest.attached() {
+                guest.ram().unlink();
+            }
         }
         if interrupt && let Some(c) = &client {
             c.interrupt();
