@@ -233,6 +233,9 @@ static void memout_messages(struct work_struct *work)
 	struct memout_dev *md = container_of(work, struct memout_dev, msg_work);
 	u32 prod = READ_ONCE(md->ring->host_msg_prod);
 
+	/* Interrupts from now on re-run this work only for a newer message. */
+	WRITE_ONCE(md->msg_seen, prod);
+
 	/* The fields are state, read after the count that published them. */
 	rmb();
 	mutex_lock(&md->balloon_lock);
@@ -241,10 +244,15 @@ static void memout_messages(struct work_struct *work)
 	WRITE_ONCE(md->ring->host_msg_cons, prod);
 }
 
+/*
+ * Every answer to the module's own requests interrupts too: only a message newer than the one
+ * the work last took in queues it again, so a request the host refuses is not retried in a
+ * loop.
+ */
 void memout_balloon_interrupt(struct memout_dev *md)
 {
 	if (READ_ONCE(md->balloon_on) &&
-	    READ_ONCE(md->ring->host_msg_prod) != READ_ONCE(md->ring->host_msg_cons))
+	    READ_ONCE(md->ring->host_msg_prod) != READ_ONCE(md->msg_seen))
 		queue_work(system_unbound_wq, &md->msg_work);
 }
 
@@ -261,6 +269,7 @@ int memout_balloon_init(struct memout_dev *md)
 		md->balloon_ext = NULL;
 		return -ENOMEM;
 	}
+	md->msg_seen = READ_ONCE(md->ring->host_msg_cons);
 	WRITE_ONCE(md->balloon_on, true);
 	/* Messages posted before the module came. */
 	memout_balloon_interrupt(md);

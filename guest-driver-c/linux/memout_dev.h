@@ -60,6 +60,7 @@ struct memout_dev {
 	struct memout_extent *balloon_ext;	/* extents of one request */
 	struct page **balloon_batch;		/* pages of one request */
 	struct work_struct msg_work;
+	u32 msg_seen;			/* host_msg_prod the message work last took in */
 	bool balloon_on;
 
 	/* Sweeps of the per-CPU free lists (memout_sweep.c). */
