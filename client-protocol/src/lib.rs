@@ -12,6 +12,9 @@
 //! little-endian, mirrored in `guest-driver-c/include/memout_abi.h`, and checked against that
 //! header by a test that compiles it with gcc.
 //!
+//! [`fastpath`] is shared allocator state (magazines of granted frames, a free queue) that
+//! lets a guest allocate and free single pages without a VM exit.
+//!
 //! [`control`] is the operators' protocol: requests and responses framed by [`codec`]
 //! (length-prefixed bincode 2, with a version handshake and a maximum frame size).
 //!
@@ -25,4 +28,5 @@
 
 pub mod codec;
 pub mod control;
+pub mod fastpath;
 pub mod ring;

@@ -43,7 +43,8 @@ pub const RING_MAGIC: u32 = u32::from_le_bytes(*b"MRNG");
 /// Feature bit: the host posts host→guest messages in the ring header (`quota_pages` and
 /// `release_pages` changed; `host_msg_prod` counts the posts).
 pub const FEATURE_HOST_MESSAGES: u32 = 1 << 0;
-/// Feature bit: an exit-free fast path page exists at `InfoPage::fastpath_gpa` (reserved).
+/// Feature bit: the exit-free fast path's area is at `InfoPage::fastpath_gpa` (see
+/// [`crate::fastpath`]).
 pub const FEATURE_FASTPATH: u32 = 1 << 1;
 
 /// Written by the host at a fixed address before the guest starts; tells the guest where
@@ -187,6 +188,10 @@ pub struct GuestStats {
 
 /// ALLOC flag: a partial grant is acceptable (otherwise all or nothing).
 pub const ALLOC_PARTIAL: u16 = 1 << 0;
+/// ALLOC flag: the guest's fast path had no frame for this request (a hint: the host fills
+/// the guest's magazines from then on; see [`crate::fastpath`]). Guests that never set it get
+/// no frames granted ahead.
+pub const ALLOC_FASTPATH_EMPTY: u16 = 1 << 1;
 
 /// FREE flag: free page *reporting*. The guest keeps the frames (it may reuse them at any
 /// time, and then reads zeroes); only their content and host memory go. Without it, FREE

@@ -1,6 +1,7 @@
 //! Compiles `guest-driver-c/include/memout_abi.h` with gcc and checks that every size, field
 //! offset and constant the C side sees equals the Rust definition in `memout_protocol::ring`.
 
+use memout_protocol::fastpath::*;
 use memout_protocol::ring::*;
 use std::mem::{offset_of, size_of};
 use std::path::PathBuf;
@@ -82,6 +83,7 @@ fn expectations() -> Vec<(&'static str, u64)> {
         ("MEMOUT_FEATURE_HOST_MESSAGES", FEATURE_HOST_MESSAGES as u64),
         ("MEMOUT_FEATURE_FASTPATH", FEATURE_FASTPATH as u64),
         ("MEMOUT_ALLOC_PARTIAL", ALLOC_PARTIAL as u64),
+        ("MEMOUT_ALLOC_FASTPATH_EMPTY", ALLOC_FASTPATH_EMPTY as u64),
         ("MEMOUT_FREE_REPORTED", FREE_REPORTED as u64),
         ("MEMOUT_IVSHMEM_HOST_PEER", IVSHMEM_HOST_PEER as u64),
         ("MEMOUT_IVSHMEM_VECTOR", IVSHMEM_VECTOR as u64),
@@ -100,6 +102,38 @@ fn expectations() -> Vec<(&'static str, u64)> {
         ("MEMOUT_E_RING_INDEX", Status::RingIndex as u64),
         ("MEMOUT_E_NO_HELLO", Status::NoHello as u64),
         ("MEMOUT_E_HOST_ERROR", Status::HostError as u64),
+        (
+            "sizeof(struct memout_fastpath)",
+            size_of::<FastPathHeader>() as u64,
+        ),
+        off!("memout_fastpath", FastPathHeader, magic),
+        off!("memout_fastpath", FastPathHeader, version),
+        off!("memout_fastpath", FastPathHeader, nr_cpus),
+        off!("memout_fastpath", FastPathHeader, mag_slots),
+        off!("memout_fastpath", FastPathHeader, stack_slots),
+        off!("memout_fastpath", FastPathHeader, reserved0),
+        off!("memout_fastpath", FastPathHeader, mags_gpa),
+        off!("memout_fastpath", FastPathHeader, stacks_gpa),
+        off!("memout_fastpath", FastPathHeader, reserved),
+        (
+            "sizeof(struct memout_magazine)",
+            size_of::<MagazineHeader>() as u64,
+        ),
+        off!("memout_magazine", MagazineHeader, state),
+        off!("memout_magazine", MagazineHeader, refills),
+        off!("memout_magazine", MagazineHeader, reserved),
+        (
+            "sizeof(struct memout_free_stack)",
+            size_of::<FreeStackHeader>() as u64,
+        ),
+        off!("memout_free_stack", FreeStackHeader, state),
+        off!("memout_free_stack", FreeStackHeader, reserved),
+        ("MEMOUT_FASTPATH_MAGIC", FASTPATH_MAGIC as u64),
+        ("MEMOUT_FASTPATH_VERSION", FASTPATH_VERSION as u64),
+        ("MEMOUT_MAG_SLOTS", MAG_SLOTS as u64),
+        ("MEMOUT_STACK_SLOTS", STACK_SLOTS as u64),
+        ("MEMOUT_STACK_BUSY", STACK_BUSY as u64),
+        ("MEMOUT_STACK_INDEX_MASK", STACK_INDEX_MASK as u64),
     ]
 }
 

@@ -58,6 +58,26 @@ uint64_t memout_pool_take(uint64_t pages, struct memout_extent *out);
 /* Frames in the pool. */
 uint64_t memout_pool_pages(void);
 
+/* ---- The exit-free fast path (MEMOUT_FEATURE_FASTPATH) ----------------------------------
+ * Single pages without a VM exit: memout_alloc_page takes a frame the guest freed earlier
+ * (its old content stays) or one the host granted ahead (zero-filled) from shared memory, and
+ * memout_free_page puts it back there; the host takes freed frames in batches. Both fall back
+ * to the doorbell when the fast path is off, empty or full. */
+struct memout_fast_stats {
+    uint64_t fast_allocs; /* served from shared memory, no exit */
+    uint64_t slow_allocs; /* through the doorbell */
+    uint64_t fast_frees;
+    uint64_t slow_frees;
+};
+/* 1 if the host offered the fast path (after memout_init). */
+int memout_fastpath_on(void);
+/* One frame into *gpa. 0 or a negative memout_status. */
+int memout_alloc_page(uint64_t *gpa);
+/* Gives one frame back. 0 or a negative memout_status. */
+int memout_free_page(uint64_t gpa);
+/* How many pages went each way. */
+void memout_fast_stats(struct memout_fast_stats *out);
+
 /* Human-readable name of a status code. */
 const char *memout_status_name(int status);
 

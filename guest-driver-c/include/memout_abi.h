@@ -29,6 +29,8 @@
 #define MEMOUT_FEATURE_FASTPATH (1u << 1)
 
 #define MEMOUT_ALLOC_PARTIAL (1u << 0)
+/* ALLOC flag: the fast path had no frame for this request (the host fills the magazines). */
+#define MEMOUT_ALLOC_FASTPATH_EMPTY (1u << 1)
 /* FREE flag: free page reporting; the guest keeps the frames, only their content goes. */
 #define MEMOUT_FREE_REPORTED (1u << 0)
 
@@ -114,6 +116,52 @@ struct memout_stats {
     uint64_t reserved[3];
 };
 
+/* ---- Exit-free fast path (MEMOUT_FEATURE_FASTPATH), at info->fastpath_gpa ----
+ * Mirrors client-protocol/src/fastpath.rs (read its docs). Each state word changes only by
+ * compare-and-swap of the whole word.
+ * Magazine: state = head (low 32, guest pops) | tail (high 32, host pushes); entries
+ * [head, tail) mod MEMOUT_MAG_SLOTS are zero-filled frames granted ahead. Pop: read
+ * entry[head], swap in head + 1. The host reclaims by swapping in (tail, tail).
+ * Free stack: state = top (low 32, guest) | taken (high 32, host), 31-bit indices (mod 2^31);
+ * bit 31 of taken is MEMOUT_STACK_BUSY. Push: write entry[top], swap in top + 1 (while
+ * top - taken < slots). Pop: read entry[top - 1], swap in top - 1 (while top != taken).
+ * Neither while BUSY is set: the host is reading the entries it takes, first swapping in
+ * (top, taken | BUSY), then (top, top). */
+#define MEMOUT_FASTPATH_MAGIC 0x4150464du /* "MFPA" */
+#define MEMOUT_FASTPATH_VERSION 1u
+#define MEMOUT_MAG_SLOTS 512u
+#define MEMOUT_STACK_SLOTS 512u
+#define MEMOUT_STACK_BUSY (1u << 31)
+#define MEMOUT_STACK_INDEX_MASK (MEMOUT_STACK_BUSY - 1)
+
+struct memout_fastpath {
+    uint32_t magic;
+    uint32_t version;
+    uint32_t nr_cpus;
+    uint32_t mag_slots;
+    uint32_t stack_slots;
+    uint32_t reserved0;
+    uint64_t mags_gpa;   /* magazine i at mags_gpa + i * (64 + 8 * mag_slots) */
+    uint64_t stacks_gpa; /* free stack i at stacks_gpa + i * (64 + 8 * stack_slots) */
+    uint64_t reserved[3];
+};
+
+struct memout_magazine {
+    uint64_t state;   /* head | tail << 32 */
+    uint64_t refills; /* host: pushes so far */
+    uint64_t reserved[6];
+    /* uint64_t frames[mag_slots] follows */
+};
+
+struct memout_free_stack {
+    uint64_t state; /* top | taken << 32 */
+    uint64_t reserved[7];
+    /* uint64_t frames[stack_slots] follows */
+};
+
+_Static_assert(sizeof(struct memout_fastpath) == 64, "memout_fastpath size");
+_Static_assert(sizeof(struct memout_magazine) == 64, "memout_magazine size");
+_Static_assert(sizeof(struct memout_free_stack) == 64, "memout_free_stack size");
 _Static_assert(sizeof(struct memout_info) == 128, "memout_info size");
 _Static_assert(sizeof(struct memout_ring_header) == 64, "memout_ring_header size");
 _Static_assert(sizeof(struct memout_desc) == 64, "memout_desc size");

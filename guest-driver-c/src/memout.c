@@ -9,6 +9,17 @@ static volatile struct memout_desc *slots;
 static uint32_t nslots;
 static uint32_t prod;
 
+/* The exit-free fast path (one vCPU: magazine 0 and free stack 0), if the host offers it. */
+static volatile struct memout_magazine *mag;
+static volatile uint64_t *mag_frames;
+static uint32_t mag_mask;
+static volatile struct memout_free_stack *fstack;
+static volatile uint64_t *fstack_frames;
+static uint32_t fstack_slots;
+static struct memout_fast_stats fast_stats;
+
+static int alloc(uint64_t pages, struct memout_extent_list *out, uint16_t flags, uint64_t *granted);
+
 volatile struct memout_ring_header *memout_ring(void) { return ring; }
 uint64_t memout_region_base(void) { return info->region_gpa; }
 uint64_t memout_region_size(void) { return info->region_size; }
@@ -56,7 +67,127 @@ int memout_init(void)
     nslots = info->ring_slots;
     prod = ring->req_prod;
     struct memout_desc d = {.opcode = MEMOUT_OP_HELLO, .arg0 = MEMOUT_ABI_VERSION};
-    return call(&d);
+    int r = call(&d);
+    if (r == 0 && (info->features & MEMOUT_FEATURE_FASTPATH) && info->fastpath_gpa) {
+        volatile struct memout_fastpath *fp =
+            (volatile struct memout_fastpath *)(uintptr_t)info->fastpath_gpa;
+        uint32_t ms = fp->mag_slots, ss = fp->stack_slots;
+        if (fp->magic == MEMOUT_FASTPATH_MAGIC && fp->version == MEMOUT_FASTPATH_VERSION &&
+            fp->nr_cpus >= 1 && ms && !(ms & (ms - 1)) && ss && !(ss & (ss - 1))) {
+            mag = (volatile struct memout_magazine *)(uintptr_t)fp->mags_gpa;
+            mag_frames = (volatile uint64_t *)(mag + 1);
+            mag_mask = ms - 1;
+            fstack = (volatile struct memout_free_stack *)(uintptr_t)fp->stacks_gpa;
+            fstack_frames = (volatile uint64_t *)(fstack + 1);
+            fstack_slots = ss;
+        }
+    }
+    return r;
+}
+
+/* ---- The exit-free fast path ----
+ * Every step is one compare-and-swap of a 64-bit state word (see memout_abi.h). A lost swap
+ * means the host acted meanwhile: read again, a few times, then take the doorbell path. */
+
+#define FAST_TRIES 8
+
+static uint64_t *word(volatile uint64_t *w) { return (uint64_t *)(uintptr_t)w; }
+
+static int cas(volatile uint64_t *w, uint64_t *expect, uint64_t next)
+{
+    return __atomic_compare_exchange_n(word(w), expect, next, 0, __ATOMIC_ACQ_REL,
+                                       __ATOMIC_ACQUIRE);
+}
+
+/* A frame the guest freed earlier (its old content stays). */
+static int stack_pop(uint64_t *gpa)
+{
+    uint64_t s = __atomic_load_n(word(&fstack->state), __ATOMIC_ACQUIRE);
+    for (int i = 0; i < FAST_TRIES; i++) {
+        uint32_t top = (uint32_t)s, taken = (uint32_t)(s >> 32);
+        if ((taken & MEMOUT_STACK_BUSY) || top == taken)
+            return 0;
+        uint32_t below = (top - 1) & MEMOUT_STACK_INDEX_MASK;
+        uint64_t f = fstack_frames[below & (fstack_slots - 1)];
+        if (cas(&fstack->state, &s, ((uint64_t)taken << 32) | below)) {
+            *gpa = f;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* A zero-filled frame the host granted ahead. */
+static int mag_pop(uint64_t *gpa)
+{
+    uint64_t s = __atomic_load_n(word(&mag->state), __ATOMIC_ACQUIRE);
+    for (int i = 0; i < FAST_TRIES; i++) {
+        uint32_t head = (uint32_t)s, tail = (uint32_t)(s >> 32);
+        if (head == tail)
+            return 0;
+        uint64_t f = mag_frames[head & mag_mask];
+        if (cas(&mag->state, &s, ((uint64_t)tail << 32) | (uint32_t)(head + 1))) {
+            *gpa = f;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static int stack_push(uint64_t gpa)
+{
+    uint64_t s = __atomic_load_n(word(&fstack->state), __ATOMIC_ACQUIRE);
+    for (int i = 0; i < FAST_TRIES; i++) {
+        uint32_t top = (uint32_t)s, taken = (uint32_t)(s >> 32);
+        if ((taken & MEMOUT_STACK_BUSY) ||
+            ((top - taken) & MEMOUT_STACK_INDEX_MASK) >= fstack_slots)
+            return 0;
+        fstack_frames[top & (fstack_slots - 1)] = gpa;
+        uint32_t above = (top + 1) & MEMOUT_STACK_INDEX_MASK;
+        if (cas(&fstack->state, &s, ((uint64_t)taken << 32) | above))
+            return 1;
+    }
+    return 0;
+}
+
+int memout_fastpath_on(void) { return mag != 0; }
+
+void memout_fast_stats(struct memout_fast_stats *out) { *out = fast_stats; }
+
+int memout_alloc_page(uint64_t *gpa)
+{
+    if (mag && (stack_pop(gpa) || mag_pop(gpa))) {
+        fast_stats.fast_allocs++;
+        return 0;
+    }
+    struct memout_extent e;
+    struct memout_extent_list l = {.count = 0, .capacity = 1, .ext = &e};
+    fast_stats.slow_allocs++;
+    int r = alloc(1, &l, mag ? MEMOUT_ALLOC_FASTPATH_EMPTY : 0, 0);
+    if (r == 0)
+        *gpa = e.gpa;
+    /* At the quota, the frames may be on their way into the magazine (granted, not yet
+     * pushed): wait for them a little before giving up. */
+    for (uint32_t i = 0; r == -MEMOUT_E_QUOTA && mag && i < (1u << 16); i++) {
+        __builtin_ia32_pause();
+        if (stack_pop(gpa) || mag_pop(gpa)) {
+            fast_stats.fast_allocs++;
+            return 0;
+        }
+    }
+    return r;
+}
+
+int memout_free_page(uint64_t gpa)
+{
+    if (mag && stack_push(gpa)) {
+        fast_stats.fast_frees++;
+        return 0;
+    }
+    struct memout_extent e = {.gpa = gpa, .pages = 1};
+    struct memout_extent_list l = {.count = 1, .capacity = 1, .ext = &e};
+    fast_stats.slow_frees++;
+    return memout_free(&l);
 }
 
 static int alloc(uint64_t pages, struct memout_extent_list *out, uint16_t flags, uint64_t *granted)

@@ -67,6 +67,17 @@ pub enum ConfigError {
     /// Shared memory overlaps the outsourced region.
     #[error("shared guest memory overlaps the outsourced region")]
     SharedOverlapsRegion,
+    /// The fast-path area is misplaced: unaligned, outside shared memory, or over the ring or
+    /// the info page; or its vCPU count is outside 1..=64.
+    #[error("fast-path area at {gpa:#x} for {nr_cpus} vCPUs: {why}")]
+    FastPath {
+        /// Where it was asked for.
+        gpa: u64,
+        /// For how many vCPUs.
+        nr_cpus: u32,
+        /// What is wrong.
+        why: &'static str,
+    },
     /// Kernel eviction was asked for but the host has no swap with free room: nothing could
     /// ever be paged out.
     #[error(
@@ -100,6 +111,20 @@ pub struct ChannelConfig {
     pub ring_gpa: u64,
     /// Descriptor slots (a power of two, 1..=4096).
     pub ring_slots: u32,
+    /// The exit-free fast path's area (see `memout_protocol::fastpath`), or `None` to serve
+    /// the guest through the ring alone.
+    pub fastpath: Option<FastPathConfig>,
+}
+
+/// Where the fast-path area lives and for how many vCPUs (one magazine and one free stack
+/// each): [`fastpath_size`](memout_protocol::fastpath::fastpath_size) bytes at `gpa`, 4 KiB
+/// aligned, inside shared memory, clear of the ring and the info page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FastPathConfig {
+    /// Guest-physical address of the area.
+    pub gpa: u64,
+    /// vCPUs (1..=64).
+    pub nr_cpus: u32,
 }
 
 /// Where the outsourced region's host memory comes from: [`RegionMemory::allocate`] (the
@@ -233,6 +258,9 @@ impl GuestConfig {
         if ring.start < INFO_PAGE_GPA + PAGE_SIZE && INFO_PAGE_GPA < ring.end {
             return Err(E::RingOverlapsInfoPage);
         }
+        if let Some(fp) = self.channel.fastpath {
+            self.check_fastpath(fp, ring.clone())?;
+        }
         let region_end = self.region_gpa + self.region_size;
         for r in self.shared.iter() {
             use vm_memory::GuestMemoryRegion;
@@ -243,6 +271,34 @@ impl GuestConfig {
         }
         if matches!(self.eviction, Eviction::Kernel) && procfs::swap_free() == 0 {
             return Err(E::NoSwap);
+        }
+        Ok(())
+    }
+
+    fn check_fastpath(
+        &self,
+        fp: FastPathConfig,
+        ring: std::ops::Range<u64>,
+    ) -> Result<(), ConfigError> {
+        let bad = |why| ConfigError::FastPath {
+            gpa: fp.gpa,
+            nr_cpus: fp.nr_cpus,
+            why,
+        };
+        if !(1..=64).contains(&fp.nr_cpus) {
+            return Err(bad("the vCPU count is outside 1..=64"));
+        }
+        if fp.gpa % PAGE_SIZE != 0 {
+            return Err(bad("not 4 KiB aligned"));
+        }
+        let len = memout_protocol::fastpath::fastpath_size(fp.nr_cpus);
+        if !self.shared.check_range(GuestAddress(fp.gpa), len as usize) {
+            return Err(bad("not inside shared guest memory"));
+        }
+        let area = fp.gpa..fp.gpa + len;
+        let overlaps = |r: &std::ops::Range<u64>| r.start < area.end && area.start < r.end;
+        if overlaps(&ring) || overlaps(&(INFO_PAGE_GPA..INFO_PAGE_GPA + PAGE_SIZE)) {
+            return Err(bad("overlaps the ring or the info page"));
         }
         Ok(())
     }

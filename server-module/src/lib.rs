@@ -33,6 +33,7 @@ pub mod control;
 mod eager;
 mod evicted;
 pub mod extents;
+pub mod fastpath;
 mod fault_handler;
 pub mod file_guest;
 mod frames;
@@ -59,7 +60,7 @@ mod stats;
 pub mod store;
 pub mod uffd;
 
-pub use config::{ChannelConfig, ConfigError, GuestConfig, RegionMemory};
+pub use config::{ChannelConfig, ConfigError, FastPathConfig, GuestConfig, RegionMemory};
 #[cfg(feature = "test-util")]
 pub use guest::GuestCore;
 pub use guest::{

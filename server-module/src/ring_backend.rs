@@ -33,6 +33,8 @@ pub(crate) trait RingBackend: RingCounters {
     fn alloc(&self, pages: u64, max_extents: usize, partial: bool) -> Result<Vec<Extent>, Status>;
     /// Takes back a grant the guest could not be told about.
     fn undo_alloc(&self, extents: &[Extent]);
+    /// The guest's fast path had no frame for it (an ALLOC with `ALLOC_FASTPATH_EMPTY`).
+    fn fastpath_empty(&self) {}
     /// FREE of `list`. With `reported`, the guest keeps the frames and only their content goes
     /// (free page reporting); without, the frames return to the host. Returns pages freed.
     fn free(&self, list: &[Extent], reported: bool) -> Result<u64, Status>;
@@ -74,6 +76,10 @@ impl RingBackend for GuestCore {
 
     fn alloc(&self, pages: u64, max_extents: usize, partial: bool) -> Result<Vec<Extent>, Status> {
         GuestCore::alloc(self, pages, max_extents, partial)
+    }
+
+    fn fastpath_empty(&self) {
+        self.nudge_fastpath();
     }
 
     fn undo_alloc(&self, extents: &[Extent]) {

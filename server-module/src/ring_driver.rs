@@ -64,6 +64,7 @@ pub fn host_test_config(
         channel: ChannelConfig {
             ring_gpa: TEST_RING_GPA,
             ring_slots: TEST_RING_SLOTS,
+            fastpath: None,
         },
         shared: shared.clone(),
         on_fatal: None,

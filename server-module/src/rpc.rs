@@ -9,8 +9,8 @@
 
 use crate::ring_backend::RingBackend;
 use memout_protocol::ring::{
-    ABI_VERSION, ALLOC_PARTIAL, Descriptor, Extent, FREE_REPORTED, GuestStats, Opcode,
-    RING_HOST_INDICES_OFFSET, RING_REQ_PROD_OFFSET, RingHeader, Status,
+    ABI_VERSION, ALLOC_FASTPATH_EMPTY, ALLOC_PARTIAL, Descriptor, Extent, FREE_REPORTED,
+    GuestStats, Opcode, RING_HOST_INDICES_OFFSET, RING_REQ_PROD_OFFSET, RingHeader, Status,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use zerocopy::IntoBytes;
@@ -177,8 +177,11 @@ fn alloc<B: RingBackend>(
     let (want, cap) = (d.pages, d.nr_extents);
     d.pages = 0;
     d.nr_extents = 0;
-    if d.flags & !ALLOC_PARTIAL != 0 || want == 0 {
+    if d.flags & !(ALLOC_PARTIAL | ALLOC_FASTPATH_EMPTY) != 0 || want == 0 {
         return Err(Status::Invalid);
+    }
+    if d.flags & ALLOC_FASTPATH_EMPTY != 0 {
+        core.fastpath_empty();
     }
     let mut probe = *d;
     probe.nr_extents = cap;

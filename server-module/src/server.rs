@@ -5,6 +5,8 @@
 
 use crate::config::{ConfigError, GuestConfig};
 use crate::eager::{self, EagerPool};
+use crate::fastpath::FastPath;
+use crate::fastpath::worker::{Serviced, Worker};
 use crate::frames::FrameAllocator;
 use crate::guest::{GuestCore, GuestParts, ZeroChunk};
 use crate::handle::GuestHandle;
@@ -15,8 +17,8 @@ use crate::rpc::RingCursor;
 use crate::uffd::GuestUffd;
 use crate::{fault_handler, host_mem, procfs, uffd};
 use memout_protocol::ring::{
-    ABI_VERSION, Descriptor, FEATURE_HOST_MESSAGES, INFO_MAGIC, INFO_PAGE_GPA, InfoPage, PAGE_SIZE,
-    RING_MAGIC, RingHeader,
+    ABI_VERSION, Descriptor, FEATURE_FASTPATH, FEATURE_HOST_MESSAGES, INFO_MAGIC, INFO_PAGE_GPA,
+    InfoPage, PAGE_SIZE, RING_MAGIC, RingHeader,
 };
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use parking_lot::Mutex;
@@ -42,6 +44,9 @@ pub enum Error {
     /// A thread or eventfd could not be created.
     #[error("cannot start the server's or guest's threads: {0}")]
     Spawn(#[source] std::io::Error),
+    /// The fast-path area could not be written into guest memory.
+    #[error(transparent)]
+    FastPath(#[from] crate::fastpath::AreaError),
 }
 
 /// `Result` with this module's [`enum@Error`].
@@ -90,6 +95,7 @@ impl ServerBuilder {
             zero: Arc::new(ZeroChunk::new(self.chunk_pages)),
             eager,
             registry: Arc::default(),
+            fastpath: Mutex::new(None),
         })
     }
 }
@@ -99,9 +105,20 @@ pub struct Server {
     zero: Arc<ZeroChunk>,
     eager: EagerPool,
     registry: Arc<Registry>,
+    /// The fast-path worker, started with the first guest that has a fast path.
+    fastpath: Mutex<Option<Worker>>,
 }
 
 impl Server {
+    /// Runs `f` on the fast-path worker, started on first use.
+    fn fastpath_worker<T>(&self, f: impl FnOnce(&Worker) -> T) -> Result<T> {
+        let mut w = self.fastpath.lock();
+        if w.is_none() {
+            *w = Some(Worker::start().map_err(Error::Spawn)?);
+        }
+        Ok(f(w.as_ref().expect("started above")))
+    }
+
     /// A builder with defaults.
     pub fn builder() -> ServerBuilder {
         ServerBuilder::default()
@@ -163,10 +180,21 @@ impl Server {
             return Err(ConfigError::Unsuitable(why).into());
         }
         let uffd = GuestUffd::new(region.addr(), region.size())?;
+        let fastpath = cfg
+            .channel
+            .fastpath
+            .map(|fp| FastPath::new(cfg.shared.clone(), fp))
+            .transpose()?;
         let info = InfoPage {
             magic: INFO_MAGIC,
             abi_version: ABI_VERSION,
-            features: FEATURE_HOST_MESSAGES,
+            features: FEATURE_HOST_MESSAGES
+                | if fastpath.is_some() {
+                    FEATURE_FASTPATH
+                } else {
+                    0
+                },
+            fastpath_gpa: cfg.channel.fastpath.map_or(0, |f| f.gpa),
             ring_gpa: cfg.channel.ring_gpa,
             ring_slots: cfg.channel.ring_slots,
             region_gpa: cfg.region_gpa,
@@ -205,8 +233,17 @@ impl Server {
             budget_pages: cfg.resident_budget_bytes.map(|b| b / PAGE_SIZE),
             min_pages: cfg.min_bytes / PAGE_SIZE,
             mailbox: HostMailbox::new(cfg.shared.clone(), cfg.channel.ring_gpa),
+            fastpath_waker: match &fastpath {
+                Some(_) => Some(self.fastpath_worker(|w| w.waker())?),
+                None => None,
+            },
+            fastpath,
         });
         self.registry.add(&core)?;
+        if core.fastpath_stats().is_some() {
+            let weak: std::sync::Weak<dyn Serviced> = Arc::downgrade(&core) as _;
+            self.fastpath_worker(|w| w.add(weak))?;
+        }
         let stop = Arc::new(
             EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC)
                 .map_err(|e| Error::Spawn(e.into()))?,

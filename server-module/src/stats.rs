@@ -170,6 +170,9 @@ pub struct GuestStatsSnapshot {
     pub populate_p99_ns: u64,
     /// Name of the population policy.
     pub policy: &'static str,
+    /// The exit-free fast path's figures, if the guest has one. Frames cached in its
+    /// magazines and free stacks count as allocated.
+    pub fastpath: Option<crate::fastpath::FastPathStats>,
 }
 
 #[cfg(test)]

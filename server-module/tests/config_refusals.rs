@@ -24,6 +24,7 @@ fn base() -> GuestConfig {
         channel: ChannelConfig {
             ring_gpa: 0x6000,
             ring_slots: 64,
+            fastpath: None,
         },
         shared: GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap(),
         on_fatal: None,
@@ -124,6 +125,7 @@ fn refuses_bad_geometry() {
             channel: ChannelConfig {
                 ring_gpa: 0x6000,
                 ring_slots: 3,
+                fastpath: None,
             },
             ..base()
         },
@@ -134,6 +136,7 @@ fn refuses_bad_geometry() {
             channel: ChannelConfig {
                 ring_gpa: 0x6008,
                 ring_slots: 64,
+                fastpath: None,
             },
             ..base()
         },
@@ -144,6 +147,7 @@ fn refuses_bad_geometry() {
             channel: ChannelConfig {
                 ring_gpa: 0xff000,
                 ring_slots: 64,
+                fastpath: None,
             },
             ..base()
         },
@@ -154,6 +158,7 @@ fn refuses_bad_geometry() {
             channel: ChannelConfig {
                 ring_gpa: 0x5000,
                 ring_slots: 1,
+                fastpath: None,
             },
             ..base()
         },

@@ -28,6 +28,14 @@ fn demo_verifies_its_data_and_host_rss_follows_frees() {
     let r = run("demo", 0, 256 << 20);
     assert!(r.passed(), "{}\n{}", r.outcome, r.output.join("\n"));
     assert!(r.output.iter().any(|l| l == "demo: PASS"));
+    // The fast-path part: one doorbell fills the magazine, the rest takes no VM exit.
+    assert!(
+        r.output
+            .iter()
+            .any(|l| l.starts_with("demo: 100000 single-page alloc/free pairs, 1 through")),
+        "{:?}",
+        r.output
+    );
     let cp: Vec<_> = r
         .checkpoints
         .iter()

@@ -42,6 +42,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         channel: ChannelConfig {
             ring_gpa: layout::RING,
             ring_slots: layout::RING_SLOTS,
+            fastpath: None,
         },
         shared: vm.boot().clone(),
         on_fatal: Some(Box::new(move |_| kicker.kick())),

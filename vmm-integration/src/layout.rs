@@ -5,7 +5,8 @@
 //! ```text
 //! 0x0000_1000  PML4            0x0000_5000  memout info page (fixed by the ABI)
 //! 0x0000_2000  PDPT            0x0000_6000  request ring (64 slots)
-//! 0x0000_3000  GDT             0x0001_0000  page directories (one per GiB mapped)
+//! 0x0000_3000  GDT             0x0000_8000  fast-path area (one vCPU; up to 0x1_0000)
+//!                              0x0001_0000  page directories (one per GiB mapped)
 //! 0x0020_0000  guest image     0x00e0_0000 .. 0x0100_0000  stack (grows down)
 //! ```
 
@@ -21,6 +22,8 @@ pub const GDT: u64 = 0x3000;
 pub const RING: u64 = 0x6000;
 /// Ring slots.
 pub const RING_SLOTS: u32 = 64;
+/// The exit-free fast path's area (magazine and free stack of the one vCPU).
+pub const FASTPATH: u64 = 0x8000;
 /// First page directory.
 pub const PD_BASE: u64 = 0x1_0000;
 /// Page directories fit below here (240 of them: 240 GiB of guest-physical space).

@@ -294,6 +294,20 @@ fn print_stats(r: &RunReport) {
             .map(|e| format!(" (last: {e})"))
             .unwrap_or_default()
     );
+    println!(
+        "      VM exits {} ({} doorbells){}",
+        r.exits.total,
+        r.exits.doorbells,
+        s.fastpath
+            .map(|f| format!(
+                "; fast path: {} pages granted ahead, {} taken back from free stacks, {} reclaimed{}",
+                f.granted_pages,
+                f.returned_pages,
+                f.reclaimed_pages,
+                f.stopped.map(|c| format!(", stopped: {c}")).unwrap_or_default()
+            ))
+            .unwrap_or_default()
+    );
 }
 
 fn demo(json: bool) -> Result<(), CliError> {

@@ -8,6 +8,7 @@
 //! - `resize`: changing the requested size of a running guest.
 
 mod evict;
+mod fast;
 mod fill;
 mod grant;
 mod kernel_swap;
@@ -174,6 +175,8 @@ pub(crate) struct GuestParts {
     pub budget_pages: Option<u64>,
     pub min_pages: u64,
     pub mailbox: HostMailbox,
+    pub fastpath: Option<crate::fastpath::FastPath>,
+    pub fastpath_waker: Option<crate::fastpath::worker::Waker>,
 }
 
 /// One guest, as the server sees it.
@@ -201,6 +204,9 @@ pub struct GuestCore {
     min_pages: u64,
     /// Host→guest messages.
     mailbox: HostMailbox,
+    /// The exit-free fast path, if the guest has one, and how to wake its worker.
+    fastpath: Option<crate::fastpath::FastPath>,
+    fastpath_waker: Option<crate::fastpath::worker::Waker>,
     resize: resize::ResizeTracker,
     /// One evictor at a time.
     evict_lock: Mutex<()>,
@@ -256,6 +262,8 @@ impl GuestCore {
             cap: AtomicU64::new(u64::MAX),
             min_pages: p.min_pages,
             mailbox: p.mailbox,
+            fastpath: p.fastpath,
+            fastpath_waker: p.fastpath_waker,
             resize: Default::default(),
             evict_lock: Mutex::new(()),
             kernel_backoff: Mutex::default(),

@@ -5,8 +5,10 @@
 //! - Grow: the quota rises and the guest is told at once (a host→guest message); it can
 //!   allocate more with its next request.
 //! - Shrink: the quota falls below what the guest holds, so it can allocate nothing more, and
-//!   1. frames that are resident but free in the guest's view are dropped at once (memout
-//!      drops freed frames on FREE, so this finds only frames caught between the two);
+//!   1. frames cached in the guest's fast path (granted ahead, or freed and not yet taken)
+//!      are taken back, and frames that are resident but free in the guest's view are dropped
+//!      at once (memout drops freed frames on FREE, so this finds only frames caught between
+//!      the two);
 //!   2. the guest is asked to release `allocated - quota` pages (host→guest message) and
 //!      gets until the deadline;
 //!   3. what is still resident above the target is evicted to the backing store, and the
@@ -204,7 +206,15 @@ impl GuestCore {
         if self.cap.load(Relaxed) != u64::MAX {
             self.cap.store(target, Relaxed);
         }
-        let freed = self.drop_free_resident();
+        // Frames cached in the fast path (granted ahead, or freed by the guest and not yet
+        // taken) are unused: they go first, before the guest is asked for anything.
+        let reclaimed = if allocated > target {
+            self.fastpath_reclaim()
+        } else {
+            0
+        };
+        let allocated = allocated - reclaimed.min(allocated);
+        let freed = self.drop_free_resident() + reclaimed;
         self.publish_limits(true);
         drop(steps);
         tracing::info!(parent: &self.span, from = from * PAGE_SIZE, to = bytes, "resize");

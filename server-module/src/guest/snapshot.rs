@@ -75,6 +75,7 @@ impl GuestCore {
             swapin_p50_ns: c.swapin_latency.quantile(0.5),
             swapin_p99_ns: c.swapin_latency.quantile(0.99),
             policy: self.policy().name(),
+            fastpath: self.fastpath_stats(),
         }
     }
 }

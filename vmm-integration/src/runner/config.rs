@@ -43,6 +43,9 @@ pub struct RunConfig {
     /// Serve the server's control socket here while the guest runs (bound once the guest has
     /// been accepted, so a refused configuration never touches the socket path).
     pub control: Option<std::path::PathBuf>,
+    /// Offer the guest the exit-free fast path (on by default; see
+    /// `memout_protocol::fastpath`).
+    pub fastpath: bool,
 }
 
 /// A hook that sees the guest's handle before it runs (tests use it to inject faults).
@@ -90,6 +93,7 @@ impl Default for RunConfig {
             flags: Arc::default(),
             flags_reads: Arc::default(),
             control: None,
+            fastpath: true,
         }
     }
 }

@@ -3,7 +3,7 @@
 //! the server stops the guest or the run exceeds its time limit.
 
 use crate::image::GuestImage;
-use crate::layout::{BOOT_SIZE, REGION_GPA, RING, RING_SLOTS};
+use crate::layout::{BOOT_SIZE, FASTPATH, REGION_GPA, RING, RING_SLOTS};
 use crate::plain::PlainRegion;
 use crate::vcpu_kick::Kick;
 use crate::vm::{self, GuestVm};
@@ -12,7 +12,7 @@ use kvm_ioctls::VcpuExit;
 use memout_protocol::ring::{PORT_DEBUG_STR, PORT_DOORBELL, PORT_EXIT};
 use memout_server::procfs::mapping_rss;
 use memout_server::{
-    ChannelConfig, GuestConfig, GuestFault, GuestHandle, GuestStatsSnapshot, Server,
+    ChannelConfig, FastPathConfig, GuestConfig, GuestFault, GuestHandle, GuestStatsSnapshot, Server,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
@@ -24,7 +24,7 @@ mod config;
 mod report;
 
 pub use config::{Backing, GuestSetup, RunConfig};
-pub use report::{Checkpoint, EvictRecord, Outcome, RunReport};
+pub use report::{Checkpoint, EvictRecord, ExitCounts, Outcome, RunReport};
 
 /// Harness port (not memout ABI): record a checkpoint (host time, region RSS, stats).
 pub const PORT_CHECKPOINT: u16 = 0x520;
@@ -155,6 +155,10 @@ pub fn run_guest(server: &Server, image: &GuestImage, cfg: &RunConfig) -> Result
             channel: ChannelConfig {
                 ring_gpa: RING,
                 ring_slots: RING_SLOTS,
+                fastpath: cfg.fastpath.then_some(FastPathConfig {
+                    gpa: FASTPATH,
+                    nr_cpus: 1,
+                }),
             },
             shared: vm.boot().clone(),
             on_fatal: Some(Box::new(move |_| {
@@ -199,6 +203,7 @@ pub fn run_guest(server: &Server, image: &GuestImage, cfg: &RunConfig) -> Result
     let mut evictions = Vec::new();
     let t0 = Instant::now();
     let mut harness = Duration::ZERO;
+    let mut exits = ExitCounts::default();
     let outcome = loop {
         if kick.requested() {
             break match backend.fatal_error() {
@@ -208,6 +213,7 @@ pub fn run_guest(server: &Server, image: &GuestImage, cfg: &RunConfig) -> Result
             };
         }
         let exit = vm.vcpu().run();
+        exits.total += 1;
         if let Some(f) = backend.fatal_error() {
             // The server stopped the guest while it ran: whatever the exit says (an emulated
             // access the server answered with a zero page completes first), the run is over.
@@ -219,6 +225,7 @@ pub fn run_guest(server: &Server, image: &GuestImage, cfg: &RunConfig) -> Result
                 match port {
                     PORT_DOORBELL => match &backend {
                         Backend::Memout(h) => {
+                            exits.doorbells += 1;
                             h.on_doorbell();
                         }
                         Backend::Plain(_) => {
@@ -243,6 +250,10 @@ pub fn run_guest(server: &Server, image: &GuestImage, cfg: &RunConfig) -> Result
                             at,
                             region_rss: mapping_rss(backend.host_addr()).unwrap_or(0),
                             stats: backend.stats(),
+                            exits: ExitCounts {
+                                total: exits.total - 1,
+                                ..exits
+                            },
                         });
                         if let (
                             1,
@@ -339,6 +350,7 @@ pub fn run_guest(server: &Server, image: &GuestImage, cfg: &RunConfig) -> Result
         elapsed,
         discard,
         evictions,
+        exits,
     })
 }
 

@@ -43,6 +43,17 @@ pub struct Checkpoint {
     pub region_rss: u64,
     /// Server statistics at that moment.
     pub stats: GuestStatsSnapshot,
+    /// VM exits so far, as the VMM counted them (this checkpoint's own exit not included).
+    pub exits: ExitCounts,
+}
+
+/// VM exits the VMM saw (each return from `KVM_RUN`), not the guest's word.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExitCounts {
+    /// All exits.
+    pub total: u64,
+    /// Doorbell writes (the ring RPC path).
+    pub doorbells: u64,
 }
 
 /// What a run did.
@@ -64,6 +75,8 @@ pub struct RunReport {
     pub discard: Option<Discard>,
     /// Evictions the guest asked for through [`PORT_EVICT_ALL`](super::PORT_EVICT_ALL).
     pub evictions: Vec<EvictRecord>,
+    /// VM exits of the whole run.
+    pub exits: ExitCounts,
 }
 
 /// One eviction done for [`PORT_EVICT_ALL`](super::PORT_EVICT_ALL).
