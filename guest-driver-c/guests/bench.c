@@ -10,7 +10,13 @@
  *   7 shrink-memout    param MiB: ALLOC and touch param MiB, then time one FREE of all of it
  *   8 swap             param: MiB (bits 0-16) and zero-page percentage (bits 17-23): ALLOC
  *                      and fill; the host evicts it all (timed by the host); then read one
- *                      word of every page back (checkpoints 2..3), then verify every word */
+ *                      word of every page back (checkpoints 2..3), then verify every word
+ *   9 fast-pairs       param thousand single-page alloc/free pairs through the exit-free
+ *                      fast path (after a warm-up), each page written once
+ *  10 fast-touch       param rounds: take 256 pages through the fast path, write every word
+ *                      of each, give them back
+ *  11 plain-touch      the same rounds on a plain memslot with the guest's own free list (a
+ *                      static VM's allocator recycling its pages): the baseline of 10 */
 #include "common.h"
 
 #define REGION_GPA MEMOUT_HARNESS_REGION_GPA /* the plain memslot sits there too */
@@ -191,6 +197,52 @@ int guest_main(void)
             }
         CHECK(bad == 0, 20, "%lu pages came back wrong\n", bad);
         rt_printf("bench: swap %lu MiB, %lu zero pages (%lu%%)\n", mib, zeros, zero_pct);
+        break;
+    }
+    case 9: {
+        init();
+        uint64_t gpa;
+        for (int i = 0; i < 1000; i++) { /* warm-up: the first asks the host for a magazine */
+            CHECK(memout_alloc_page(&gpa) == 0, 21, "alloc_page\n");
+            CHECK(memout_free_page(gpa) == 0, 22, "free_page\n");
+        }
+        rt_checkpoint(1);
+        for (uint64_t i = 0; i < (uint64_t)param * 1000; i++) {
+            CHECK(memout_alloc_page(&gpa) == 0, 21, "alloc_page\n");
+            *(volatile uint64_t *)(uintptr_t)gpa = i;
+            CHECK(memout_free_page(gpa) == 0, 22, "free_page\n");
+        }
+        rt_checkpoint(2);
+        break;
+    }
+    case 10:
+    case 11: {
+        static uint64_t held[256], freelist[256];
+        uint32_t nfree = 0;
+        if (mode == 10)
+            init();
+        for (int i = 0; mode == 11 && i < 256; i++) /* the static VM's pages */
+            freelist[nfree++] = REGION_GPA + (uint64_t)i * MEMOUT_PAGE_SIZE;
+        rt_checkpoint(1);
+        for (uint32_t r = 0; r < param; r++) {
+            for (int i = 0; i < 256; i++) {
+                if (mode == 10)
+                    CHECK(memout_alloc_page(&held[i]) == 0, 23, "alloc_page\n");
+                else
+                    held[i] = freelist[--nfree];
+                touch(held[i], 1);
+                volatile uint64_t *w = (volatile uint64_t *)(uintptr_t)held[i];
+                for (int k = 1; k < 512; k++)
+                    w[k] = r + k;
+            }
+            for (int i = 0; i < 256; i++) {
+                if (mode == 10)
+                    CHECK(memout_free_page(held[i]) == 0, 24, "free_page\n");
+                else
+                    freelist[nfree++] = held[i];
+            }
+        }
+        rt_checkpoint(2);
         break;
     }
     default:

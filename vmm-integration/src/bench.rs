@@ -7,6 +7,7 @@
 //! against memout), except the shrink baseline, which times the host's madvise alone.
 
 mod error;
+pub mod fastpath;
 pub mod linux_free;
 pub mod populate;
 pub mod resize;

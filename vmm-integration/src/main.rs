@@ -77,8 +77,9 @@ enum Cmd {
     },
     /// Measure memout against its baseline in the same run.
     Bench {
-        /// Scenario: populate, rpc, shrink, swap, resize or linux-free (a Linux guest under
-        /// QEMU frees 256 MiB: memout.ko vs virtio-balloon free page reporting).
+        /// Scenario: populate, rpc, shrink, swap, resize, linux-free (a Linux guest under
+        /// QEMU frees 256 MiB: memout.ko vs virtio-balloon free page reporting) or fastpath
+        /// (single pages without a VM exit vs a doorbell exit, and vs a static VM).
         scenario: String,
         /// Size in MiB (populate: 256, shrink: 1024, swap: 512, resize: 1024 shrunk to a quarter,
         /// linux-free: 256 of a 1 GiB guest).
@@ -127,7 +128,7 @@ enum CliError {
     },
     #[error("unknown eviction {0:?} (none, store, kernel)")]
     UnknownEviction(String),
-    #[error("unknown scenario {0:?} (populate, rpc, shrink, swap, resize, linux-free)")]
+    #[error("unknown scenario {0:?} (populate, rpc, shrink, swap, resize, linux-free, fastpath)")]
     UnknownScenario(String),
     #[error("--rounds {0} is outside 1..=1000")]
     Rounds(usize),
@@ -401,6 +402,7 @@ fn bench(
         "swap" => bench::swap,
         "resize" => bench::resize::run,
         "linux-free" => bench::linux_free::run,
+        "fastpath" => bench::fastpath::fastpath,
         other => return Err(CliError::UnknownScenario(other.to_string())),
     };
     // linux-free runs its guests under QEMU's software emulation, not KVM.
