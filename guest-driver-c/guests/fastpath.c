@@ -8,7 +8,9 @@
  *               doorbell; prints how many.
  *   4 churn     until the host says finish: keeps 64 pages with a pattern and churns others
  *               through alloc/free, checking the 64 on every pass (the host reclaims and
- *               resizes meanwhile). */
+ *               resizes meanwhile).
+ *   5 fill      takes single pages through the fast path, writing each, until the host
+ *               refuses; checks every page kept its write; prints how many it got. */
 #include "common.h"
 
 #define KEEP 64
@@ -117,6 +119,23 @@ static void scribble(void)
     report();
 }
 
+static void fill(void)
+{
+    static uint64_t got[1 << 16];
+    uint64_t n = 0, bad = 0;
+    int r;
+    while (n < (1u << 16) && (r = memout_alloc_page(&got[n])) == 0) {
+        *(volatile uint64_t *)(uintptr_t)got[n] = got[n];
+        n++;
+    }
+    CHECK(n < (1u << 16), 17, "the host never said no\n");
+    for (uint64_t i = 0; i < n; i++)
+        bad += *(volatile uint64_t *)(uintptr_t)got[i] != got[i];
+    CHECK(bad == 0, 18, "%lu pages lost their write\n", bad);
+    rt_printf("fill got %lu pages, then: %s\n", n, memout_status_name(r));
+    report();
+}
+
 static void churn(void)
 {
     static uint64_t keep[KEEP];
@@ -161,6 +180,7 @@ int guest_main(void)
     case 2: touch_rounds(arg >> 8); break;
     case 3: scribble(); break;
     case 4: churn(); break;
+    case 5: fill(); break;
     default: CHECK(0, 2, "unknown mode %u\n", arg & 0xff);
     }
     return 0;

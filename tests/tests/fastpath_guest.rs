@@ -120,6 +120,32 @@ fn a_guest_that_scribbles_its_fast_path_hurts_only_itself() {
 }
 
 #[test]
+fn the_fast_path_never_takes_a_guest_past_its_quota() {
+    if !needs_kvm("fastpath") {
+        return;
+    }
+    let server = Server::builder().build().unwrap();
+    let quota = 8 * MIB;
+    let r = run(&server, "fill", 5, quota);
+    assert!(r.passed(), "{}\n{}", r.outcome, r.output.join("\n"));
+    let line = r
+        .output
+        .iter()
+        .find(|l| l.starts_with("fill got "))
+        .expect("the guest's count");
+    let got: u64 = line.split(' ').nth(2).and_then(|n| n.parse().ok()).unwrap();
+    assert!(line.ends_with("quota"), "{line}");
+    // Every page of the quota, and not one more: the magazine's frames were granted first.
+    assert_eq!(got * PAGE_SIZE, quota, "{line}");
+    assert_eq!(r.stats.allocated_pages * PAGE_SIZE, quota, "{:?}", r.stats);
+    let (fast, slow) = fast_counts(&r);
+    assert!(
+        fast > slow,
+        "mostly without exits: fast {fast}, slow {slow}"
+    );
+}
+
+#[test]
 fn reclaims_and_resizes_racing_a_churning_guest_lose_nothing() {
     if !needs_kvm("fastpath") {
         return;
