@@ -481,12 +481,17 @@ fn a_host_that_refuses_or_misgrants_allocs_leaves_the_guest_intact() {
     let r = resize(256 * MIB);
     assert_eq!(r.stage, ResizeStage::Done, "{r:?}");
 
-    // Each fault answers every ALLOC while it is armed (the balloon may try more than once:
-    // its own doorbells re-run its message work).
-    for fault in [AllocFault::Refuse, AllocFault::Foreign] {
+    // Each fault answers every ALLOC while it is armed; the module says so in `dmesg` (on the
+    // console), and takes nothing back.
+    for (fault, says) in [
+        (AllocFault::Refuse, "host refused opcode"),
+        (AllocFault::Foreign, "which the balloon does not hold"),
+    ] {
         fg.inject_alloc_fault(fault, u32::MAX);
         resize(512 * MIB);
-        std::thread::sleep(Duration::from_secs(2));
+        q.wait_text(says, Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("{fault:?}: {e}"));
+        std::thread::sleep(Duration::from_millis(500));
         assert_eq!(
             held(),
             256 * MIB,

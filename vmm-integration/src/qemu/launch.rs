@@ -159,6 +159,21 @@ impl Qemu {
 
     /// Waits for a console line that starts with `prefix`; returns when it arrived and the line.
     pub fn wait_line(&mut self, prefix: &str, timeout: Duration) -> Result<(Instant, String)> {
+        self.wait_for(prefix, timeout, |l| l.starts_with(prefix))
+    }
+
+    /// Waits for a console line that contains `text` anywhere (kernel messages start with a
+    /// timestamp); returns when it arrived and the line.
+    pub fn wait_text(&mut self, text: &str, timeout: Duration) -> Result<(Instant, String)> {
+        self.wait_for(text, timeout, |l| l.contains(text))
+    }
+
+    fn wait_for(
+        &mut self,
+        prefix: &str,
+        timeout: Duration,
+        matches: impl Fn(&str) -> bool,
+    ) -> Result<(Instant, String)> {
         let end = Instant::now() + timeout;
         loop {
             match self
@@ -168,7 +183,7 @@ impl Qemu {
                 Ok((t, line)) => {
                     let line = line.trim_end_matches('\r').to_string();
                     self.seen.push(line.clone());
-                    if line.starts_with(prefix) {
+                    if matches(&line) {
                         return Ok((t, line));
                     }
                 }
