@@ -15,7 +15,8 @@ pub(crate) struct HostMailbox {
     shared: GuestMemoryMmap,
     ring_gpa: u64,
     /// Messages posted so far: the host's own copy of `host_msg_prod`, never read back from
-    /// guest memory (the guest can write that field). The lock serialises posts.
+    /// guest memory (the guest can write that field). The lock serialises posts and
+    /// refreshes, and the values are computed under it, so the last write is never stale.
     posted: Mutex<u32>,
 }
 
@@ -32,9 +33,19 @@ impl HostMailbox {
         GuestAddress(self.ring_gpa + off as u64)
     }
 
-    /// Writes the state fields without notifying (done on every doorbell, while the vCPU is
-    /// out of the guest).
-    pub(crate) fn refresh(&self, quota_pages: u64, release_pages: u64) {
+    /// Writes the state fields, `(quota, release)` as `limits` computes them now, without
+    /// notifying (done on every doorbell, while the vCPU is out of the guest).
+    ///
+    /// `limits` runs under the mailbox lock: a refresh that raced a resize's post can then
+    /// never overwrite the post's new values with ones computed before the resize (a Linux
+    /// guest, which reads the fields once per message, waited forever on a stale quota).
+    pub(crate) fn refresh(&self, limits: impl FnOnce() -> (u64, u64)) {
+        let _one = self.posted.lock();
+        let (quota, release) = limits();
+        self.write(quota, release);
+    }
+
+    fn write(&self, quota_pages: u64, release_pages: u64) {
         // The ring header was validated to lie in shared memory when the guest was added.
         let _ = self
             .shared
@@ -46,10 +57,12 @@ impl HostMailbox {
         );
     }
 
-    /// Writes the state fields and tells the guest they changed.
-    pub(crate) fn post(&self, quota_pages: u64, release_pages: u64) {
+    /// Writes the state fields (`limits` computed under the lock, as for
+    /// [`refresh`](Self::refresh)) and tells the guest they changed.
+    pub(crate) fn post(&self, limits: impl FnOnce() -> (u64, u64)) {
         let mut posted = self.posted.lock();
-        self.refresh(quota_pages, release_pages);
+        let (quota_pages, release_pages) = limits();
+        self.write(quota_pages, release_pages);
         *posted = posted.wrapping_add(1);
         // Release: the guest that sees the new count sees the fields written before it.
         let _ = self.shared.store(

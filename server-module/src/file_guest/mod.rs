@@ -206,6 +206,12 @@ impl FileGuest {
         rpc::process_doorbell(self, self.channel.memory(), &mut self.ring.lock())
     }
 
+    /// The quota, and what the guest holds above it: what the ring header says.
+    fn limits(&self) -> (u64, u64) {
+        let quota = self.quota.load(Relaxed);
+        (quota, self.allocated().saturating_sub(quota))
+    }
+
     fn ram_pages(&self) -> u64 {
         self.ram.size() / PAGE_SIZE
     }
@@ -224,7 +230,7 @@ impl FileGuest {
         let target = bytes / PAGE_SIZE;
         let from = self.quota.swap(target, Relaxed);
         let held = self.allocated();
-        self.mailbox.post(target, held.saturating_sub(target));
+        self.mailbox.post(|| self.limits());
         if let Some(interrupt) = self.interrupt.get() {
             interrupt();
         }
@@ -440,8 +446,6 @@ impl RingBackend for FileGuest {
     }
 
     fn refresh_limits(&self) {
-        let quota = self.quota.load(Relaxed);
-        self.mailbox
-            .refresh(quota, self.allocated().saturating_sub(quota));
+        self.mailbox.refresh(|| self.limits());
     }
 }

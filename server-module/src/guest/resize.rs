@@ -118,11 +118,10 @@ impl GuestCore {
     /// Writes the quota and release request into the ring header; with `notify`, as a
     /// host→guest message.
     pub(crate) fn publish_limits(&self, notify: bool) {
-        let (quota, release) = self.release_wanted();
         if notify {
-            self.mailbox.post(quota, release);
+            self.mailbox.post(|| self.release_wanted());
         } else {
-            self.mailbox.refresh(quota, release);
+            self.mailbox.refresh(|| self.release_wanted());
         }
     }
 
