@@ -87,11 +87,14 @@ pub struct FastPathHeader {
 pub struct MagazineHeader {
     /// `head | tail << 32`, changed only by compare-and-swap (see the module docs).
     pub state: u64,
-    /// Host: pushes so far (a guest that finds the magazine empty may wait briefly while this
-    /// moves, instead of taking the doorbell path).
+    /// Host: pushes so far.
     pub refills: u64,
+    /// Host: frames on their way into this magazine (granted, or about to be, and not yet
+    /// pushed); 0 otherwise. They count against the quota already, so a guest refused at its
+    /// quota while this is non-zero should wait for the push rather than give up.
+    pub granting: u64,
     /// Reserved, zero.
-    pub reserved: [u64; 6],
+    pub reserved: [u64; 5],
 }
 
 /// Heads a free stack; `stack_slots` frame addresses (`u64`) follow.
@@ -156,6 +159,8 @@ pub const fn fastpath_size(nr_cpus: u32) -> u64 {
 pub const MAG_STATE_OFFSET: usize = offset_of!(MagazineHeader, state);
 /// Offset of `refills` in [`MagazineHeader`].
 pub const MAG_REFILLS_OFFSET: usize = offset_of!(MagazineHeader, refills);
+/// Offset of `granting` in [`MagazineHeader`].
+pub const MAG_GRANTING_OFFSET: usize = offset_of!(MagazineHeader, granting);
 /// Offset of `state` in [`FreeStackHeader`].
 pub const STACK_STATE_OFFSET: usize = offset_of!(FreeStackHeader, state);
 
@@ -180,6 +185,7 @@ const _: () = {
     assert!(offset_of!(FastPathHeader, stacks_gpa) == 32);
     assert!(size_of::<MagazineHeader>() == 64);
     assert!(offset_of!(MagazineHeader, refills) == 8);
+    assert!(offset_of!(MagazineHeader, granting) == 16);
     assert!(size_of::<FreeStackHeader>() == 64);
     assert!(MAG_SLOTS.is_power_of_two() && STACK_SLOTS.is_power_of_two());
 };

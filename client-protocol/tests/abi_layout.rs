@@ -121,6 +121,7 @@ fn expectations() -> Vec<(&'static str, u64)> {
         ),
         off!("memout_magazine", MagazineHeader, state),
         off!("memout_magazine", MagazineHeader, refills),
+        off!("memout_magazine", MagazineHeader, granting),
         off!("memout_magazine", MagazineHeader, reserved),
         (
             "sizeof(struct memout_free_stack)",

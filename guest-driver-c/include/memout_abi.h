@@ -147,9 +147,10 @@ struct memout_fastpath {
 };
 
 struct memout_magazine {
-    uint64_t state;   /* head | tail << 32 */
-    uint64_t refills; /* host: pushes so far */
-    uint64_t reserved[6];
+    uint64_t state;    /* head | tail << 32 */
+    uint64_t refills;  /* host: pushes so far */
+    uint64_t granting; /* host: frames on their way in (counted against the quota already) */
+    uint64_t reserved[5];
     /* uint64_t frames[mag_slots] follows */
 };
 

@@ -166,14 +166,26 @@ int memout_alloc_page(uint64_t *gpa)
     int r = alloc(1, &l, mag ? MEMOUT_ALLOC_FASTPATH_EMPTY : 0, 0);
     if (r == 0)
         *gpa = e.gpa;
-    /* At the quota, the frames may be on their way into the magazine (granted, not yet
-     * pushed): wait for them a little before giving up. */
-    for (uint32_t i = 0; r == -MEMOUT_E_QUOTA && mag && i < (1u << 16); i++) {
-        __builtin_ia32_pause();
+    /* Refused at the quota while the host says frames are on their way into the magazine
+     * (granted already, so they count against the quota): wait for the push. Once it says
+     * none are coming, look once more, then ask through the doorbell a last time (frames it
+     * could not push went back to the host). */
+    for (uint32_t i = 0; r == -MEMOUT_E_QUOTA && mag && i < (1u << 24); i++) {
         if (stack_pop(gpa) || mag_pop(gpa)) {
             fast_stats.fast_allocs++;
             return 0;
         }
+        if (__atomic_load_n(word(&mag->granting), __ATOMIC_ACQUIRE) == 0) {
+            if (stack_pop(gpa) || mag_pop(gpa)) {
+                fast_stats.fast_allocs++;
+                return 0;
+            }
+            r = alloc(1, &l, MEMOUT_ALLOC_FASTPATH_EMPTY, 0);
+            if (r == 0)
+                *gpa = e.gpa;
+            break;
+        }
+        __builtin_ia32_pause();
     }
     return r;
 }

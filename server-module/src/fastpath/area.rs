@@ -4,9 +4,9 @@
 
 use crate::config::FastPathConfig;
 use memout_protocol::fastpath::{
-    FASTPATH_MAGIC, FASTPATH_VERSION, FastPathHeader, FreeStackHeader, MAG_REFILLS_OFFSET,
-    MAG_SLOTS, MAG_STATE_OFFSET, MagazineHeader, STACK_SLOTS, STACK_STATE_OFFSET, fastpath_size,
-    free_stack_size, magazine_size,
+    FASTPATH_MAGIC, FASTPATH_VERSION, FastPathHeader, FreeStackHeader, MAG_GRANTING_OFFSET,
+    MAG_REFILLS_OFFSET, MAG_SLOTS, MAG_STATE_OFFSET, MagazineHeader, STACK_SLOTS,
+    STACK_STATE_OFFSET, fastpath_size, free_stack_size, magazine_size,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 use thiserror::Error;
@@ -121,6 +121,13 @@ impl Area {
     pub(crate) fn bump_refills(&self, cpu: usize) -> Result<()> {
         self.word(self.mag(cpu) + MAG_REFILLS_OFFSET as u64, |w| {
             w.fetch_add(1, Ordering::Release);
+        })
+    }
+
+    /// Says how many frames are on their way into the magazine (0: none).
+    pub(crate) fn set_granting(&self, cpu: usize, frames: u64) -> Result<()> {
+        self.word(self.mag(cpu) + MAG_GRANTING_OFFSET as u64, |w| {
+            w.store(frames, Ordering::Release);
         })
     }
 

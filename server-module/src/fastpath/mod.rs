@@ -292,8 +292,23 @@ impl FastPath {
         Ok(Some(freed))
     }
 
-    /// Grants up to `want` frames into magazine `cpu`; returns how many were pushed.
+    /// Grants up to `want` frames into magazine `cpu`; returns how many were pushed. While
+    /// it runs the magazine's `granting` says frames are coming (set before the grant takes
+    /// quota, cleared after the push), so a guest refused at its quota meanwhile waits.
     fn refill(
+        &self,
+        h: &mut Host,
+        cpu: usize,
+        want: u32,
+        src: &dyn FrameSource,
+    ) -> Result<u64, Stop> {
+        self.area.set_granting(cpu, want as u64)?;
+        let r = self.grant_and_push(h, cpu, want, src);
+        self.area.set_granting(cpu, 0)?;
+        r
+    }
+
+    fn grant_and_push(
         &self,
         h: &mut Host,
         cpu: usize,
