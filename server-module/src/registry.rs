@@ -22,6 +22,13 @@ impl Entry {
             Self::External(w) => w.upgrade().map(Served::External),
         }
     }
+
+    fn live(&self) -> bool {
+        match self {
+            Self::Memout(w) => w.strong_count() > 0,
+            Self::External(w) => w.strong_count() > 0,
+        }
+    }
 }
 
 /// A live guest of either kind.
@@ -102,10 +109,7 @@ impl Registry {
     pub(crate) fn served(&self) -> Vec<Served> {
         let mut g = self.guests.lock();
         let live: Vec<Served> = g.iter().filter_map(Entry::upgrade).collect();
-        g.retain(|e| match e {
-            Entry::Memout(w) => w.strong_count() > 0,
-            Entry::External(w) => w.strong_count() > 0,
-        });
+        g.retain(Entry::live);
         live
     }
 
@@ -129,7 +133,7 @@ impl Registry {
         {
             return Err(ConfigError::DuplicateName(name.to_string()));
         }
-        g.retain(|e| e.upgrade().is_some());
+        g.retain(Entry::live);
         g.push(entry);
         Ok(())
     }

@@ -240,7 +240,7 @@ impl Server {
             fastpath,
         });
         self.registry.add(&core)?;
-        if core.fastpath_stats().is_some() {
+        if cfg.channel.fastpath.is_some() {
             let weak: std::sync::Weak<dyn Serviced> = Arc::downgrade(&core) as _;
             self.fastpath_worker(|w| w.add(weak))?;
         }

@@ -67,7 +67,6 @@ struct Counters {
     returned: AtomicU64,
     reclaimed: AtomicU64,
     refused: AtomicU64,
-    corruptions: AtomicU64,
 }
 
 /// What a guest's fast path did so far.
@@ -202,7 +201,6 @@ impl FastPath {
                     }
                 };
                 h.stopped = Some(why);
-                self.counters.corruptions.fetch_add(1, Relaxed);
                 if let Some(suppressed) = self.log.allow() {
                     tracing::warn!(parent: span, suppressed, "fast path stopped for this guest: {why}");
                 }
