@@ -4,7 +4,7 @@
 
 mod linux_support;
 
-use linux_support::{MIB, guest, image};
+use linux_support::{MIB, expect_lines, guest, image};
 use memout_protocol::control::{ErrorKind, GuestStatus, Request, ResizePhase, Response, VmmKind};
 use memout_server::Server;
 use memout_server::control::{Client, ControlServer};
@@ -131,13 +131,14 @@ fn a_linux_guest_shrinks_and_grows_with_its_data_intact() {
     }
     assert_eq!(status(&mut c, "resize").requested_bytes, 1024 * MIB);
     let console = q.finish(Duration::from_secs(300)).join("\n");
-    for want in [
-        "MEMOUT-TEST: intact (0 bad words)",
-        "MEMOUT-GUEST: balloon_bytes 0",
-        "MEMOUT-GUEST: unloaded",
-    ] {
-        assert!(console.contains(want), "no {want:?}\n{console}");
-    }
+    expect_lines(
+        &console,
+        &[
+            "MEMOUT-TEST: intact (0 bad words)",
+            "MEMOUT-GUEST: balloon_bytes 0",
+            "MEMOUT-GUEST: unloaded",
+        ],
+    );
     let s = g.guest().stats();
     assert_eq!((s.request_errors, s.punch_errors), (0, 0), "{s:?}");
     assert_eq!(
@@ -193,13 +194,14 @@ fn a_release_beyond_what_the_guest_can_give_leaves_it_running() {
         held / MIB
     );
     let console = q.finish(Duration::from_secs(300)).join("\n");
-    for want in [
-        "the guest gave",
-        "MEMOUT-TEST: intact (0 bad words)",
-        "MEMOUT-GUEST: done",
-    ] {
-        assert!(console.contains(want), "no {want:?}\n{console}");
-    }
+    expect_lines(
+        &console,
+        &[
+            "the guest gave",
+            "MEMOUT-TEST: intact (0 bad words)",
+            "MEMOUT-GUEST: done",
+        ],
+    );
 }
 
 /// A host that refuses the balloon's ALLOCs, then one that grants frames the guest already
@@ -261,16 +263,17 @@ fn a_host_that_refuses_or_misgrants_allocs_leaves_the_guest_intact() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let console = q.finish(Duration::from_secs(300)).join("\n");
-    for want in [
-        "host refused opcode",
-        "which the balloon does not hold",
-        "MEMOUT-TEST: intact (0 bad words)",
-        "MEMOUT-GUEST: test passed",
-        "MEMOUT-GUEST: balloon_bytes 0",
-        "MEMOUT-GUEST: unloaded",
-    ] {
-        assert!(console.contains(want), "no {want:?}\n{console}");
-    }
+    expect_lines(
+        &console,
+        &[
+            "host refused opcode",
+            "which the balloon does not hold",
+            "MEMOUT-TEST: intact (0 bad words)",
+            "MEMOUT-GUEST: test passed",
+            "MEMOUT-GUEST: balloon_bytes 0",
+            "MEMOUT-GUEST: unloaded",
+        ],
+    );
     assert!(
         !console.contains("MEMOUT-GUEST: bad_grants 0"),
         "the foreign grant was counted\n{console}"

@@ -5,7 +5,7 @@
 
 mod linux_support;
 
-use linux_support::{MIB, guest, image};
+use linux_support::{MIB, expect_lines, guest, image};
 use memout_tests::{Piece, require_all};
 use memout_vmm::qemu::launch::Qemu;
 use std::time::Duration;
@@ -66,9 +66,10 @@ fn guest_frees_reach_the_host_within_two_seconds() {
     let s = g.guest().stats();
     assert!(s.reported_pages * 4096 >= 230 * MIB, "{s:?}");
     assert_eq!((s.request_errors, s.punch_errors), (0, 0), "{s:?}");
-    for want in ["MEMOUT-GUEST: test passed", "MEMOUT-GUEST: unloaded"] {
-        assert!(console.contains(want), "no {want:?}\n{console}");
-    }
+    expect_lines(
+        &console,
+        &["MEMOUT-GUEST: test passed", "MEMOUT-GUEST: unloaded"],
+    );
     assert!(
         console.contains("0 report errors"),
         "the module's detach line\n{console}"
@@ -85,15 +86,16 @@ fn the_module_without_its_device_loads_and_waits() {
     let args: Vec<String> = ["-m", "512M"].map(String::from).to_vec();
     let q = Qemu::boot_with(&args, &image, "memout_test=free,16,0").expect("starting QEMU");
     let console = q.finish(Duration::from_secs(300)).join("\n");
-    for want in [
-        "MEMOUT-GUEST: loaded",
-        "no ivshmem device served by memout yet",
-        "MEMOUT-GUEST: test passed",
-        "MEMOUT-GUEST: unloaded",
-        "MEMOUT-GUEST: done",
-    ] {
-        assert!(console.contains(want), "no {want:?}\n{console}");
-    }
+    expect_lines(
+        &console,
+        &[
+            "MEMOUT-GUEST: loaded",
+            "no ivshmem device served by memout yet",
+            "MEMOUT-GUEST: test passed",
+            "MEMOUT-GUEST: unloaded",
+            "MEMOUT-GUEST: done",
+        ],
+    );
 }
 
 /// A host that takes the channel but never answers: the module gives up on it after its
@@ -129,14 +131,15 @@ fn a_host_that_never_answers_is_given_up() {
     // Hand QEMU the channel, then never look at a doorbell.
     let _client = server.accept(guest.channel().fd()).expect("QEMU connects");
     let console = q.finish(Duration::from_secs(300)).join("\n");
-    for want in [
-        "host did not answer request",
-        "HELLO to the memout host failed",
-        "MEMOUT-GUEST: test passed",
-        "MEMOUT-GUEST: done",
-    ] {
-        assert!(console.contains(want), "no {want:?}\n{console}");
-    }
+    expect_lines(
+        &console,
+        &[
+            "host did not answer request",
+            "HELLO to the memout host failed",
+            "MEMOUT-GUEST: test passed",
+            "MEMOUT-GUEST: done",
+        ],
+    );
     assert_eq!(guest.stats().requests, 0, "nothing was served");
 }
 
@@ -159,13 +162,14 @@ fn memout_gone_leaves_the_guest_intact() {
     );
     drop(g);
     let console = q.finish(Duration::from_secs(300)).join("\n");
-    for want in [
-        "MEMOUT-TEST: intact (0 bad words)",
-        "MEMOUT-GUEST: test passed",
-        "MEMOUT-GUEST: done",
-    ] {
-        assert!(console.contains(want), "no {want:?}\n{console}");
-    }
+    expect_lines(
+        &console,
+        &[
+            "MEMOUT-TEST: intact (0 bad words)",
+            "MEMOUT-GUEST: test passed",
+            "MEMOUT-GUEST: done",
+        ],
+    );
 }
 
 /// `/dev/memout`: a guest process maps 64 MiB of frames the host grants (zero-filled), fills
@@ -208,20 +212,21 @@ fn dev_memout_maps_host_granted_frames_and_gives_them_back_on_unmap() {
         mapped.resident_pages * page / MIB,
         unmapped.resident_pages * page / MIB
     );
-    for want in [
-        "MEMOUT-TEST: dev intact (0 bad words)",
-        "MEMOUT-TEST: dev private mapping refused: Invalid argument",
-        "MEMOUT-TEST: dev 2 GiB mapping refused: Argument list too long",
-        "MEMOUT-TEST: dev 900 MiB mapping refused: Cannot allocate memory",
-        "mmap refused",
-        "MEMOUT-GUEST: test passed",
-        "MEMOUT-GUEST: dev_bytes 0",
-        "MEMOUT-GUEST: bad_grants 0",
-        "MEMOUT-GUEST: balloon_bytes 0",
-        "MEMOUT-GUEST: unloaded",
-    ] {
-        assert!(console.contains(want), "no {want:?}\n{console}");
-    }
+    expect_lines(
+        &console,
+        &[
+            "MEMOUT-TEST: dev intact (0 bad words)",
+            "MEMOUT-TEST: dev private mapping refused: Invalid argument",
+            "MEMOUT-TEST: dev 2 GiB mapping refused: Argument list too long",
+            "MEMOUT-TEST: dev 900 MiB mapping refused: Cannot allocate memory",
+            "mmap refused",
+            "MEMOUT-GUEST: test passed",
+            "MEMOUT-GUEST: dev_bytes 0",
+            "MEMOUT-GUEST: bad_grants 0",
+            "MEMOUT-GUEST: balloon_bytes 0",
+            "MEMOUT-GUEST: unloaded",
+        ],
+    );
     assert!(!console.contains("dev mapping was split"), "{console}");
     let s = g.guest().stats();
     assert_eq!((s.request_errors, s.punch_errors), (0, 0), "{s:?}");

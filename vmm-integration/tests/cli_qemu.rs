@@ -6,17 +6,18 @@ use memout_vmm::qemu::launch::LinuxImage;
 use std::path::PathBuf;
 use std::process::Command;
 
-#[test]
-fn memout_qemu_serves_the_guest_it_starts() {
-    if !require(Piece::Qemu, "cli_qemu") {
-        return;
-    }
+/// The guest image, built once under `target/`.
+fn image() -> LinuxImage {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let image = LinuxImage::build(&root.join("target/linux-guest")).expect("guest image");
-    let socket = std::env::temp_dir().join(format!("memout-cli-{}.sock", std::process::id()));
-    let out = Command::new(env!("CARGO_BIN_EXE_memout"))
-        .args(["qemu", "--name", "clitest", "--ram", "512M", "--socket"])
-        .arg(&socket)
+    LinuxImage::build(&root.join("target/linux-guest")).expect("guest image")
+}
+
+/// `memout <memout_args> -- <QEMU options>`: QEMU under TCG boots the test image with `cmdline`
+/// appended to its kernel command line.
+fn memout_qemu(memout_args: &[&std::ffi::OsStr], cmdline: &str) -> Command {
+    let image = image();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_memout"));
+    c.args(memout_args)
         .args([
             "--",
             "-accel",
@@ -27,23 +28,38 @@ fn memout_qemu_serves_the_guest_it_starts() {
             "1",
             "-no-reboot",
         ])
-        .args([
-            "-nodefaults",
-            "-serial",
-            "stdio",
-            "-display",
-            "none",
-            "-kernel",
-        ])
+        .args(["-nodefaults", "-serial", "stdio", "-display", "none"])
+        .arg("-kernel")
         .arg(&image.kernel)
         .arg("-initrd")
         .arg(&image.initrd)
-        .args([
-            "-append",
-            "console=ttyS0 panic=-1 rdinit=/init quiet memout_test=free,64,1",
-        ])
-        .output()
-        .expect("running memout qemu");
+        .arg("-append")
+        .arg(format!(
+            "console=ttyS0 panic=-1 rdinit=/init quiet {cmdline}"
+        ));
+    c
+}
+
+#[test]
+fn memout_qemu_serves_the_guest_it_starts() {
+    if !require(Piece::Qemu, "cli_qemu") {
+        return;
+    }
+    let socket = std::env::temp_dir().join(format!("memout-cli-{}.sock", std::process::id()));
+    let out = memout_qemu(
+        &[
+            "qemu".as_ref(),
+            "--name".as_ref(),
+            "clitest".as_ref(),
+            "--ram".as_ref(),
+            "512M".as_ref(),
+            "--socket".as_ref(),
+            socket.as_os_str(),
+        ],
+        "memout_test=free,64,1",
+    )
+    .output()
+    .expect("running memout qemu");
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
@@ -93,44 +109,30 @@ fn memoutctl_resizes_a_linux_guest_served_by_memout_qemu() {
     if !require(Piece::Qemu, "cli_qemu") {
         return;
     }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let image = LinuxImage::build(&root.join("target/linux-guest")).expect("guest image");
     let tmp = std::env::temp_dir();
     let pid = std::process::id();
     let socket = tmp.join(format!("memout-cli2-{pid}.sock"));
     let ctl = tmp.join(format!("memout-cli2-{pid}.ctl"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_memout"))
-        .args([
-            "qemu", "--name", "ctltest", "--ram", "512M", "--min", "128M",
-        ])
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--control")
-        .arg(&ctl)
-        .args([
-            "--",
-            "-accel",
-            "tcg",
-            "-cpu",
-            "max",
-            "-smp",
-            "1",
-            "-no-reboot",
-        ])
-        .args(["-nodefaults", "-serial", "stdio", "-display", "none"])
-        .arg("-kernel")
-        .arg(&image.kernel)
-        .arg("-initrd")
-        .arg(&image.initrd)
-        .args([
-            "-append",
-            "console=ttyS0 panic=-1 rdinit=/init quiet memout_test=hold,128,40 \
-             memout.expedite_ms=50",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("running memout qemu");
+    let mut child = memout_qemu(
+        &[
+            "qemu".as_ref(),
+            "--name".as_ref(),
+            "ctltest".as_ref(),
+            "--ram".as_ref(),
+            "512M".as_ref(),
+            "--min".as_ref(),
+            "128M".as_ref(),
+            "--socket".as_ref(),
+            socket.as_os_str(),
+            "--control".as_ref(),
+            ctl.as_os_str(),
+        ],
+        "memout_test=hold,128,40 memout.expedite_ms=50",
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .expect("running memout qemu");
     // The console, line by line, on a channel (and kept for the failure messages).
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     let stdout = child.stdout.take().expect("piped");

@@ -36,3 +36,10 @@ pub fn guest(name: &str, ram: u64) -> QemuGuest {
     })
     .expect("serving the QEMU guest")
 }
+
+/// Checks that the console has each of `wants` somewhere.
+pub fn expect_lines(console: &str, wants: &[&str]) {
+    for want in wants {
+        assert!(console.contains(want), "no {want:?}\n{console}");
+    }
+}
