@@ -7,6 +7,7 @@
  * tracked by pfn, so a grant of a frame the module does not hold is refused, not freed.
  * /dev/memout (memout_chardev.c) draws its frames from here: granted by the host.
  */
+#include <linux/delay.h>
 #include <linux/device.h>
 #include <linux/gfp.h>
 #include <linux/mm.h>
@@ -62,13 +63,13 @@ static int give(struct memout_dev *md, struct page **pages, unsigned int n)
  * Asks the host for up to @want (<= MEMOUT_BALLOON_BATCH) of the frames it holds; those the
  * balloon holds move to @out. Returns how many.
  */
-static unsigned int take(struct memout_dev *md, unsigned int want, struct page **out)
+static unsigned int take(struct memout_dev *md, unsigned int want, u32 flags, struct page **out)
 {
 	struct memout_extent *ext = md->balloon_ext;
 	unsigned int n, i, got = 0;
 	u64 granted, p;
 
-	if (memout_alloc_frames(md, want, ext, MEMOUT_BALLOON_BATCH, &n, &granted))
+	if (memout_alloc_frames(md, want, flags, ext, MEMOUT_BALLOON_BATCH, &n, &granted))
 		return 0;
 	for (i = 0; i < n; i++) {
 		for (p = 0; p < ext[i].pages; p++) {
@@ -142,7 +143,7 @@ static u64 deflate(struct memout_dev *md, u64 want)
 	unsigned int n, i;
 
 	while (done < want) {
-		n = take(md, min_t(u64, want - done, MEMOUT_BALLOON_BATCH), batch);
+		n = take(md, min_t(u64, want - done, MEMOUT_BALLOON_BATCH), 0, batch);
 		if (!n)
 			break;
 		for (i = 0; i < n; i++)
@@ -152,51 +153,67 @@ static u64 deflate(struct memout_dev *md, u64 want)
 	return done;
 }
 
+/* Pages the host counts as the guest's: outside the balloon, or cached in the fast path. */
 static u64 held_pages(struct memout_dev *md)
 {
-	return ram_pages(md) - md->balloon_pages;
+	return ram_pages(md) - md->balloon_pages + memout_fast_cached(md);
 }
 
 /*
  * Brings the balloon to what the host asks now (release_pages, quota_pages in the ring header,
- * which the host refreshes on every doorbell). Called with balloon_lock held.
+ * which the host refreshes on every doorbell), leaving the fast path its frames and room.
+ * Called with balloon_lock held.
  */
 static void rebalance(struct memout_dev *md)
 {
 	u64 quota = READ_ONCE(md->ring->quota_pages);
 	u64 release = READ_ONCE(md->ring->release_pages);
 	u64 held = held_pages(md), got;
+	/* Room paid ahead for the fast path's next refill stays the fast path's. */
+	u64 ahead = md->fast.used ? MEMOUT_FAST_AHEAD : 0;
 
 	if (release) {
 		got = inflate(md, release);
 		if (got < release)
 			dev_warn_ratelimited(md->dev, "host asked for %llu pages, the guest gave %llu\n",
 					     release, got);
-	} else if (quota > held && md->balloon_pages) {
-		deflate(md, min(quota - held, md->balloon_pages));
+	} else if (quota > held + ahead && md->balloon_pages) {
+		deflate(md, min(quota - held - ahead, md->balloon_pages));
 	}
 }
 
 /*
  * Frames for /dev/memout: up to @want pages the host grants (ALLOC), out of those the
  * balloon holds. Beyond the quota the guest first gives the host as many of its free pages
- * (the host decides which frames come back). Returns how many are in @out.
+ * (the host decides which frames come back). With the fast path, the request says it ran
+ * dry and the guest pays MEMOUT_FAST_AHEAD pages more, so the host refills the magazines
+ * from that room. Returns how many are in @out.
  */
 unsigned long memout_balloon_grant(struct memout_dev *md, unsigned long want,
 				   struct page **out)
 {
 	unsigned long got = 0;
-	unsigned int ask, n;
+	unsigned int ask, n, ahead = 0;
+	u32 flags = 0;
 	u64 quota;
 
 	mutex_lock(&md->balloon_lock);
+	if (md->fast.on) {
+		md->fast.used = true;
+		flags = MEMOUT_ALLOC_FASTPATH_EMPTY;
+		ahead = MEMOUT_FAST_AHEAD;
+	}
 	while (got < want) {
 		ask = min_t(unsigned long, want - got, MEMOUT_BALLOON_BATCH);
 		/* Within the quota the host grants what it holds; beyond, the guest pays first. */
 		quota = READ_ONCE(md->ring->quota_pages);
-		if (quota < held_pages(md) + ask && inflate(md, ask) < ask)
+		if (quota < held_pages(md) + ask && inflate(md, ask + ahead) < ask)
 			break;
-		n = take(md, ask, out + got);
+		ahead = 0;
+		n = take(md, ask, flags, out + got);
+		/* What the host put in the magazines meanwhile is as good. */
+		if (n < ask && flags)
+			n += __memout_fast_grant(md, ask - n, out + got + n);
 		got += n;
 		if (n < ask)
 			break;
@@ -215,7 +232,8 @@ void memout_balloon_return(struct memout_dev *md, struct page **pages, unsigned 
 	unsigned int k;
 
 	mutex_lock(&md->balloon_lock);
-	for (done = 0; done < n; done += k) {
+	/* This CPU's free stack first: no exit; the host takes them in a batch. */
+	for (done = memout_fast_give(md, pages, n); done < n; done += k) {
 		k = min_t(unsigned long, n - done, MEMOUT_BALLOON_BATCH);
 		if (give(md, pages + done, k)) {
 			/* The host did not take them: the guest keeps them. */
@@ -280,14 +298,27 @@ void memout_balloon_exit(struct memout_dev *md)
 {
 	unsigned long pfn;
 	struct page *page;
+	int round;
 
 	if (!md->balloon_ext)
 		return;
 	WRITE_ONCE(md->balloon_on, false);
 	cancel_work_sync(&md->msg_work);
-	/* Take back what the host holds, so no page leaves with the module. */
-	if (md->balloon_pages)
+	/*
+	 * Take back what the host holds, so no page leaves with the module: the fast path's
+	 * frames first, then the rest. A refill the host started meanwhile takes room that the
+	 * next round finds in the magazines.
+	 */
+	mutex_lock(&md->balloon_lock);
+	for (round = 0; round < 10 && md->balloon_pages; round++) {
+		memout_fast_drain(md);
 		deflate(md, md->balloon_pages);
+		if (!md->fast.on)
+			break;
+		if (md->balloon_pages)
+			msleep(20);
+	}
+	mutex_unlock(&md->balloon_lock);
 	if (md->balloon_pages) {
 		dev_err(md->dev, "host kept %llu balloon pages; they stay out of the guest's allocator\n",
 			md->balloon_pages);

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * /dev/memout: explicit allocation for guest processes. mmap() of N bytes (MAP_SHARED,
- * offset 0) asks the host for N bytes of frames (ALLOC, through the balloon: within the quota
+ * offset 0) takes N bytes of frames the host granted: from the fast path's magazine without
+ * an exit while it has them (memout_fast.c), else by ALLOC (through the balloon: within the quota
  * the host grants frames it holds; beyond it the guest first gives the host as many of its
  * free pages) and maps them, zero-filled as the ABI promises. munmap(), or the process's
  * exit, FREEs them: the host drops their memory at once, and the balloon then gives the
@@ -100,7 +101,10 @@ static int memout_mmap(struct file *file, struct vm_area_struct *vma)
 		return -ENODEV;
 	}
 	dev = chardev_md->dev;
-	got = memout_balloon_grant(chardev_md, n, m->pages);
+	/* The fast path first (no exit); the ring for what it lacks. */
+	got = memout_fast_grant(chardev_md, n, m->pages);
+	if (got < n)
+		got += memout_balloon_grant(chardev_md, n - got, m->pages + got);
 	if (got < n) {
 		memout_balloon_return(chardev_md, m->pages, got);
 		mutex_unlock(&chardev_lock);

@@ -60,6 +60,19 @@ static ssize_t bad_grants_show(struct device *dev, struct device_attribute *attr
 }
 static DEVICE_ATTR_RO(bad_grants);
 
+static ssize_t fast_stats_show(struct device *dev, struct device_attribute *attr, char *buf)
+{
+	struct memout_dev *md = dev_get_drvdata(dev);
+	struct memout_fast f;
+
+	mutex_lock(&md->balloon_lock);
+	f = md->fast;
+	mutex_unlock(&md->balloon_lock);
+	return sysfs_emit(buf, "on %d\nallocs %llu\nfrees %llu\nbad %llu\n", f.on, f.allocs,
+			  f.frees, f.bad);
+}
+static DEVICE_ATTR_RO(fast_stats);
+
 static ssize_t host_stats_show(struct device *dev, struct device_attribute *attr, char *buf)
 {
 	struct memout_dev *md = dev_get_drvdata(dev);
@@ -82,6 +95,7 @@ static struct attribute *memout_attrs[] = {
 	&dev_attr_dev_bytes.attr,
 	&dev_attr_bad_grants.attr,
 	&dev_attr_host_stats.attr,
+	&dev_attr_fast_stats.attr,
 	NULL,
 };
 
@@ -112,6 +126,9 @@ int memout_attach(struct memout_dev *md, void *chan, size_t size)
 		dev_err(md->dev, "HELLO to the memout host failed: %d\n", err);
 		return err;
 	}
+	err = memout_fast_init(md);
+	if (err)
+		return err;
 	err = memout_balloon_init(md);
 	if (err)
 		return err;

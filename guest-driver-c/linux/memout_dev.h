@@ -21,6 +21,23 @@
 
 struct memout_dev;
 
+/* Room paid ahead for the fast path's next refill, in pages (memout_fast.c). */
+#define MEMOUT_FAST_AHEAD 512
+
+/* The exit-free fast path (memout_fast.c), if the host offers it. */
+struct memout_fast {
+	bool on;
+	bool used;			/* /dev/memout took frames through it */
+	u32 nr_cpus;
+	u32 mag_slots;
+	u32 stack_slots;
+	void *mags;
+	void *stacks;
+	u64 allocs;			/* frames popped */
+	u64 frees;			/* frames pushed */
+	u64 bad;			/* popped frames the balloon did not hold */
+};
+
 /* What a transport provides to the ring code. */
 struct memout_transport {
 	const char *name;
@@ -70,15 +87,19 @@ struct memout_dev {
 
 	/* /dev/memout (memout_chardev.c): pages mapped by processes. */
 	atomic64_t dev_pages;
+
+	/* Under balloon_lock. */
+	struct memout_fast fast;
 };
 
 int memout_chan_init(struct memout_dev *md, void *chan, size_t size);
+void *memout_chan_ptr(struct memout_dev *md, u64 gpa, u64 len);
 int memout_hello(struct memout_dev *md);
 int memout_free_reported(struct memout_dev *md, const struct memout_extent *ext,
 			 unsigned int n, u64 *freed);
 int memout_free_frames(struct memout_dev *md, const struct memout_extent *ext,
 		       unsigned int n, u64 *freed);
-int memout_alloc_frames(struct memout_dev *md, u64 pages, struct memout_extent *out,
+int memout_alloc_frames(struct memout_dev *md, u64 pages, u32 flags, struct memout_extent *out,
 			unsigned int cap, unsigned int *n, u64 *granted);
 int memout_stats(struct memout_dev *md, struct memout_stats *out);
 void memout_interrupt(struct memout_dev *md);
@@ -89,6 +110,13 @@ void memout_balloon_exit(struct memout_dev *md);
 unsigned long memout_balloon_grant(struct memout_dev *md, unsigned long want,
 				   struct page **out);
 void memout_balloon_return(struct memout_dev *md, struct page **pages, unsigned long n);
+
+int memout_fast_init(struct memout_dev *md);
+unsigned long __memout_fast_grant(struct memout_dev *md, unsigned long want, struct page **out);
+unsigned long memout_fast_grant(struct memout_dev *md, unsigned long want, struct page **out);
+unsigned long memout_fast_give(struct memout_dev *md, struct page **pages, unsigned long n);
+u64 memout_fast_cached(struct memout_dev *md);
+void memout_fast_drain(struct memout_dev *md);
 
 int memout_chardev_attach(struct memout_dev *md);
 void memout_chardev_detach(struct memout_dev *md);

@@ -48,7 +48,7 @@ static int status_errno(u32 s)
 }
 
 /* The guest's mapping of [gpa, gpa + len) in the host's view of the channel, or NULL. */
-static void *chan_ptr(struct memout_dev *md, u64 gpa, u64 len)
+void *memout_chan_ptr(struct memout_dev *md, u64 gpa, u64 len)
 {
 	u64 off;
 
@@ -89,13 +89,13 @@ int memout_chan_init(struct memout_dev *md, void *chan, size_t size)
 		return -EINVAL;
 	}
 	ring_len = sizeof(*rh) + (u64)slots * sizeof(struct memout_desc);
-	rh = chan_ptr(md, md->info.ring_gpa, ring_len);
+	rh = memout_chan_ptr(md, md->info.ring_gpa, ring_len);
 	if (!rh || READ_ONCE(rh->magic) != MEMOUT_RING_MAGIC) {
 		dev_err(md->dev, "ring at %#llx is outside the channel or has no magic\n",
 			md->info.ring_gpa);
 		return -EINVAL;
 	}
-	md->scratch = chan_ptr(md, md->info.scratch_gpa, md->info.scratch_size);
+	md->scratch = memout_chan_ptr(md, md->info.scratch_gpa, md->info.scratch_size);
 	if (!md->info.scratch_gpa || !md->scratch ||
 	    md->info.scratch_size < sizeof(struct memout_stats)) {
 		dev_err(md->dev, "the channel has no scratch area for extent lists\n");
@@ -212,12 +212,12 @@ int memout_free_frames(struct memout_dev *md, const struct memout_extent *ext,
 	return free_list(md, ext, n, 0, freed);
 }
 
-int memout_alloc_frames(struct memout_dev *md, u64 pages, struct memout_extent *out,
+int memout_alloc_frames(struct memout_dev *md, u64 pages, u32 flags, struct memout_extent *out,
 			unsigned int cap, unsigned int *n, u64 *granted)
 {
 	struct memout_desc d = {
 		.opcode = MEMOUT_OP_ALLOC,
-		.flags = MEMOUT_ALLOC_PARTIAL,
+		.flags = MEMOUT_ALLOC_PARTIAL | flags,
 		.nr_extents = cap,
 		.pages = pages,
 		.extents_gpa = md->info.scratch_gpa,

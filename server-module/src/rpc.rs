@@ -180,9 +180,21 @@ fn alloc<B: RingBackend>(
     if d.flags & !(ALLOC_PARTIAL | ALLOC_FASTPATH_EMPTY) != 0 || want == 0 {
         return Err(Status::Invalid);
     }
+    let r = alloc_into(core, mem, d, want, cap);
+    // After this request's own grant: the refill it asks for gets what is left.
     if d.flags & ALLOC_FASTPATH_EMPTY != 0 {
         core.fastpath_empty();
     }
+    r
+}
+
+fn alloc_into<B: RingBackend>(
+    core: &B,
+    mem: &GuestMemoryMmap,
+    d: &mut Descriptor,
+    want: u64,
+    cap: u32,
+) -> Result<(), Status> {
     let mut probe = *d;
     probe.nr_extents = cap;
     let bytes = extent_list_len(&probe)?;

@@ -29,6 +29,11 @@ pub struct QemuArgs {
     /// /run/memout/memout.sock].
     #[arg(long)]
     control: Option<PathBuf>,
+    /// Offer the exit-free fast path for this many vCPUs (0: none). Only with guest atomics
+    /// that are atomic against memout: KVM, or `-accel tcg,thread=multi` with `-smp
+    /// ...,maxcpus=` at least 2 (with one possible vCPU TCG emulates them non-atomically).
+    #[arg(long, default_value_t = 0)]
+    fastpath_cpus: u32,
     /// Serve no control socket.
     #[arg(long, conflicts_with = "control")]
     no_control: bool,
@@ -49,6 +54,7 @@ pub fn run(a: QemuArgs) -> Result<(), Error> {
         ram_dir: a.ram_dir,
         socket,
         min_bytes: a.min,
+        fastpath_cpus: a.fastpath_cpus,
     };
     let name = a.name;
     let s = serve_until_done(&cfg, control.as_deref(), &a.qemu, |args, control| {

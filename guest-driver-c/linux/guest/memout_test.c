@@ -10,6 +10,11 @@
  *   memout-test dev MIB SECS    map MIB of /dev/memout (host-granted frames), check they read
  *                               zero, fill them, wait SECS, check and unmap them; then check
  *                               that mappings the module must refuse are refused
+ *   memout-test devloop MAPS PAGES HOLD  MAPS times: map PAGES pages of /dev/memout, check
+ *                               they read zero, fill and check them, and unmap them at once
+ *                               (HOLD 0: the fast path's alloc/free pairs) or all at the end
+ *                               (HOLD 1: the guest grows); a line after the first tenth,
+ *                               and one at the end after which it waits 3 s for the host
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -154,14 +159,66 @@ static int do_dev(size_t mib, unsigned int secs)
 	return err || bad || nonzero;
 }
 
+static int do_devloop(unsigned long maps, unsigned long pages, int hold)
+{
+	size_t len = pages * 4096, i, nonzero = 0, bad = 0;
+	int fd = open("/dev/memout", O_RDWR);
+	unsigned long long *p, **held = calloc(maps, sizeof(*held));
+	unsigned long n;
+	double t0 = 0;
+
+	if (fd < 0 || !held) {
+		perror("MEMOUT-TEST: open /dev/memout");
+		return 1;
+	}
+	for (n = 0; n < maps; n++) {
+		if (n == maps / 10) {
+			printf("MEMOUT-TEST: devloop warm after %lu maps\n", n);
+			fflush(stdout);
+			t0 = now_ms();
+		}
+		p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+		if (p == MAP_FAILED) {
+			perror("MEMOUT-TEST: mmap /dev/memout");
+			return 1;
+		}
+		for (i = 0; i < len / 8; i += 8)
+			nonzero += p[i] != 0;
+		for (i = 0; i < len / 8; i += 8)
+			p[i] = (n << 32) ^ i;
+		for (i = 0; i < len / 8; i += 8)
+			bad += p[i] != ((n << 32) ^ i);
+		if (hold)
+			held[n] = p;
+		else
+			munmap(p, len);
+	}
+	for (n = 0; hold && n < maps; n++) {
+		for (i = 0; i < len / 8; i += 8)
+			bad += held[n][i] != ((n << 32) ^ i);
+		munmap(held[n], len);
+	}
+	printf("MEMOUT-TEST: devloop %lu maps of %lu pages in %.0f ms after warm-up",
+	       maps - maps / 10, pages, now_ms() - t0);
+	printf(" (%zu nonzero, %zu bad)\n", nonzero, bad);
+	fflush(stdout);
+	sleep(3);
+	close(fd);
+	free(held);
+	return nonzero || bad;
+}
+
 int main(int argc, char **argv)
 {
+	if (argc == 5 && !strcmp(argv[1], "devloop"))
+		return do_devloop(strtoul(argv[2], NULL, 0), strtoul(argv[3], NULL, 0),
+				  atoi(argv[4]));
 	if (argc == 4 && !strcmp(argv[1], "free"))
 		return do_free(strtoul(argv[2], NULL, 0), strtoul(argv[3], NULL, 0));
 	if (argc == 4 && !strcmp(argv[1], "hold"))
 		return do_hold(strtoul(argv[2], NULL, 0), strtoul(argv[3], NULL, 0));
 	if (argc == 4 && !strcmp(argv[1], "dev"))
 		return do_dev(strtoul(argv[2], NULL, 0), strtoul(argv[3], NULL, 0));
-	fprintf(stderr, "usage: memout-test free|hold|dev MIB SECS\n");
+	fprintf(stderr, "usage: memout-test free|hold|dev MIB SECS | devloop MAPS PAGES HOLD\n");
 	return 2;
 }

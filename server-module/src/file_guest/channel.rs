@@ -1,11 +1,13 @@
-//! The channel of an external VMM's guest: one memfd holding the info page, the request ring
-//! and a scratch area for extent lists. The VMM maps it into the guest (QEMU: the
+//! The channel of an external VMM's guest: one memfd holding the info page, the request ring,
+//! a scratch area for extent lists and, if enabled, the fast-path area. The VMM maps it into the guest (QEMU: the
 //! `ivshmem-doorbell` BAR); memout maps it at [`CHANNEL_GPA`] in its own view, which is the
 //! only guest memory memout ever reads for this guest.
 
+use crate::config::FastPathConfig;
+use memout_protocol::fastpath::fastpath_size;
 use memout_protocol::ring::{
-    ABI_VERSION, Descriptor, FEATURE_HOST_MESSAGES, INFO_MAGIC, InfoPage, PAGE_SIZE, RING_MAGIC,
-    RingHeader,
+    ABI_VERSION, Descriptor, FEATURE_FASTPATH, FEATURE_HOST_MESSAGES, INFO_MAGIC, InfoPage,
+    PAGE_SIZE, RING_MAGIC, RingHeader,
 };
 use nix::sys::memfd::{MFdFlags, memfd_create};
 use std::fs::File;
@@ -23,6 +25,9 @@ pub const RING_SLOTS: u32 = 32;
 const RING_OFFSET: u64 = PAGE_SIZE;
 const SCRATCH_OFFSET: u64 = 64 << 10;
 const SCRATCH_SIZE: u64 = 64 << 10;
+const FASTPATH_OFFSET: u64 = 256 << 10;
+/// Most vCPUs the channel's fast-path area has magazines and free stacks for.
+pub const MAX_FASTPATH_CPUS: u32 = 64;
 
 /// Errors setting up a channel.
 #[derive(Debug, Error)]
@@ -36,6 +41,9 @@ pub enum Error {
     /// Writing the info page or ring header failed (a memout bug).
     #[error("cannot write the channel: {0}")]
     Write(#[source] vm_memory::GuestMemoryError),
+    /// A fast path for no vCPU, or for more than the channel has room for.
+    #[error("a fast path for {0} vCPUs: the channel has room for 1 to {MAX_FASTPATH_CPUS}")]
+    FastPathCpus(u32),
 }
 
 /// `Result` with this module's [`enum@Error`].
@@ -90,6 +98,25 @@ impl Channel {
         Ok(Self { file, mem })
     }
 
+    /// Offers the exit-free fast path for `nr_cpus` vCPUs: says so in the info page and
+    /// returns where its area is (the caller writes the area before the guest can look).
+    pub fn enable_fastpath(&self, nr_cpus: u32) -> Result<FastPathConfig> {
+        if !(1..=MAX_FASTPATH_CPUS).contains(&nr_cpus) {
+            return Err(Error::FastPathCpus(nr_cpus));
+        }
+        let at = GuestAddress(CHANNEL_GPA);
+        let mut info = [0u8; InfoPage::SIZE];
+        self.mem.read_slice(&mut info, at).map_err(Error::Write)?;
+        let mut info = InfoPage::from_bytes(&info);
+        let gpa = CHANNEL_GPA + FASTPATH_OFFSET;
+        info.features |= FEATURE_FASTPATH;
+        info.fastpath_gpa = gpa;
+        self.mem
+            .write_slice(&info.to_bytes(), at)
+            .map_err(Error::Write)?;
+        Ok(FastPathConfig { gpa, nr_cpus })
+    }
+
     /// The ring's address in memout's view.
     pub fn ring_gpa() -> u64 {
         CHANNEL_GPA + RING_OFFSET
@@ -111,7 +138,9 @@ const _: () = {
         RING_OFFSET + RingHeader::SIZE as u64 + RING_SLOTS as u64 * Descriptor::SIZE as u64
             <= SCRATCH_OFFSET
     );
-    assert!(SCRATCH_OFFSET + SCRATCH_SIZE <= CHANNEL_SIZE);
+    assert!(SCRATCH_OFFSET + SCRATCH_SIZE <= FASTPATH_OFFSET);
+    assert!(FASTPATH_OFFSET % PAGE_SIZE == 0);
+    assert!(FASTPATH_OFFSET + fastpath_size(MAX_FASTPATH_CPUS) <= CHANNEL_SIZE);
     assert!(
         CHANNEL_SIZE.is_power_of_two(),
         "ivshmem needs a power of two"

@@ -13,13 +13,16 @@
 //! parses and checks every request.
 
 mod channel;
+mod fast;
 mod ram_file;
 mod resize;
 
-pub use channel::{CHANNEL_GPA, CHANNEL_SIZE, Channel, RING_SLOTS};
+pub use channel::{CHANNEL_GPA, CHANNEL_SIZE, Channel, MAX_FASTPATH_CPUS, RING_SLOTS};
+pub use fast::FastPathService;
 pub use ram_file::RamFile;
 
 use crate::extents::{ExtentSet, Run};
+use crate::fastpath::{AreaError, FastPath, FastPathStats};
 use crate::guest::{ResizeError, ResizeOptions, ResizeReport, check_target};
 use crate::log_limit::LogLimiter;
 use crate::mailbox::HostMailbox;
@@ -46,6 +49,9 @@ pub enum Error {
     /// The channel.
     #[error(transparent)]
     Channel(#[from] channel::Error),
+    /// The fast-path area could not be written (a memout bug).
+    #[error(transparent)]
+    FastPath(#[from] AreaError),
     /// A pinned minimum that is not a multiple of 4 KiB or is above the RAM.
     #[error(
         "a pinned minimum of {min} bytes is not a multiple of 4 KiB within the RAM of {ram} bytes"
@@ -95,6 +101,8 @@ pub struct FileGuestStats {
     pub freed_pages: u64,
     /// Hole punches that failed (the FREE answered `HostError`).
     pub punch_errors: u64,
+    /// The exit-free fast path, if the guest has one.
+    pub fastpath: Option<FastPathStats>,
 }
 
 /// A guest of an external VMM.
@@ -110,6 +118,8 @@ pub struct FileGuest {
     /// Pages no resize goes below.
     min_pages: u64,
     interrupt: OnceLock<Interrupt>,
+    fastpath: Option<FastPath>,
+    fastpath_waker: OnceLock<crate::fastpath::worker::Waker>,
     resizes: Resizes,
     #[cfg(feature = "fault-injection")]
     alloc_faults: crate::inject::AllocFaults,
@@ -139,6 +149,8 @@ impl FileGuest {
             quota: AtomicU64::new(pages),
             min_pages: 0,
             interrupt: OnceLock::new(),
+            fastpath: None,
+            fastpath_waker: OnceLock::new(),
             resizes: Resizes::default(),
             #[cfg(feature = "fault-injection")]
             alloc_faults: Default::default(),
@@ -158,6 +170,16 @@ impl FileGuest {
             });
         }
         self.min_pages = bytes / PAGE_SIZE;
+        Ok(self)
+    }
+
+    /// Offers the guest the exit-free fast path, with a magazine and a free stack for each of
+    /// `nr_cpus` vCPUs (1 to [`MAX_FASTPATH_CPUS`]). The VMM must make the guest's atomic
+    /// instructions on the channel atomic against memout's (QEMU TCG: `-accel tcg,thread=multi`
+    /// with more than one possible vCPU); someone must run [`serve_fastpath`](Self::serve_fastpath).
+    pub fn with_fastpath(mut self, nr_cpus: u32) -> Result<Self, Error> {
+        let cfg = self.channel.enable_fastpath(nr_cpus)?;
+        self.fastpath = Some(FastPath::new(self.channel.memory().clone(), cfg)?);
         Ok(self)
     }
 
@@ -229,6 +251,10 @@ impl FileGuest {
         check_target(bytes, self.ram.size(), self.min_bytes())?;
         let target = bytes / PAGE_SIZE;
         let from = self.quota.swap(target, Relaxed);
+        if target < from {
+            // Frames cached in the fast path go first: the guest releases only the rest.
+            self.fastpath_reclaim();
+        }
         let held = self.allocated();
         self.mailbox.post(|| self.limits());
         if let Some(interrupt) = self.interrupt.get() {
@@ -277,6 +303,7 @@ impl FileGuest {
             reported_pages: c.reported_pages.load(Relaxed),
             freed_pages: c.freed_pages.load(Relaxed),
             punch_errors: c.punch_errors.load(Relaxed),
+            fastpath: self.fastpath_stats(),
         }
     }
 
@@ -316,6 +343,43 @@ impl FileGuest {
                 pages: r.len,
             })
             .collect()
+    }
+
+    /// Takes up to `pages` frames the guest gave back, within the quota, in at most
+    /// `max_extents` runs (all or nothing unless `partial`).
+    fn take_returned(
+        &self,
+        pages: u64,
+        max_extents: usize,
+        partial: bool,
+    ) -> Result<Vec<Run>, Status> {
+        let mut returned = self.returned.lock();
+        let held = self.ram_pages() - returned.total();
+        let room = self.quota.load(Relaxed).saturating_sub(held);
+        let want = if partial { pages.min(room) } else { pages };
+        if want == 0 || want > room {
+            return Err(Status::Quota);
+        }
+        let mut out = Vec::new();
+        let mut left = want;
+        for r in returned.longest_k(max_extents).collect::<Vec<_>>() {
+            let n = r.len.min(left);
+            out.push(Run {
+                start: r.start,
+                len: n,
+            });
+            left -= n;
+            if left == 0 {
+                break;
+            }
+        }
+        if left > 0 && !partial {
+            return Err(Status::NoMemory);
+        }
+        for r in &out {
+            returned.remove(*r);
+        }
+        Ok(out)
     }
 
     fn punch(&self, runs: &[Run]) -> Result<(), Status> {
@@ -369,33 +433,8 @@ impl RingBackend for FileGuest {
             Some(crate::inject::AllocFault::Foreign) => return Ok(self.foreign(pages)),
             None => {}
         }
-        let mut returned = self.returned.lock();
-        let held = self.ram_pages() - returned.total();
-        let room = self.quota.load(Relaxed).saturating_sub(held);
-        let want = if partial { pages.min(room) } else { pages };
-        if want == 0 || want > room {
-            return Err(Status::Quota);
-        }
-        let mut out = Vec::new();
-        let mut left = want;
-        for r in returned.longest_k(max_extents).collect::<Vec<_>>() {
-            let n = r.len.min(left);
-            out.push(Run {
-                start: r.start,
-                len: n,
-            });
-            left -= n;
-            if left == 0 {
-                break;
-            }
-        }
-        if left > 0 && !partial {
-            return Err(Status::NoMemory);
-        }
-        for r in &out {
-            returned.remove(*r);
-        }
-        Ok(out
+        Ok(self
+            .take_returned(pages, max_extents, partial)?
             .iter()
             .map(|r| Extent {
                 gpa: r.start * PAGE_SIZE,
@@ -404,6 +443,9 @@ impl RingBackend for FileGuest {
             .collect())
     }
 
+    fn fastpath_empty(&self) {
+        self.nudge_fastpath();
+    }
     fn undo_alloc(&self, extents: &[Extent]) {
         let mut returned = self.returned.lock();
         for e in extents {

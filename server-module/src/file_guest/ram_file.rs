@@ -32,6 +32,17 @@ pub enum Error {
         #[source]
         source: nix::errno::Errno,
     },
+    /// Allocating memory for a range failed.
+    #[error("cannot populate {len} bytes at offset {offset:#x} of the guest RAM file: {source}")]
+    Populate {
+        /// File offset.
+        offset: u64,
+        /// Length.
+        len: u64,
+        /// Cause.
+        #[source]
+        source: nix::errno::Errno,
+    },
     /// fstat failed.
     #[error("cannot stat the guest RAM file: {0}")]
     Stat(#[source] nix::errno::Errno),
@@ -109,6 +120,22 @@ impl RamFile {
         })
     }
 
+    /// Allocates (zero-filled) memory behind `[offset, offset + len)` now, so the guest's
+    /// first touch of those frames finds it there.
+    pub fn populate(&self, offset: u64, len: u64) -> Result<()> {
+        fallocate(
+            &self.file,
+            FallocateFlags::empty(),
+            offset as i64,
+            len as i64,
+        )
+        .map_err(|source| Error::Populate {
+            offset,
+            len,
+            source,
+        })
+    }
+
     /// Bytes of host memory the file holds now (its allocated blocks: on tmpfs, its pages).
     pub fn allocated_bytes(&self) -> Result<u64> {
         let st = nix::sys::stat::fstat(&self.file).map_err(Error::Stat)?;
@@ -140,6 +167,14 @@ mod tests {
         let mut b = [1u8; 16];
         f.file.read_exact_at(&mut b, 4096).unwrap();
         assert_eq!(b, [0u8; 16]);
+        f.populate(0, 2 << 20).unwrap();
+        assert!(
+            f.allocated_bytes().unwrap() >= left + (2 << 20),
+            "populated"
+        );
+        f.file.read_exact_at(&mut b, 4096).unwrap();
+        assert_eq!(b, [0u8; 16], "populated memory reads zero");
+        f.punch(0, 2 << 20).unwrap();
         let path = f.path().to_path_buf();
         f.unlink();
         assert!(!path.exists());

@@ -33,6 +33,7 @@ pub fn guest(name: &str, ram: u64) -> QemuGuest {
         ram_dir: "/dev/shm".into(),
         socket,
         min_bytes: 64 * MIB,
+        fastpath_cpus: memout_vmm::qemu::launch::MAX_CPUS,
     })
     .expect("serving the QEMU guest")
 }

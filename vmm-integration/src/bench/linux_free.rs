@@ -15,7 +15,7 @@
 //! 80 % within 5 s fails the benchmark rather than reporting a number.
 
 use super::{BenchOpts, BenchResult, Error, Ratio, Result, Series};
-use crate::qemu::launch::{LinuxImage, Qemu};
+use crate::qemu::launch::{self, LinuxImage, Qemu};
 use crate::qemu::{QemuGuest, QemuGuestConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 use memout_server::file_guest::RamFile;
@@ -77,6 +77,7 @@ fn memout_round(image: &LinuxImage, bytes: u64, socket: &Path) -> Result<Freed> 
         ram_dir: "/dev/shm".into(),
         socket: socket.to_path_buf(),
         min_bytes: 0,
+        fastpath_cpus: launch::MAX_CPUS,
     })?;
     let mut q = Qemu::boot(
         &g,

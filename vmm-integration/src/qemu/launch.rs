@@ -11,6 +11,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
+/// vCPUs the guest may have (`-smp 1,maxcpus=2`: one runs). Above 1 so that TCG, multi-threaded,
+/// makes the guest's atomic instructions real host atomics, which the fast path needs against
+/// memout's thread; serve the guest with this as
+/// [`fastpath_cpus`](super::QemuGuestConfig::fastpath_cpus).
+pub const MAX_CPUS: u32 = 2;
+
 /// The script that builds the guest image.
 pub const BUILD_SCRIPT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -114,7 +120,8 @@ impl Qemu {
     /// Boots `image` with the given QEMU options for RAM and devices (a baseline's).
     pub fn boot_with(args: &[String], image: &LinuxImage, append: &str) -> Result<Self> {
         let mut child = Command::new("qemu-system-x86_64")
-            .args(["-accel", "tcg", "-cpu", "max", "-smp", "1", "-no-reboot"])
+            .args(["-accel", "tcg,thread=multi", "-cpu", "max"])
+            .args(["-smp", &format!("1,maxcpus={MAX_CPUS}"), "-no-reboot"])
             .args(["-nodefaults", "-serial", "stdio", "-display", "none"])
             .args(args)
             .arg("-kernel")
