@@ -196,6 +196,11 @@ pub struct GuestConfig {
     /// Called when the server stops the guest (see [`GuestFault`](crate::GuestFault)); the VMM must then kick the
     /// guest's vCPUs out of `KVM_RUN`, or the faulting vCPU stays blocked.
     pub on_fatal: Option<FatalNotifier>,
+    /// Let KSM merge the region's pages from the start (`MADV_MERGEABLE`; see
+    /// [`GuestCore::set_mergeable`](crate::GuestCore::set_mergeable)). memout's regions are
+    /// private anonymous memory, which KSM can merge; a guest whose memory another VMM maps
+    /// shared cannot be mergeable.
+    pub mergeable: bool,
 }
 
 impl GuestConfig {

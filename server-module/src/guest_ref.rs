@@ -76,6 +76,21 @@ impl GuestRef {
         self.0.set_policy(p);
     }
 
+    /// Lets KSM merge the guest's memory, or stops it (see [`GuestCore::set_mergeable`]).
+    pub fn set_mergeable(&self, on: bool) -> std::result::Result<(), crate::MergeableError> {
+        self.0.set_mergeable(on)
+    }
+
+    /// True while the guest's memory is mergeable.
+    pub fn mergeable(&self) -> bool {
+        self.0.mergeable()
+    }
+
+    /// Pages of the guest KSM merged now (root only).
+    pub fn ksm_pages(&self) -> std::io::Result<u64> {
+        self.0.ksm_pages()
+    }
+
     /// Starts a resize of the guest's requested size to `bytes` (see
     /// the module docs of `guest::resize`); poll [`resize_progress`](Self::resize_progress) or
     /// [`wait_resize`](Self::wait_resize).

@@ -174,6 +174,18 @@ impl HostRegion {
         self.advise(offset, len, MmapAdvise::MADV_POPULATE_WRITE)
     }
 
+    /// Lets KSM merge the region's pages (`MADV_MERGEABLE`), or stops it and unmerges them
+    /// (`MADV_UNMERGEABLE`). The kernel ignores shared mappings silently: check the mapping's
+    /// `mg` flag afterwards.
+    pub fn set_mergeable(&self, on: bool) -> Result<()> {
+        let advice = if on {
+            MmapAdvise::MADV_MERGEABLE
+        } else {
+            MmapAdvise::MADV_UNMERGEABLE
+        };
+        self.advise(0, self.size, advice)
+    }
+
     /// Asks the kernel to swap out `[offset, offset + len)` now (`MADV_PAGEOUT`).
     pub fn page_out(&self, offset: usize, len: usize) -> Result<()> {
         self.advise(offset, len, MmapAdvise::MADV_PAGEOUT)

@@ -43,6 +43,7 @@ mod handle;
 pub mod host_mem;
 #[cfg(feature = "fault-injection")]
 pub mod inject;
+pub mod ksm;
 mod log_limit;
 mod mailbox;
 pub mod populate;
@@ -64,8 +65,8 @@ pub use config::{ChannelConfig, ConfigError, FastPathConfig, GuestConfig, Region
 #[cfg(feature = "test-util")]
 pub use guest::GuestCore;
 pub use guest::{
-    CHUNK_PAGES, EvictError, Eviction, FatalNotifier, GuestFault, KERNEL_BUDGET_TICK, ResizeError,
-    ResizeOptions, ResizeReport, ResizeStage, Shortfall,
+    CHUNK_PAGES, EvictError, Eviction, FatalNotifier, GuestFault, KERNEL_BUDGET_TICK,
+    MergeableError, ResizeError, ResizeOptions, ResizeReport, ResizeStage, Shortfall,
 };
 pub use guest_ref::GuestRef;
 pub use handle::GuestHandle;

@@ -68,6 +68,7 @@ pub fn host_test_config(
         },
         shared: shared.clone(),
         on_fatal: None,
+        mergeable: false,
     }
 }
 

@@ -11,6 +11,7 @@ use crate::frames::FrameAllocator;
 use crate::guest::{GuestCore, GuestParts, ZeroChunk};
 use crate::handle::GuestHandle;
 use crate::host_mem::HostRegion;
+use crate::ksm::{ControllerConfig, KsmController};
 use crate::mailbox::HostMailbox;
 use crate::registry::Registry;
 use crate::rpc::RingCursor;
@@ -47,6 +48,9 @@ pub enum Error {
     /// The fast-path area could not be written into guest memory.
     #[error(transparent)]
     FastPath(#[from] crate::fastpath::AreaError),
+    /// The guest was to be mergeable, and KSM could not take its memory.
+    #[error(transparent)]
+    Mergeable(#[from] crate::MergeableError),
 }
 
 /// `Result` with this module's [`enum@Error`].
@@ -96,6 +100,7 @@ impl ServerBuilder {
             eager,
             registry: Arc::default(),
             fastpath: Mutex::new(None),
+            ksm: std::sync::OnceLock::new(),
         })
     }
 }
@@ -107,6 +112,8 @@ pub struct Server {
     registry: Arc<Registry>,
     /// The fast-path worker, started with the first guest that has a fast path.
     fastpath: Mutex<Option<Worker>>,
+    /// The KSM controller, set up on first use.
+    ksm: std::sync::OnceLock<Arc<KsmController>>,
 }
 
 impl Server {
@@ -129,6 +136,36 @@ impl Server {
         self.registry.clone()
     }
 
+    /// Sets up the KSM controller (before its first use; else `false` and nothing changes).
+    /// Without this, the first use sets up [`ControllerConfig::system`].
+    pub fn configure_ksm(&self, cfg: ControllerConfig) -> bool {
+        let mut made = false;
+        self.ksm.get_or_init(|| {
+            made = true;
+            self.make_ksm(cfg)
+        });
+        made
+    }
+
+    /// The KSM controller: mode, saved settings, `auto`'s decisions. `auto` counts the
+    /// guests' quotas as committed memory.
+    pub fn ksm(&self) -> &Arc<KsmController> {
+        self.ksm
+            .get_or_init(|| self.make_ksm(ControllerConfig::system()))
+    }
+
+    fn make_ksm(&self, cfg: ControllerConfig) -> Arc<KsmController> {
+        let registry = Arc::downgrade(&self.registry);
+        Arc::new(KsmController::new(
+            cfg,
+            Box::new(move || {
+                registry.upgrade().map_or(0, |r| {
+                    r.guests().iter().map(|g| g.stats().quota_pages * 4).sum()
+                })
+            }),
+        ))
+    }
+
     /// Serves the control socket at `path` for this server's guests (see [`crate::control`]).
     pub fn serve_control(
         &self,
@@ -137,6 +174,7 @@ impl Server {
         crate::control::ControlServer::start(
             crate::control::ControlConfig::new(path),
             self.registry.clone(),
+            Some(self.ksm().clone()),
         )
     }
 
@@ -155,6 +193,7 @@ impl Server {
     /// The VMM then maps [`GuestRef::region_host_addr`](crate::GuestRef::region_host_addr) as a KVM memslot at `region_gpa`.
     pub fn add_guest(&self, cfg: GuestConfig) -> Result<GuestHandle> {
         cfg.validate()?;
+        let mergeable = cfg.mergeable;
         let frames = cfg.region_size / PAGE_SIZE;
         let alloc = FrameAllocator::new(frames, cfg.quota_bytes / PAGE_SIZE).map_err(|_| {
             ConfigError::QuotaAboveRegion {
@@ -239,6 +278,9 @@ impl Server {
             },
             fastpath,
         });
+        if mergeable {
+            core.set_mergeable(true)?;
+        }
         self.registry.add(&core)?;
         if cfg.channel.fastpath.is_some() {
             let weak: std::sync::Weak<dyn Serviced> = Arc::downgrade(&core) as _;

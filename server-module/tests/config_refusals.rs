@@ -28,6 +28,7 @@ fn base() -> GuestConfig {
         },
         shared: GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap(),
         on_fatal: None,
+        mergeable: false,
     }
 }
 

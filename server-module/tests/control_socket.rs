@@ -156,6 +156,7 @@ fn socket_is_private_and_handshake_is_enforced() {
     let again = memout_server::control::ControlServer::start(
         memout_server::control::ControlConfig::new(f.control.path()),
         Default::default(),
+        None,
     );
     assert!(matches!(
         again,

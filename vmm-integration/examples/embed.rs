@@ -46,6 +46,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
         shared: vm.boot().clone(),
         on_fatal: Some(Box::new(move |_| kicker.kick())),
+        mergeable: false,
     })?;
     // SAFETY: `ram` lives until the end of main, after `vm` is dropped.
     unsafe { vm.map(layout::REGION_GPA, size as u64, ram.as_ptr() as usize)? };

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use memout_vmm::cli_size;
 
+mod cmd_ksm;
 mod cmd_qemu;
 
 #[derive(Parser)]
@@ -74,6 +75,24 @@ enum Cmd {
         /// Ask a long-running guest (e.g. `resizer`) to finish after this many seconds.
         #[arg(long)]
         finish_after: Option<u64>,
+        /// Let KSM merge the guest's memory.
+        #[arg(long)]
+        mergeable: bool,
+        /// Run the server's KSM controller: on, off or auto (ksmtuned's policy); the
+        /// system's KSM settings come back when memout ends, even if it is killed.
+        #[arg(long, value_parser = cmd_ksm::parse_mode)]
+        ksm: Option<memout_server::ksm::KsmMode>,
+    },
+    /// (internal) Restores the system's KSM settings when the memout that started it ends
+    /// without doing so.
+    #[command(hide = true)]
+    KsmGuard {
+        /// The saved settings.
+        #[arg(long)]
+        saved: std::path::PathBuf,
+        /// KSM's sysfs directory.
+        #[arg(long, default_value = memout_server::ksm::sysfs::SYSTEM_ROOT)]
+        root: std::path::PathBuf,
     },
     /// Measure memout against its baseline in the same run.
     Bench {
@@ -141,6 +160,12 @@ enum CliError {
     RssDidNotDrop,
     #[error(transparent)]
     Qemu(#[from] memout_vmm::qemu::run::Error),
+    #[error(transparent)]
+    Ksm(#[from] memout_server::ksm::controller::Error),
+    #[error(transparent)]
+    KsmGuard(#[from] memout_server::ksm::guard::Error),
+    #[error("cannot find memout's own executable: {0}")]
+    Exe(#[source] std::io::Error),
 }
 
 fn eviction_of(
@@ -200,6 +225,8 @@ fn main() -> ExitCode {
             control,
             no_control,
             finish_after,
+            mergeable,
+            ksm,
         } => load(&image).and_then(|img| {
             let control = (!no_control).then(|| {
                 control.unwrap_or_else(memout_server::control::ControlConfig::default_path)
@@ -216,6 +243,7 @@ fn main() -> ExitCode {
                 arg,
                 timeout: Duration::from_secs(timeout),
                 echo: true,
+                mergeable,
                 ..Default::default()
             };
             if let Some(secs) = finish_after {
@@ -225,7 +253,7 @@ fn main() -> ExitCode {
                     finish.store(true, std::sync::atomic::Ordering::SeqCst);
                 });
             }
-            let report = run(&img, &cfg)?;
+            let report = run_ksm(&img, &cfg, ksm)?;
             print_stats(&report);
             if report.passed() {
                 Ok(())
@@ -242,6 +270,7 @@ fn main() -> ExitCode {
             zero_pct,
         } => bench(&scenario, mib, rounds, json, dir, zero_pct),
         Cmd::Qemu(args) => cmd_qemu::run(args).map_err(CliError::from),
+        Cmd::KsmGuard { saved, root } => cmd_ksm::guard(saved, root),
         Cmd::Guests => {
             for (name, bytes) in memout_vmm::images::ALL {
                 println!("{name:<12} {:>8} bytes", bytes.len());
@@ -259,10 +288,22 @@ fn main() -> ExitCode {
 }
 
 fn run(img: &GuestImage, cfg: &RunConfig) -> Result<RunReport, CliError> {
+    run_ksm(img, cfg, None)
+}
+
+/// Runs the guest; with `ksm`, the server's KSM controller runs in that mode meanwhile.
+fn run_ksm(
+    img: &GuestImage,
+    cfg: &RunConfig,
+    ksm: Option<memout_server::ksm::KsmMode>,
+) -> Result<RunReport, CliError> {
     if !memout_vmm::vm::kvm_available() {
         return Err(CliError::NoKvm);
     }
     let server = Server::builder().build()?;
+    if let Some(mode) = ksm {
+        cmd_ksm::configure(&server, mode)?;
+    }
     Ok(runner::run_guest(&server, img, cfg)?)
 }
 

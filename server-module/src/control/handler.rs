@@ -3,6 +3,7 @@
 
 use super::wire::{progress, status};
 use crate::guest::{EvictError, GuestCore, ResizeError, ResizeOptions};
+use crate::ksm::KsmController;
 use crate::registry::{Registry, Served};
 use memout_protocol::control::{CONTROL_VERSION, ErrorKind, Request, Response};
 use memout_protocol::ring::PAGE_SIZE;
@@ -14,7 +15,12 @@ const MAX_RELEASE_DEADLINE_MS: u32 = 600_000;
 const WAIT_SLACK: Duration = Duration::from_secs(120);
 
 /// The answer to `req`; `hello` tracks the handshake of the connection.
-pub(super) fn handle(registry: &Registry, req: Request, hello: &mut bool) -> Response {
+pub(super) fn handle(
+    registry: &Registry,
+    ksm: Option<&KsmController>,
+    req: Request,
+    hello: &mut bool,
+) -> Response {
     if let Request::Hello { version, client } = &req {
         if *hello {
             return Response::error(ErrorKind::Handshake, "hello sent twice");
@@ -95,6 +101,10 @@ pub(super) fn handle(registry: &Registry, req: Request, hello: &mut bool) -> Res
             g.set_policy(policy.into());
             Response::Done
         }),
+        Request::Ksm { set } => super::ksm::request(registry, ksm, set),
+        Request::SetMergeable { guest, on } => {
+            find(&guest).and_then(|g| super::ksm::set_mergeable(&g, on))
+        }
     };
     r.unwrap_or_else(|e| e)
 }

@@ -22,10 +22,12 @@ mod accept;
 mod client;
 mod conns;
 mod handler;
+mod ksm;
 mod wire;
 
 pub use client::{Client, ClientError};
 
+use crate::ksm::KsmController;
 use crate::log_limit::LogLimiter;
 use crate::registry::Registry;
 use accept::accept_loop;
@@ -138,6 +140,8 @@ pub struct ControlStats {
 struct Shared {
     cfg: ControlConfig,
     registry: Arc<Registry>,
+    /// The server's KSM controller (`memoutctl ksm`), if it has one.
+    ksm: Option<Arc<KsmController>>,
     stats: Arc<ControlStats>,
     stop: AtomicBool,
     log_limit: LogLimiter,
@@ -157,7 +161,11 @@ pub struct ControlServer {
 
 impl ControlServer {
     /// Binds the socket and starts serving `registry`'s guests.
-    pub fn start(cfg: ControlConfig, registry: Arc<Registry>) -> Result<Self> {
+    pub fn start(
+        cfg: ControlConfig,
+        registry: Arc<Registry>,
+        ksm: Option<Arc<KsmController>>,
+    ) -> Result<Self> {
         let listener = bind_private(&cfg.path)?;
         listener
             .set_nonblocking(true)
@@ -172,6 +180,7 @@ impl ControlServer {
         let shared = Arc::new(Shared {
             cfg,
             registry,
+            ksm,
             stats: Arc::default(),
             stop: AtomicBool::new(false),
             log_limit: LogLimiter::default(),
@@ -306,7 +315,9 @@ fn serve(mut stream: UnixStream, shared: &Shared, id: u64, uid: u32, pid: i32) {
         shared.conns.set_busy(id, true);
         let response = match read {
             Ok(payload) => match codec::decode::<Request>(&payload) {
-                Ok(req) => handler::handle(&shared.registry, req, &mut hello),
+                Ok(req) => {
+                    handler::handle(&shared.registry, shared.ksm.as_deref(), req, &mut hello)
+                }
                 Err(e) => {
                     shared.stats.bad_frames.fetch_add(1, Relaxed);
                     Response::error(ErrorKind::Malformed, e.to_string())

@@ -86,6 +86,7 @@ fn memout_status(g: &GuestCore) -> GuestStatus {
         last_evict_error: s.last_evict_error.map(|e| e.to_string()),
         stopped: g.fatal().map(|f| f.to_string()),
         resize: g.resize_progress().map(|r| progress(&r)),
+        mergeable: g.mergeable(),
     }
 }
 
@@ -114,6 +115,7 @@ fn external_status(g: &FileGuest) -> GuestStatus {
         last_evict_error: None,
         stopped: None,
         resize: g.resize_progress().map(|r| progress(&r)),
+        mergeable: false,
     }
 }
 

@@ -12,6 +12,7 @@ mod fast;
 mod fill;
 mod grant;
 mod kernel_swap;
+mod ksm;
 mod resize;
 mod resize_report;
 mod snapshot;
@@ -19,6 +20,7 @@ mod store_evict;
 
 pub use evict::{EvictError, Eviction};
 pub use kernel_swap::KERNEL_BUDGET_TICK;
+pub use ksm::MergeableError;
 pub(crate) use resize::check_target;
 pub use resize::{ResizeError, ResizeOptions};
 pub use resize_report::{ResizeReport, ResizeStage, Shortfall};
@@ -189,6 +191,8 @@ pub struct GuestCore {
     settled: Condvar,
     counters: GuestCounters,
     policy: Mutex<PopulatePolicy>,
+    /// KSM may merge the region (see `ksm.rs`).
+    mergeable: std::sync::atomic::AtomicBool,
     fatal: Mutex<Option<GuestFault>>,
     /// When the guest was stopped (see `answer_stopped`).
     stopped_at: std::sync::OnceLock<std::time::Instant>,
@@ -252,6 +256,7 @@ impl GuestCore {
             settled: Condvar::new(),
             counters: GuestCounters::default(),
             policy: Mutex::new(p.policy),
+            mergeable: std::sync::atomic::AtomicBool::new(false),
             fatal: Mutex::new(None),
             stopped_at: std::sync::OnceLock::new(),
             on_fatal: p.on_fatal,

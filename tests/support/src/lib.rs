@@ -12,6 +12,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod ksm;
 use std::fmt;
 
 /// A piece of the host a test may need.
@@ -30,6 +31,8 @@ pub enum Piece {
     CgroupV1Memory,
     /// `qemu-system-x86_64` on the PATH (Linux guests run under QEMU's software emulation).
     Qemu,
+    /// KSM's knobs in `/sys/kernel/mm/ksm`, writable (root, a kernel with CONFIG_KSM).
+    Ksm,
 }
 
 impl Piece {
@@ -42,6 +45,7 @@ impl Piece {
             Self::Swap => "swap",
             Self::CgroupV1Memory => "cgroup-v1",
             Self::Qemu => "qemu",
+            Self::Ksm => "ksm",
         }
     }
 
@@ -60,6 +64,7 @@ impl Piece {
                 std::path::Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists()
             }
             Self::Qemu => on_path("qemu-system-x86_64"),
+            Self::Ksm => is_root() && std::path::Path::new(ksm::ROOT).join("run").exists(),
         }
     }
 
@@ -75,6 +80,7 @@ impl Piece {
             Self::Qemu => {
                 "no qemu-system-x86_64 on the PATH (apt install qemu-system-x86, or make deps)"
             }
+            Self::Ksm => "no writable /sys/kernel/mm/ksm (needs root and a kernel with KSM)",
         }
     }
 }

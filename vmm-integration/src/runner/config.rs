@@ -46,6 +46,8 @@ pub struct RunConfig {
     /// Offer the guest the exit-free fast path (on by default; see
     /// `memout_protocol::fastpath`).
     pub fastpath: bool,
+    /// Let KSM merge the guest's memory from the start (`GuestConfig::mergeable`).
+    pub mergeable: bool,
 }
 
 /// A hook that sees the guest's handle before it runs (tests use it to inject faults).
@@ -94,6 +96,7 @@ impl Default for RunConfig {
             flags_reads: Arc::default(),
             control: None,
             fastpath: true,
+            mergeable: false,
         }
     }
 }

@@ -164,6 +164,7 @@ pub fn run_guest(server: &Server, image: &GuestImage, cfg: &RunConfig) -> Result
             on_fatal: Some(Box::new(move |_| {
                 let _ = fatal_tx.send(Watch::Kick);
             })),
+            mergeable: cfg.mergeable,
         })?),
         Backing::Plain { .. } => {
             Backend::Plain(PlainRegion::new(cfg.region_size as usize).map_err(Error::PlainRegion)?)

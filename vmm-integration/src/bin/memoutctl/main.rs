@@ -1,8 +1,11 @@
 //! `memoutctl`: talks to a memout server's control socket. Lists guests, shows their state,
-//! resizes them, sets budgets and policies, evicts.
+//! resizes them, sets budgets and policies, evicts; runs the server's KSM controller and sets
+//! guests mergeable (`ksm.rs`).
 //!
 //! Exit codes: 0 done; 2 usage error; 3 cannot reach or talk to the server; 4 the server
 //! refused the request; 5 a resize ended without reaching its target.
+
+mod ksm;
 
 use clap::{Parser, Subcommand};
 use memout_protocol::control::{
@@ -81,6 +84,20 @@ enum Cmd {
         /// Policy name.
         #[arg(value_parser = parse_policy)]
         policy: Policy,
+    },
+    /// The server's KSM controller and KSM's figures: `status`, or switch it `on`, `off`
+    /// (the system's own settings back) or `auto` (ksmtuned's policy).
+    Ksm {
+        /// status, on, off or auto.
+        #[arg(default_value = "status")]
+        action: String,
+    },
+    /// Let KSM merge a guest's memory (`on`), or stop it and unmerge it (`off`).
+    Mergeable {
+        /// Guest name.
+        guest: String,
+        /// on or off.
+        on: String,
     },
 }
 
@@ -249,6 +266,11 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                 r => Err(unexpected(r)),
             }
         }
+        Cmd::Ksm { action } => {
+            let set = ksm::parse_action(action).map_err(Failure::Usage)?;
+            ksm::ksm(cli, &mut c, set)
+        }
+        Cmd::Mergeable { guest, on } => ksm::mergeable(cli, &mut c, guest, on),
         Cmd::Policy { guest, policy } => done(
             cli,
             ask(
@@ -378,6 +400,10 @@ fn print_status(g: &GuestStatus) {
     );
     row("policy", g.policy.clone());
     row("eviction", g.eviction.clone());
+    row(
+        "KSM mergeable",
+        if g.mergeable { "yes" } else { "no" }.into(),
+    );
     row("faults", g.faults.to_string());
     row("populated pages", g.populated_pages.to_string());
     row("freed pages", g.freed_pages.to_string());

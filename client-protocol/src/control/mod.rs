@@ -13,8 +13,12 @@
 
 use bincode::{Decode, Encode};
 
+mod ksm;
+
+pub use ksm::{GuestKsm, KsmKnobs, KsmMode, KsmReport};
+
 /// Version of this protocol; a server refuses clients that speak another.
-pub const CONTROL_VERSION: u32 = 2;
+pub const CONTROL_VERSION: u32 = 3;
 
 /// Largest frame payload either side accepts, in bytes.
 pub const MAX_FRAME: usize = 64 * 1024;
@@ -126,6 +130,19 @@ pub enum Request {
         /// The new policy.
         policy: Policy,
     },
+    /// KSM's figures ([`Response::Ksm`]); with `set`, switches the server's KSM controller
+    /// first.
+    Ksm {
+        /// The new mode, if any.
+        set: Option<KsmMode>,
+    },
+    /// Lets KSM merge a guest's memory, or stops it (and unmerges it).
+    SetMergeable {
+        /// Guest name.
+        guest: String,
+        /// Mergeable or not.
+        on: bool,
+    },
 }
 
 /// Where a resize is.
@@ -232,6 +249,8 @@ pub struct GuestStatus {
     pub stopped: Option<String>,
     /// The guest's latest resize, if any.
     pub resize: Option<ResizeProgress>,
+    /// KSM may merge its memory.
+    pub mergeable: bool,
 }
 
 /// Why a request was refused.
@@ -274,6 +293,8 @@ pub enum Response {
     Status(Box<GuestStatus>),
     /// Answer to [`Request::Resize`] and [`Request::ResizeStatus`].
     Resize(ResizeProgress),
+    /// Answer to [`Request::Ksm`].
+    Ksm(Box<KsmReport>),
     /// Answer to [`Request::Evict`].
     Evicted {
         /// Bytes evicted.

@@ -1,0 +1,48 @@
+//! `memout`'s KSM options: `run --ksm on|off|auto` sets up the server's KSM controller with a
+//! guard (this binary, `memout ksm-guard`) that restores the system's KSM settings if memout
+//! dies without doing so itself.
+
+use super::CliError;
+use memout_server::Server;
+use memout_server::ksm::{ControllerConfig, KsmMode, KsmSysfs, guard};
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Parses `--ksm`.
+pub fn parse_mode(s: &str) -> Result<KsmMode, String> {
+    match s {
+        "off" => Ok(KsmMode::Off),
+        "on" => Ok(KsmMode::On),
+        "auto" => Ok(KsmMode::Auto),
+        _ => Err(format!("unknown KSM mode {s:?} (on, off, auto)")),
+    }
+}
+
+/// Sets up `server`'s KSM controller with a guard process, and switches it to `mode`.
+pub fn configure(server: &Server, mode: KsmMode) -> Result<(), CliError> {
+    let mut cfg = ControllerConfig::system();
+    let exe = std::env::current_exe().map_err(CliError::Exe)?;
+    let mut guard = Command::new(exe);
+    guard
+        .arg("ksm-guard")
+        .arg("--saved")
+        .arg(&cfg.saved_path)
+        .arg("--root")
+        .arg(cfg.sysfs.root());
+    cfg.guard = Some(guard);
+    server.configure_ksm(cfg);
+    server.ksm().set_mode(mode)?;
+    Ok(())
+}
+
+/// `memout ksm-guard`: waits for the memout that started it to end; unless it said it
+/// restored the settings itself, restores them.
+pub fn guard(saved: PathBuf, root: PathBuf) -> Result<(), CliError> {
+    if let Some(s) = guard::run_guard(std::io::stdin(), &KsmSysfs::at(root), &saved)? {
+        eprintln!(
+            "memout ksm-guard: memout ended without restoring KSM; restored run {}, pages_to_scan {}, sleep_millisecs {}",
+            s.run, s.pages_to_scan, s.sleep_millisecs
+        );
+    }
+    Ok(())
+}

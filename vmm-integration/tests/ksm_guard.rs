@@ -1,0 +1,80 @@
+//! `memout run --ksm on` killed with SIGKILL: its guard process (`memout ksm-guard`) puts the
+//! system's KSM settings back; ended normally, memout restores them itself and the guard
+//! touches nothing.
+
+use memout_test_support::ksm::{self, KsmState};
+use memout_test_support::{Piece, require_all};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn knobs() -> (String, String, String) {
+    (
+        ksm::read("run"),
+        ksm::read("pages_to_scan"),
+        ksm::read("sleep_millisecs"),
+    )
+}
+
+fn wait(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(
+            Instant::now() < end,
+            "timed out after {secs} s waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `memout run ksmfill --ksm on`, holding 8 MiB until `finish` seconds pass.
+fn memout(finish: u64) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_memout"))
+        .args([
+            "run", "ksmfill", "--arg", "8", "--region", "64M", "--quota", "32M",
+        ])
+        .args(["--no-control", "--ksm", "on", "--mergeable"])
+        .args(["--finish-after", &finish.to_string(), "--timeout", "120"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("starting memout")
+}
+
+/// Knobs set to values no default has, so a restore is unmistakable.
+fn set_distinct() -> (String, String, String) {
+    ksm::write("pages_to_scan", "77");
+    ksm::write("sleep_millisecs", "33");
+    ksm::write("run", "0");
+    knobs()
+}
+
+#[test]
+fn a_killed_memout_leaves_ksm_as_it_found_it() {
+    if !require_all(&[Piece::Kvm, Piece::Ksm], "ksm_guard") {
+        return;
+    }
+    let _state = KsmState::take();
+    let found = set_distinct();
+    let mut m = memout(60);
+    wait("memout to turn KSM on", 30, || {
+        knobs() == ("1".into(), "1250".into(), "20".into())
+    });
+    m.kill().unwrap(); // SIGKILL: no destructor runs in memout
+    m.wait().unwrap();
+    wait("the guard to restore KSM's settings", 10, || {
+        knobs() == found
+    });
+}
+
+#[test]
+fn a_memout_that_ends_restores_ksm_itself() {
+    if !require_all(&[Piece::Kvm, Piece::Ksm], "ksm_guard") {
+        return;
+    }
+    let _state = KsmState::take();
+    let found = set_distinct();
+    let mut m = memout(2);
+    wait("memout to turn KSM on", 30, || knobs().0 == "1");
+    let status = m.wait().unwrap();
+    assert!(status.success(), "memout ended with {status}");
+    assert_eq!(knobs(), found, "restored by the time memout exits");
+}
