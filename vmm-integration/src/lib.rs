@@ -18,6 +18,7 @@
 pub mod bench;
 pub mod cli_size;
 pub mod cpl3;
+pub mod experiment;
 pub mod image;
 pub mod layout;
 pub mod plain;

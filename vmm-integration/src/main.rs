@@ -5,12 +5,11 @@ use memout_server::{PopulatePolicy, Server};
 use memout_vmm::image::GuestImage;
 use memout_vmm::runner::{self, RunConfig, RunReport};
 use std::process::ExitCode;
-use std::time::Duration;
 
-use memout_vmm::cli_size;
-
+mod cmd_experiment;
 mod cmd_ksm;
 mod cmd_qemu;
+mod cmd_run;
 
 #[derive(Parser)]
 #[command(
@@ -32,57 +31,9 @@ enum Cmd {
         json: bool,
     },
     /// Run a guest image (a file, or the name of a built-in guest such as `demo`).
-    Run {
-        /// Path to a guest image, or a built-in guest name.
-        image: String,
-        /// Outsourced region size (e.g. 4G).
-        #[arg(long, default_value = "4G", value_parser = cli_size::parse)]
-        region: u64,
-        /// Quota (e.g. 1G).
-        #[arg(long, default_value = "1G", value_parser = cli_size::parse)]
-        quota: u64,
-        /// Population policy: per-page, fault-around or eager.
-        #[arg(long, default_value = "fault-around", value_parser = parse_policy)]
-        policy: PopulatePolicy,
-        /// Argument the guest reads from its argument port.
-        #[arg(long, default_value_t = 0)]
-        arg: u32,
-        /// Time limit in seconds.
-        #[arg(long, default_value_t = 120)]
-        timeout: u64,
-        /// Where evicted memory goes: none, store (memout's backing file) or kernel (swap).
-        #[arg(long, default_value = "none")]
-        eviction: String,
-        /// Directory for the backing store file (eviction=store).
-        #[arg(long, default_value = "/var/tmp")]
-        store_dir: std::path::PathBuf,
-        /// Resident budget (e.g. 128M): above it the server evicts cold memory.
-        #[arg(long, value_parser = cli_size::parse)]
-        budget: Option<u64>,
-        /// The guest's name (what memoutctl calls it).
-        #[arg(long, default_value = "guest")]
-        name: String,
-        /// The guest's pinned minimum: no resize may go below it.
-        #[arg(long, default_value = "0", value_parser = cli_size::parse)]
-        min: u64,
-        /// Control socket path [default: $MEMOUT_RUNTIME_DIR/memout.sock or
-        /// /run/memout/memout.sock].
-        #[arg(long)]
-        control: Option<std::path::PathBuf>,
-        /// Serve no control socket.
-        #[arg(long, conflicts_with = "control")]
-        no_control: bool,
-        /// Ask a long-running guest (e.g. `resizer`) to finish after this many seconds.
-        #[arg(long)]
-        finish_after: Option<u64>,
-        /// Let KSM merge the guest's memory.
-        #[arg(long)]
-        mergeable: bool,
-        /// Run the server's KSM controller: on, off or auto (ksmtuned's policy); the
-        /// system's KSM settings come back when memout ends, even if it is killed.
-        #[arg(long, value_parser = cmd_ksm::parse_mode)]
-        ksm: Option<memout_server::ksm::KsmMode>,
-    },
+    Run(cmd_run::RunArgs),
+    /// Run an experiment and write its CSV, charts, summary and manifest.
+    Experiment(cmd_experiment::ExperimentArgs),
     /// (internal) Restores the system's KSM settings when the memout that started it ends
     /// without doing so.
     #[command(hide = true)]
@@ -166,6 +117,12 @@ enum CliError {
     KsmGuard(#[from] memout_server::ksm::guard::Error),
     #[error("cannot find memout's own executable: {0}")]
     Exe(#[source] std::io::Error),
+    #[error(transparent)]
+    Experiment(#[from] memout_vmm::experiment::Error),
+    #[error("unknown experiment {0:?} (ksm)")]
+    UnknownExperiment(String),
+    #[error("--repeat {0} is outside 1..=20")]
+    Repeat(usize),
 }
 
 fn eviction_of(
@@ -210,57 +167,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Demo { json } => demo(json),
-        Cmd::Run {
-            image,
-            region,
-            quota,
-            policy,
-            arg,
-            timeout,
-            eviction,
-            store_dir,
-            budget,
-            name,
-            min,
-            control,
-            no_control,
-            finish_after,
-            mergeable,
-            ksm,
-        } => load(&image).and_then(|img| {
-            let control = (!no_control).then(|| {
-                control.unwrap_or_else(memout_server::control::ControlConfig::default_path)
-            });
-            let cfg = RunConfig {
-                eviction: eviction_of(&eviction, &store_dir, region)?,
-                budget_bytes: budget,
-                min_bytes: min,
-                control,
-                name,
-                region_size: region,
-                quota_bytes: quota,
-                policy,
-                arg,
-                timeout: Duration::from_secs(timeout),
-                echo: true,
-                mergeable,
-                ..Default::default()
-            };
-            if let Some(secs) = finish_after {
-                let finish = cfg.finish.clone();
-                std::thread::spawn(move || {
-                    std::thread::sleep(Duration::from_secs(secs));
-                    finish.store(true, std::sync::atomic::Ordering::SeqCst);
-                });
-            }
-            let report = run_ksm(&img, &cfg, ksm)?;
-            print_stats(&report);
-            if report.passed() {
-                Ok(())
-            } else {
-                Err(CliError::Guest(report.outcome))
-            }
-        }),
+        Cmd::Run(args) => cmd_run::run(args),
         Cmd::Bench {
             scenario,
             mib,
@@ -271,6 +178,7 @@ fn main() -> ExitCode {
         } => bench(&scenario, mib, rounds, json, dir, zero_pct),
         Cmd::Qemu(args) => cmd_qemu::run(args).map_err(CliError::from),
         Cmd::KsmGuard { saved, root } => cmd_ksm::guard(saved, root),
+        Cmd::Experiment(args) => cmd_experiment::run(args),
         Cmd::Guests => {
             for (name, bytes) in memout_vmm::images::ALL {
                 println!("{name:<12} {:>8} bytes", bytes.len());

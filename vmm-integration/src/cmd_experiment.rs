@@ -1,0 +1,56 @@
+//! `memout experiment NAME`: runs an experiment (see `memout_vmm::experiment`) and says where
+//! its results are.
+
+use super::CliError;
+use memout_vmm::experiment::{self, Options};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+/// `memout experiment`'s options.
+#[derive(clap::Args)]
+pub struct ExperimentArgs {
+    /// Which: ksm (seed 000: host memory with KSM off and on, 1–4 guests, three focuses).
+    pub name: String,
+    /// Where the results go [default: memout-results/NAME].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// The CI-sized run (fewer guests, smaller working sets, shorter bounds).
+    #[arg(long)]
+    pub quick: bool,
+    /// Repetitions of each measurement (the figures are the medians).
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+    /// Overwrite a directory that already holds results.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Runs it.
+pub fn run(a: ExperimentArgs) -> Result<(), CliError> {
+    if !(1..=20).contains(&a.repeat) {
+        return Err(CliError::Repeat(a.repeat));
+    }
+    let opts = Options {
+        out: a
+            .out
+            .unwrap_or_else(|| PathBuf::from("memout-results").join(&a.name)),
+        quick: a.quick,
+        repeat: a.repeat,
+        force: a.force,
+        progress: std::io::stderr().is_terminal(),
+    };
+    let files = match a.name.as_str() {
+        "ksm" => {
+            if !memout_vmm::vm::kvm_available() {
+                return Err(CliError::NoKvm);
+            }
+            experiment::ksm_report::run(&opts)?
+        }
+        other => return Err(CliError::UnknownExperiment(other.to_string())),
+    };
+    println!("{} results in {}:", a.name, opts.out.display());
+    for f in files {
+        println!("  {}", f.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,251 @@
+//! Seed 000's KSM experiment on memout's own KVM guests: host memory with KSM off and on for
+//! 1…4 identical guests, in the paper's three focuses: (1) guests that only start (each loads
+//! the same image-sized block and idles), (2) guests running a CPU-bound prime search, (3)
+//! guests filling anonymous memory with random vs identical data.
+//!
+//! "KSM on" means the guests are mergeable and the server's KSM controller runs ksmd (`on`:
+//! 1250 pages / 20 ms); "off" means they are not mergeable. After the guests hold their data,
+//! the run waits for KSM to converge (two complete scans with no change in `pages_sharing`,
+//! bounded; the time or the timeout is recorded). Host memory for the guests is their
+//! resident memory minus what KSM saved (`pages_sharing` since the run began).
+
+use super::{Error, Options, Result};
+use crate::image::GuestImage;
+use crate::runner::{RunConfig, RunReport, run_guest};
+use memout_server::Server;
+use memout_server::ksm::{ControllerConfig, KsmCounters, KsmMode, KsmSysfs};
+use std::sync::atomic::Ordering::SeqCst;
+use std::time::{Duration, Instant};
+
+const MIB: u64 = 1 << 20;
+
+/// One focus: what its guests do.
+#[derive(Debug, Clone, Copy)]
+struct Focus {
+    key: &'static str,
+    /// Working set in MiB (full run, quick run).
+    mib: (u64, u64),
+    /// ksmfill content: 0 identical, 1 random.
+    content: u32,
+    primes: bool,
+}
+
+/// The focuses, in the order they run.
+pub const FOCUS_KEYS: [&str; 4] = ["start", "primes", "fill-identical", "fill-random"];
+
+const FOCUSES: [Focus; 4] = [
+    Focus {
+        key: "start",
+        mib: (16, 8),
+        content: 0,
+        primes: false,
+    },
+    Focus {
+        key: "primes",
+        mib: (16, 8),
+        content: 0,
+        primes: true,
+    },
+    Focus {
+        key: "fill-identical",
+        mib: (64, 16),
+        content: 0,
+        primes: false,
+    },
+    Focus {
+        key: "fill-random",
+        mib: (64, 16),
+        content: 1,
+        primes: false,
+    },
+];
+
+/// One measurement.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// Focus key.
+    pub focus: &'static str,
+    /// Guests running.
+    pub guests: usize,
+    /// KSM on (mergeable guests, ksmd running).
+    pub ksm: bool,
+    /// Repetition.
+    pub rep: usize,
+    /// Each guest's working set, MiB.
+    pub set_mib: u64,
+    /// The guests' resident memory, MiB.
+    pub resident_mib: f64,
+    /// Pages KSM saved since the run began (`pages_sharing`), as MiB.
+    pub saved_mib: f64,
+    /// Host memory for the guests: resident minus saved, MiB.
+    pub host_mib: f64,
+    /// Change in `pages_shared` (KSM's own copies).
+    pub shared_pages: i64,
+    /// The guests' pages that are KSM pages now.
+    pub merged_guest_pages: u64,
+    /// Change in the host's used memory (MemTotal − MemAvailable), MiB.
+    pub system_used_mib: f64,
+    /// Page faults memout served for the guests.
+    pub faults: u64,
+    /// Seconds until KSM converged, or the bound if it did not.
+    pub converge_s: f64,
+    /// Converged within the bound.
+    pub converged: bool,
+    /// Prime search: primes found per second, per guest (focus 2).
+    pub primes_per_s: Option<f64>,
+}
+
+fn used_kib() -> u64 {
+    let t = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let kib = |k: &str| -> u64 {
+        t.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    kib("MemTotal:").saturating_sub(kib("MemAvailable:"))
+}
+
+/// Waits until KSM converged: two full scans after `from` with `pages_sharing` unchanged
+/// between them. Returns (seconds, converged).
+fn converge(k: &KsmSysfs, from: Instant, bound: Duration) -> Result<(f64, bool)> {
+    let mut last: Option<KsmCounters> = None;
+    let mut stable_scans = 0;
+    while from.elapsed() < bound {
+        let c = k.counters()?;
+        if let Some(l) = last.filter(|l| c.full_scans > l.full_scans) {
+            let same = c.pages_sharing.abs_diff(l.pages_sharing) * 200 <= c.pages_sharing.max(1);
+            stable_scans = if same { stable_scans + 1 } else { 0 };
+            if stable_scans >= 2 {
+                return Ok((from.elapsed().as_secs_f64(), true));
+            }
+        }
+        if last.is_none_or(|l| c.full_scans > l.full_scans) {
+            last = Some(c);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok((bound.as_secs_f64(), false))
+}
+
+/// The count a `ksmfill` guest printed.
+fn primes_found(r: &RunReport) -> Option<u64> {
+    r.output.iter().find_map(|l| {
+        let before = l.split(" primes found").next()?;
+        before.rsplit(' ').next()?.parse().ok()
+    })
+}
+
+/// Measures focus `key` with `n` guests, KSM on or off.
+pub fn measure_focus(opts: &Options, key: &str, n: usize, ksm: bool, rep: usize) -> Result<Row> {
+    let f = *FOCUSES
+        .iter()
+        .find(|f| f.key == key)
+        .expect("a focus of FOCUS_KEYS");
+    measure(opts, f, n, ksm, rep)
+}
+
+fn measure(opts: &Options, f: Focus, n: usize, ksm: bool, rep: usize) -> Result<Row> {
+    let mib = if opts.quick { f.mib.1 } else { f.mib.0 };
+    let k = KsmSysfs::system();
+    let server = Server::builder().build()?;
+    if ksm {
+        let mut cfg = ControllerConfig::system();
+        cfg.saved_path =
+            std::env::temp_dir().join(format!("memout-ksm-exp-{}", std::process::id()));
+        server.configure_ksm(cfg);
+        server.ksm().set_mode(KsmMode::On)?;
+    }
+    let img = GuestImage::parse(
+        crate::images::get("ksmfill")
+            .expect("ksmfill is built in")
+            .to_vec(),
+    )
+    .expect("built-in images parse");
+    let base = k.counters()?;
+    let base_used = used_kib();
+    let cfgs: Vec<RunConfig> = (0..n)
+        .map(|i| RunConfig {
+            name: format!("ksm{i}"),
+            region_size: 256 * MIB,
+            quota_bytes: (mib + 16) * MIB,
+            arg: mib as u32 | f.content << 16 | u32::from(f.primes) << 18,
+            timeout: Duration::from_secs(900),
+            mergeable: ksm,
+            ..Default::default()
+        })
+        .collect();
+    let bound = Duration::from_secs(if opts.quick { 30 } else { 120 });
+    std::thread::scope(|sc| -> Result<Row> {
+        let runs: Vec<_> = cfgs
+            .iter()
+            .map(|c| sc.spawn(|| run_guest(&server, &img, c)))
+            .collect();
+        let finish_all = || cfgs.iter().for_each(|c| c.finish.store(true, SeqCst));
+        let filled = Instant::now();
+        let full = |c: &RunConfig| {
+            server
+                .registry()
+                .find(&c.name)
+                .is_some_and(|g| g.stats().resident_pages >= mib * MIB / 4096)
+        };
+        while !cfgs.iter().all(full) {
+            if filled.elapsed() > Duration::from_secs(120) || runs.iter().any(|r| r.is_finished()) {
+                finish_all();
+                let name = cfgs.iter().find(|c| !full(c)).map(|c| c.name.clone());
+                return Err(Error::Fill(name.unwrap_or_default()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let held = Instant::now();
+        let (converge_s, converged) = if ksm {
+            converge(&k, held, bound)?
+        } else {
+            std::thread::sleep(Duration::from_secs(if opts.quick { 1 } else { 3 }));
+            (0.0, true)
+        };
+        let c = k.counters()?;
+        let guests: Vec<_> = cfgs
+            .iter()
+            .filter_map(|c| server.registry().find(&c.name))
+            .collect();
+        let resident: u64 = guests.iter().map(|g| g.stats().resident_pages).sum();
+        let faults = guests.iter().map(|g| g.stats().faults).sum();
+        let merged = guests.iter().filter_map(|g| g.ksm_pages().ok()).sum();
+        let system_used = used_kib() as f64 - base_used as f64;
+        let held_s = held.elapsed().as_secs_f64();
+        finish_all();
+        let mut primes = Vec::new();
+        for (r, c) in runs.into_iter().zip(&cfgs) {
+            let r = r.join().expect("guest threads do not panic")?;
+            if !r.passed() {
+                return Err(Error::Guest {
+                    name: c.name.clone(),
+                    outcome: format!("{}: {}", r.outcome, r.output.join(" / ")),
+                });
+            }
+            primes.extend(primes_found(&r));
+        }
+        let saved = c.pages_sharing.saturating_sub(base.pages_sharing) as f64 * 4096.0 / MIB as f64;
+        let resident_mib = resident as f64 * 4096.0 / MIB as f64;
+        Ok(Row {
+            focus: f.key,
+            guests: n,
+            ksm,
+            rep,
+            set_mib: mib,
+            resident_mib,
+            saved_mib: saved,
+            host_mib: resident_mib - saved,
+            shared_pages: c.pages_shared as i64 - base.pages_shared as i64,
+            merged_guest_pages: merged,
+            system_used_mib: system_used / 1024.0,
+            faults,
+            converge_s,
+            converged,
+            primes_per_s: f
+                .primes
+                .then(|| primes.iter().sum::<u64>() as f64 / primes.len().max(1) as f64 / held_s),
+        })
+    })
+}
