@@ -38,6 +38,7 @@ pub fn run(a: ExperimentArgs) -> Result<(), CliError> {
         repeat: a.repeat,
         force: a.force,
         progress: std::io::stderr().is_terminal(),
+        ksm_guard: Some(std::env::current_exe().map_err(CliError::Exe)?),
     };
     let files = match a.name.as_str() {
         "ksm" => {

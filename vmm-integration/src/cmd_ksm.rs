@@ -6,7 +6,6 @@ use super::CliError;
 use memout_server::Server;
 use memout_server::ksm::{ControllerConfig, KsmMode, KsmSysfs, guard};
 use std::path::PathBuf;
-use std::process::Command;
 
 /// Parses `--ksm`.
 pub fn parse_mode(s: &str) -> Result<KsmMode, String> {
@@ -22,14 +21,7 @@ pub fn parse_mode(s: &str) -> Result<KsmMode, String> {
 pub fn configure(server: &Server, mode: KsmMode) -> Result<(), CliError> {
     let mut cfg = ControllerConfig::system();
     let exe = std::env::current_exe().map_err(CliError::Exe)?;
-    let mut guard = Command::new(exe);
-    guard
-        .arg("ksm-guard")
-        .arg("--saved")
-        .arg(&cfg.saved_path)
-        .arg("--root")
-        .arg(cfg.sysfs.root());
-    cfg.guard = Some(guard);
+    cfg.guard = Some(memout_vmm::experiment::ksm_guard_command(&exe, &cfg));
     server.configure_ksm(cfg);
     server.ksm().set_mode(mode)?;
     Ok(())

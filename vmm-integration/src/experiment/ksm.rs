@@ -5,8 +5,8 @@
 //!
 //! "KSM on" means the guests are mergeable and the server's KSM controller runs ksmd (`on`:
 //! 1250 pages / 20 ms); "off" means they are not mergeable. After the guests hold their data,
-//! the run waits for KSM to converge (two complete scans with no change in `pages_sharing`,
-//! bounded; the time or the timeout is recorded). Host memory for the guests is their
+//! the run waits for KSM to converge (at least ten complete scans in a row with no change in
+//! `pages_sharing`; bounded, the time or the timeout is recorded). Host memory for the guests is their
 //! resident memory minus what KSM saved (`pages_sharing` since the run began).
 
 use super::{Error, Options, Result};
@@ -106,17 +106,29 @@ fn used_kib() -> u64 {
     kib("MemTotal:").saturating_sub(kib("MemAvailable:"))
 }
 
-/// Waits until KSM converged: two full scans after `from` with `pages_sharing` unchanged
-/// between them. Returns (seconds, converged).
+/// Scans KSM needs at least before it can have merged anything written before them: one to
+/// see a page's checksum, one to find it unchanged and put it in the unstable tree, one to
+/// meet its twin there; one more for margin.
+const MIN_SCANS: u64 = 4;
+
+/// Scans in a row without a change in `pages_sharing` (within 0.1 %) that count as converged.
+/// With `smart_scan` (Linux ≥ 6.7, on by default) KSM skips a page that did not merge for up
+/// to 8 scans, so a page still being written when scanning began may merge only after a
+/// quiet stretch of that length.
+const STABLE_SCANS: u32 = 10;
+
+/// Waits until KSM converged: at least [`MIN_SCANS`] full scans after `from`, the last
+/// [`STABLE_SCANS`] with `pages_sharing` unchanged. Returns (seconds, converged).
 fn converge(k: &KsmSysfs, from: Instant, bound: Duration) -> Result<(f64, bool)> {
     let mut last: Option<KsmCounters> = None;
+    let first = k.counters()?.full_scans;
     let mut stable_scans = 0;
     while from.elapsed() < bound {
         let c = k.counters()?;
         if let Some(l) = last.filter(|l| c.full_scans > l.full_scans) {
-            let same = c.pages_sharing.abs_diff(l.pages_sharing) * 200 <= c.pages_sharing.max(1);
+            let same = c.pages_sharing.abs_diff(l.pages_sharing) * 1000 <= c.pages_sharing.max(1);
             stable_scans = if same { stable_scans + 1 } else { 0 };
-            if stable_scans >= 2 {
+            if stable_scans >= STABLE_SCANS && c.full_scans >= first + MIN_SCANS {
                 return Ok((from.elapsed().as_secs_f64(), true));
             }
         }
@@ -153,6 +165,10 @@ fn measure(opts: &Options, f: Focus, n: usize, ksm: bool, rep: usize) -> Result<
         let mut cfg = ControllerConfig::system();
         cfg.saved_path =
             std::env::temp_dir().join(format!("memout-ksm-exp-{}", std::process::id()));
+        cfg.guard = opts
+            .ksm_guard
+            .as_deref()
+            .map(|exe| super::ksm_guard_command(exe, &cfg));
         server.configure_ksm(cfg);
         server.ksm().set_mode(KsmMode::On)?;
     }

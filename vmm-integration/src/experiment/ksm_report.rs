@@ -118,7 +118,8 @@ pub fn run(opts: &Options) -> Result<Vec<PathBuf>> {
         "guest_counts": ns,
         "focuses": FOCUS_KEYS,
         "ksm_on": {"pages_to_scan": 1250, "sleep_millisecs": 20},
-        "converge": "two full scans without a change in pages_sharing (0.5 %)",
+        "converge": "10 full scans in a row without a change in pages_sharing (0.1 %)",
+        "smart_scan": std::fs::read_to_string("/sys/kernel/mm/ksm/smart_scan").ok().map(|s| s.trim().to_string()),
         "converge_bound_s": if opts.quick { 30 } else { 120 },
     });
     files.push(write_manifest(opts, "ksm", params, started, &files)?);

@@ -83,6 +83,23 @@ pub struct Options {
     pub force: bool,
     /// Draw progress bars (on a terminal).
     pub progress: bool,
+    /// A `memout` executable whose `ksm-guard` restores KSM's settings if the experiment is
+    /// killed while it holds them (`None`: no guard).
+    pub ksm_guard: Option<PathBuf>,
+}
+
+/// The command that guards KSM settings saved by `cfg` (`exe ksm-guard --saved .. --root ..`).
+pub fn ksm_guard_command(
+    exe: &Path,
+    cfg: &memout_server::ksm::ControllerConfig,
+) -> std::process::Command {
+    let mut c = std::process::Command::new(exe);
+    c.arg("ksm-guard")
+        .arg("--saved")
+        .arg(&cfg.saved_path)
+        .arg("--root")
+        .arg(cfg.sysfs.root());
+    c
 }
 
 /// Creates the output directory, refusing one that holds a manifest unless `force`.
