@@ -148,7 +148,7 @@ pub struct Descriptor {
     pub extents_gpa: u64,
     /// HELLO: guest ABI version. STATS: guest-physical address of a [`GuestStats`].
     pub arg0: u64,
-    /// HELLO: host writes its ABI version.
+    /// HELLO: host writes its ABI version. MAP_SEGMENT: host writes the segment's length.
     pub arg1: u64,
     /// Reserved, zero.
     pub reserved: [u64; 2],
@@ -211,6 +211,13 @@ pub enum Opcode {
     Free = 3,
     /// Read the guest's statistics.
     Stats = 4,
+    /// Map a shared segment: the segment's name (`nr_extents` bytes, no NUL) at
+    /// `extents_gpa`, the guest-physical address to map it at in `arg0` (2 MiB aligned,
+    /// inside the guest's segment window); the host writes the segment's length in bytes to
+    /// `arg1` and the pages it maps (a multiple of 512) to `pages`.
+    MapSegment = 5,
+    /// Unmap the shared segment mapped at `arg0`.
+    UnmapSegment = 6,
 }
 
 impl Opcode {
@@ -221,6 +228,8 @@ impl Opcode {
             2 => Self::Alloc,
             3 => Self::Free,
             4 => Self::Stats,
+            5 => Self::MapSegment,
+            6 => Self::UnmapSegment,
             _ => return None,
         })
     }
@@ -252,6 +261,13 @@ pub enum Status {
     NoHello = 9,
     /// The host failed to carry out a valid request (its own error, reported per guest).
     HostError = 10,
+    /// MAP_SEGMENT: no segment of that name (or it is being removed).
+    NoSegment = 11,
+    /// MAP_SEGMENT: the guest may not map that segment.
+    Denied = 12,
+    /// MAP_SEGMENT: the address range is in use by another segment; UNMAP_SEGMENT: no
+    /// segment is mapped there.
+    InUse = 13,
 }
 
 impl Status {
@@ -269,6 +285,9 @@ impl Status {
             Self::RingIndex => "ring-index",
             Self::NoHello => "no-hello",
             Self::HostError => "host-error",
+            Self::NoSegment => "no-segment",
+            Self::Denied => "denied",
+            Self::InUse => "in-use",
         }
     }
 }
@@ -315,7 +334,7 @@ impl Descriptor {
         (start, out)
     }
 
-    /// Byte range of `arg1` and its encoding (HELLO's reply).
+    /// Byte range of `arg1` and its encoding (HELLO's and MAP_SEGMENT's reply).
     pub fn encode_arg1(&self) -> (usize, [u8; 8]) {
         (offset_of!(Descriptor, arg1), self.arg1.to_le_bytes())
     }

@@ -91,6 +91,8 @@ fn expectations() -> Vec<(&'static str, u64)> {
         ("MEMOUT_OP_ALLOC", Opcode::Alloc as u64),
         ("MEMOUT_OP_FREE", Opcode::Free as u64),
         ("MEMOUT_OP_STATS", Opcode::Stats as u64),
+        ("MEMOUT_OP_MAP_SEGMENT", Opcode::MapSegment as u64),
+        ("MEMOUT_OP_UNMAP_SEGMENT", Opcode::UnmapSegment as u64),
         ("MEMOUT_OK", Status::Ok as u64),
         ("MEMOUT_E_BAD_OPCODE", Status::BadOpcode as u64),
         ("MEMOUT_E_INVALID", Status::Invalid as u64),
@@ -102,6 +104,9 @@ fn expectations() -> Vec<(&'static str, u64)> {
         ("MEMOUT_E_RING_INDEX", Status::RingIndex as u64),
         ("MEMOUT_E_NO_HELLO", Status::NoHello as u64),
         ("MEMOUT_E_HOST_ERROR", Status::HostError as u64),
+        ("MEMOUT_E_NO_SEGMENT", Status::NoSegment as u64),
+        ("MEMOUT_E_DENIED", Status::Denied as u64),
+        ("MEMOUT_E_IN_USE", Status::InUse as u64),
         (
             "sizeof(struct memout_fastpath)",
             size_of::<FastPathHeader>() as u64,

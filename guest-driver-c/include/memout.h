@@ -79,6 +79,13 @@ int memout_free_page(uint64_t gpa);
 void memout_fast_stats(struct memout_fast_stats *out);
 
 /* Human-readable name of a status code. */
+/* Maps the host's shared segment `name` (read-only) at guest-physical `gpa` (2 MiB aligned, in
+ * the segment window the VMM gives); `*bytes` gets its length. 0 or -MEMOUT_E_*
+ * (NO_SEGMENT, DENIED, IN_USE, INVALID, NO_MEMORY: larger than the window). */
+int memout_map_segment(const char *name, uint64_t gpa, uint64_t *bytes);
+/* Unmaps the segment at `gpa`. */
+int memout_unmap_segment(uint64_t gpa);
+
 const char *memout_status_name(int status);
 
 #endif

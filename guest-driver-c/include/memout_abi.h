@@ -39,6 +39,9 @@ enum memout_opcode {
     MEMOUT_OP_ALLOC = 2,
     MEMOUT_OP_FREE = 3,
     MEMOUT_OP_STATS = 4,
+    /* name (nr_extents bytes) at extents_gpa, target gpa in arg0; host: bytes in arg1 */
+    MEMOUT_OP_MAP_SEGMENT = 5,
+    MEMOUT_OP_UNMAP_SEGMENT = 6, /* gpa in arg0 */
 };
 
 enum memout_status {
@@ -53,6 +56,9 @@ enum memout_status {
     MEMOUT_E_RING_INDEX = 8,
     MEMOUT_E_NO_HELLO = 9,
     MEMOUT_E_HOST_ERROR = 10,
+    MEMOUT_E_NO_SEGMENT = 11,
+    MEMOUT_E_DENIED = 12,
+    MEMOUT_E_IN_USE = 13,
 };
 
 /* At MEMOUT_INFO_PAGE_GPA, written by the host before the guest starts. */

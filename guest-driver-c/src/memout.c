@@ -244,6 +244,33 @@ int memout_stats(struct memout_stats *out)
     return call(&d);
 }
 
+/* ---- Shared segments ---- */
+
+int memout_map_segment(const char *name, uint64_t gpa, uint64_t *bytes)
+{
+    static char buf[64];
+    uint32_t n = 0;
+    while (name[n] && n < sizeof(buf))
+        n++;
+    if (n == 0 || n >= sizeof(buf))
+        return -MEMOUT_E_INVALID;
+    memcpy(buf, name, n);
+    struct memout_desc d = {.opcode = MEMOUT_OP_MAP_SEGMENT,
+                            .nr_extents = n,
+                            .extents_gpa = (uint64_t)(uintptr_t)buf,
+                            .arg0 = gpa};
+    int r = call(&d);
+    if (r == 0 && bytes)
+        *bytes = d.arg1;
+    return r;
+}
+
+int memout_unmap_segment(uint64_t gpa)
+{
+    struct memout_desc d = {.opcode = MEMOUT_OP_UNMAP_SEGMENT, .arg0 = gpa};
+    return call(&d);
+}
+
 /* ---- Host→guest messages and the pool ---- */
 
 #define POOL_MAX 1024
@@ -342,7 +369,8 @@ const char *memout_status_name(int s)
 {
     static const char *names[] = {"ok", "bad-opcode", "invalid", "bad-pointer", "quota",
                                   "no-memory", "not-owned", "version", "ring-index",
-                                  "no-hello", "host-error"};
+                                  "no-hello", "host-error", "no-segment", "denied",
+                                  "in-use"};
     if (s < 0)
         s = -s;
     return s < (int)(sizeof(names) / sizeof(names[0])) ? names[s] : "unknown";

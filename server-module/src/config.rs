@@ -7,7 +7,7 @@ use crate::populate::PopulatePolicy;
 use crate::procfs;
 use memout_protocol::ring::{Descriptor, INFO_PAGE_GPA, PAGE_SIZE, RingHeader};
 use thiserror::Error;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 /// Alignment of outsourced regions (guest-physical base and size): 2 MiB.
 pub const REGION_ALIGN: u64 = 2 << 20;
@@ -67,6 +67,17 @@ pub enum ConfigError {
     /// Shared memory overlaps the outsourced region.
     #[error("shared guest memory overlaps the outsourced region")]
     SharedOverlapsRegion,
+    /// The segment window is empty, not 2 MiB aligned, wraps, or overlaps the region or
+    /// shared memory.
+    #[error(
+        "the segment window of {size:#x} bytes at {gpa:#x} is empty, unaligned, or overlaps guest memory"
+    )]
+    SegmentWindow {
+        /// Its base.
+        gpa: u64,
+        /// Its size.
+        size: u64,
+    },
     /// The fast-path area is misplaced: unaligned, outside shared memory, or over the ring or
     /// the info page; or its vCPU count is outside 1..=64.
     #[error("fast-path area at {gpa:#x} for {nr_cpus} vCPUs: {why}")]
@@ -201,6 +212,10 @@ pub struct GuestConfig {
     /// private anonymous memory, which KSM can merge; a guest whose memory another VMM maps
     /// shared cannot be mergeable.
     pub mergeable: bool,
+    /// Where the guest may map shared segments, and the VMM's mapper (see
+    /// [`crate::segment`]); `None`: the guest cannot map any (MAP_SEGMENT answers
+    /// `BadOpcode`).
+    pub segments: Option<crate::segment::SegmentWindow>,
 }
 
 impl GuestConfig {
@@ -237,6 +252,26 @@ impl GuestConfig {
             }
             if b % PAGE_SIZE != 0 || b == 0 {
                 return Err(E::Budget(b));
+            }
+        }
+        if let Some(w) = &self.segments {
+            let bad = || E::SegmentWindow {
+                gpa: w.gpa,
+                size: w.size,
+            };
+            let end = w.gpa.checked_add(w.size).ok_or_else(bad)?;
+            let over_region = w.gpa < self.region_gpa + self.region_size && self.region_gpa < end;
+            let over_shared = self.shared.iter().any(|r| {
+                let (s, e) = (r.start_addr().0, r.start_addr().0 + r.len());
+                w.gpa < e && s < end
+            });
+            if w.size == 0
+                || w.gpa % REGION_ALIGN != 0
+                || w.size % REGION_ALIGN != 0
+                || over_region
+                || over_shared
+            {
+                return Err(bad());
             }
         }
         let slots = self.channel.ring_slots;

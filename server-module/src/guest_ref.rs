@@ -91,6 +91,22 @@ impl GuestRef {
         self.0.ksm_pages()
     }
 
+    /// The VMM refused a guest write at `gpa` (a read-only memslot): true, counted and
+    /// logged, if it lies in one of the guest's shared segments; false if not.
+    pub fn segment_write_refused(&self, gpa: u64) -> bool {
+        self.0.segment_write_refused(gpa)
+    }
+
+    /// Guest writes to its shared segments that were refused.
+    pub fn segment_writes_refused(&self) -> u64 {
+        self.0.segment_writes_refused()
+    }
+
+    /// The shared segments the guest maps: (name, guest-physical address, bytes mapped).
+    pub fn mapped_segments(&self) -> Vec<(String, u64, u64)> {
+        self.0.mapped_segments()
+    }
+
     /// Starts a resize of the guest's requested size to `bytes` (see
     /// the module docs of `guest::resize`); poll [`resize_progress`](Self::resize_progress) or
     /// [`wait_resize`](Self::wait_resize).

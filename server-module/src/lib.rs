@@ -54,6 +54,7 @@ mod ring_backend;
 #[cfg(feature = "test-util")]
 pub mod ring_driver;
 pub mod rpc;
+pub mod segment;
 pub mod server;
 mod shared_error;
 mod slots;

@@ -42,6 +42,17 @@ pub(crate) trait RingBackend: RingCounters {
     fn stats(&self) -> GuestStats;
     /// Refreshes the quota and release request in the ring header after a doorbell.
     fn refresh_limits(&self);
+    /// MAP_SEGMENT of segment `name` at `gpa`: (content bytes, bytes mapped). Guests without
+    /// a segment window are refused.
+    fn map_segment(&self, name: &str, gpa: u64) -> Result<(u64, u64), Status> {
+        let _ = (name, gpa);
+        Err(Status::BadOpcode)
+    }
+    /// UNMAP_SEGMENT at `gpa`.
+    fn unmap_segment(&self, gpa: u64) -> Result<(), Status> {
+        let _ = gpa;
+        Err(Status::BadOpcode)
+    }
 }
 
 impl RingCounters for GuestCore {
@@ -80,6 +91,14 @@ impl RingBackend for GuestCore {
 
     fn fastpath_empty(&self) {
         self.nudge_fastpath();
+    }
+
+    fn map_segment(&self, name: &str, gpa: u64) -> Result<(u64, u64), Status> {
+        GuestCore::map_segment(self, name, gpa)
+    }
+
+    fn unmap_segment(&self, gpa: u64) -> Result<(), Status> {
+        GuestCore::unmap_segment(self, gpa)
     }
 
     fn undo_alloc(&self, extents: &[Extent]) {

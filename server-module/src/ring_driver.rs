@@ -69,6 +69,7 @@ pub fn host_test_config(
         shared: shared.clone(),
         on_fatal: None,
         mergeable: false,
+        segments: None,
     }
 }
 

@@ -10,7 +10,8 @@
 use crate::ring_backend::RingBackend;
 use memout_protocol::ring::{
     ABI_VERSION, ALLOC_FASTPATH_EMPTY, ALLOC_PARTIAL, Descriptor, Extent, FREE_REPORTED,
-    GuestStats, Opcode, RING_HOST_INDICES_OFFSET, RING_REQ_PROD_OFFSET, RingHeader, Status,
+    GuestStats, Opcode, PAGE_SIZE, RING_HOST_INDICES_OFFSET, RING_REQ_PROD_OFFSET, RingHeader,
+    Status,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use zerocopy::IntoBytes;
@@ -91,7 +92,7 @@ pub(crate) fn process_doorbell<B: RingBackend>(
                 core.request(d.status != Status::Ok as u32);
                 let (off, bytes) = d.encode_result();
                 let _ = mem.write_slice(&bytes, GuestAddress(gpa + off as u64));
-                if d.opcode == Opcode::Hello as u16 {
+                if d.opcode == Opcode::Hello as u16 || d.opcode == Opcode::MapSegment as u16 {
                     let (off, bytes) = d.encode_arg1();
                     let _ = mem.write_slice(&bytes, GuestAddress(gpa + off as u64));
                 }
@@ -127,6 +128,14 @@ fn handle<B: RingBackend>(core: &B, mem: &GuestMemoryMmap, d: &mut Descriptor) {
         Some(Opcode::Alloc) => alloc(core, mem, d),
         Some(Opcode::Free) => free(core, mem, d),
         Some(Opcode::Stats) => stats(core, mem, d),
+        Some(Opcode::MapSegment) => map_segment(core, mem, d),
+        Some(Opcode::UnmapSegment) => {
+            if d.flags != 0 {
+                Err(Status::Invalid)
+            } else {
+                core.unmap_segment(d.arg0)
+            }
+        }
     };
     d.status = match result {
         Ok(()) => Status::Ok as u32,
@@ -150,6 +159,28 @@ fn hello<B: RingBackend>(core: &B, d: &mut Descriptor) -> Result<(), Status> {
         return Err(Status::Version);
     }
     core.set_hello();
+    Ok(())
+}
+
+fn map_segment<B: RingBackend>(
+    core: &B,
+    mem: &GuestMemoryMmap,
+    d: &mut Descriptor,
+) -> Result<(), Status> {
+    d.pages = 0;
+    d.arg1 = 0;
+    let len = d.nr_extents as usize;
+    if d.flags != 0 || len == 0 || len > crate::segment::store::MAX_NAME {
+        return Err(Status::Invalid);
+    }
+    in_shared(mem, d.extents_gpa, len as u64)?;
+    let mut name = vec![0u8; len];
+    mem.read_slice(&mut name, GuestAddress(d.extents_gpa))
+        .map_err(|_| Status::BadPointer)?;
+    let name = std::str::from_utf8(&name).map_err(|_| Status::Invalid)?;
+    let (bytes, size) = core.map_segment(name, d.arg0)?;
+    d.arg1 = bytes;
+    d.pages = size / PAGE_SIZE;
     Ok(())
 }
 

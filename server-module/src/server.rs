@@ -15,6 +15,7 @@ use crate::ksm::{ControllerConfig, KsmController};
 use crate::mailbox::HostMailbox;
 use crate::registry::Registry;
 use crate::rpc::RingCursor;
+use crate::segment::SegmentStore;
 use crate::uffd::GuestUffd;
 use crate::{fault_handler, host_mem, procfs, uffd};
 use memout_protocol::ring::{
@@ -101,6 +102,7 @@ impl ServerBuilder {
             registry: Arc::default(),
             fastpath: Mutex::new(None),
             ksm: std::sync::OnceLock::new(),
+            segments: Arc::default(),
         })
     }
 }
@@ -114,6 +116,8 @@ pub struct Server {
     fastpath: Mutex<Option<Worker>>,
     /// The KSM controller, set up on first use.
     ksm: std::sync::OnceLock<Arc<KsmController>>,
+    /// Shared segments.
+    segments: Arc<SegmentStore>,
 }
 
 impl Server {
@@ -134,6 +138,11 @@ impl Server {
     /// The guests this server serves (what the control socket sees).
     pub fn registry(&self) -> Arc<Registry> {
         self.registry.clone()
+    }
+
+    /// The server's shared segments: register, list, remove (see [`crate::segment`]).
+    pub fn segments(&self) -> &Arc<SegmentStore> {
+        &self.segments
     }
 
     /// Sets up the KSM controller (before its first use; else `false` and nothing changes).
@@ -194,6 +203,7 @@ impl Server {
     pub fn add_guest(&self, cfg: GuestConfig) -> Result<GuestHandle> {
         cfg.validate()?;
         let mergeable = cfg.mergeable;
+        let (name, segments) = (cfg.name.clone(), cfg.segments.clone());
         let frames = cfg.region_size / PAGE_SIZE;
         let alloc = FrameAllocator::new(frames, cfg.quota_bytes / PAGE_SIZE).map_err(|_| {
             ConfigError::QuotaAboveRegion {
@@ -277,6 +287,7 @@ impl Server {
                 None => None,
             },
             fastpath,
+            segments: crate::guest::GuestSegments::new(&name, segments, self.segments.clone()),
         });
         if mergeable {
             core.set_mergeable(true)?;

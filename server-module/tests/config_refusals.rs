@@ -29,6 +29,7 @@ fn base() -> GuestConfig {
         shared: GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap(),
         on_fatal: None,
         mergeable: false,
+        segments: None,
     }
 }
 
@@ -260,4 +261,50 @@ fn accepts_and_serves_existing_private_memory() {
     // Still mapped and usable after the handle is gone: the server did not unmap it.
     // SAFETY: our own mapping, no longer registered with a userfaultfd.
     unsafe { std::ptr::write_volatile(mem.0 as *mut u64, 7) };
+}
+
+/// A mapper that is never called: these configurations are refused first.
+struct NoMapper;
+
+impl memout_server::segment::SegmentMapper for NoMapper {
+    fn map(&self, _: memout_server::segment::SegmentMapping) -> std::io::Result<()> {
+        unreachable!("refused before any mapping")
+    }
+    fn unmap(&self, _: u64) -> std::io::Result<()> {
+        unreachable!("refused before any mapping")
+    }
+}
+
+#[test]
+fn refuses_a_segment_window_over_guest_memory_or_unaligned() {
+    let window = |gpa, size| {
+        Some(memout_server::segment::SegmentWindow {
+            gpa,
+            size,
+            mapper: std::sync::Arc::new(NoMapper),
+        })
+    };
+    let is_window = |e: &ConfigError| matches!(e, ConfigError::SegmentWindow { .. });
+    for (gpa, size) in [
+        (4 * GIB, GIB),            // over the region
+        (0, GIB),                  // over the boot memory
+        (2 * GIB + 4096, GIB),     // unaligned
+        (2 * GIB, 0),              // empty
+        (u64::MAX - GIB, 2 * GIB), // wraps
+    ] {
+        refused(
+            GuestConfig {
+                segments: window(gpa, size),
+                ..base()
+            },
+            is_window,
+        );
+    }
+    let server = Server::builder().build().unwrap();
+    server
+        .add_guest(GuestConfig {
+            segments: window(2 * GIB, GIB),
+            ..base()
+        })
+        .expect("a window clear of guest memory is accepted");
 }

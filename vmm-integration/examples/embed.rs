@@ -47,6 +47,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         shared: vm.boot().clone(),
         on_fatal: Some(Box::new(move |_| kicker.kick())),
         mergeable: false,
+        segments: None,
     })?;
     // SAFETY: `ram` lives until the end of main, after `vm` is dropped.
     unsafe { vm.map(layout::REGION_GPA, size as u64, ram.as_ptr() as usize)? };

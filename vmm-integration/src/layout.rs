@@ -36,5 +36,10 @@ pub const IMAGE_LIMIT: u64 = 0xe0_0000;
 pub const STACK_TOP: u64 = BOOT_SIZE;
 /// Guest-physical base of the outsourced region.
 pub const REGION_GPA: u64 = 4 << 30;
+/// Where a guest may map shared segments (a 1 GiB window below the region; mapped in the
+/// page tables, backed only where a segment is mapped).
+pub const SEGMENT_GPA: u64 = 2 << 30;
+/// Size of the segment window.
+pub const SEGMENT_WINDOW: u64 = 1 << 30;
 /// Highest guest-physical address the page tables can map.
 pub const MAX_GPA: u64 = ((PD_LIMIT - PD_BASE) / 0x1000) << 30;

@@ -24,6 +24,7 @@ pub mod layout;
 pub mod plain;
 pub mod qemu;
 pub mod runner;
+pub mod segments;
 pub mod swapfile;
 pub mod vcpu_kick;
 pub mod vm;

@@ -5,6 +5,8 @@ use crate::cpl3;
 use crate::layout::BOOT_SIZE;
 use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_userspace_memory_region};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use thiserror::Error;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
@@ -46,10 +48,10 @@ pub fn kvm_available() -> bool {
 /// A VM with one vCPU and its boot region.
 pub struct GuestVm {
     _kvm: Kvm,
-    vm: VmFd,
+    vm: Arc<VmFd>,
     vcpu: VcpuFd,
     boot: GuestMemoryMmap,
-    next_slot: u32,
+    next_slot: Arc<AtomicU32>,
 }
 
 impl GuestVm {
@@ -64,9 +66,9 @@ impl GuestVm {
         let mut this = Self {
             _kvm: kvm_fd,
             vcpu: vm.create_vcpu(0).map_err(kvm("KVM_CREATE_VCPU"))?,
-            vm,
+            vm: Arc::new(vm),
             boot,
-            next_slot: 0,
+            next_slot: Arc::new(AtomicU32::new(0)),
         };
         let host = this.boot.iter().next().expect("one region").as_ptr() as usize;
         // SAFETY: the boot memory is owned by `this` and declared after `vm`, so it is unmapped
@@ -94,8 +96,9 @@ impl GuestVm {
     /// VM exists (the guest reads and writes it through KVM); memout's outsourced regions are
     /// owned by the server's guest handle, which the runner drops after the VM.
     pub unsafe fn map(&mut self, gpa: u64, size: u64, host_addr: usize) -> Result<()> {
+        let slot = self.next_slot.fetch_add(1, Relaxed);
         let region = kvm_userspace_memory_region {
-            slot: self.next_slot,
+            slot,
             flags: 0,
             guest_phys_addr: gpa,
             memory_size: size,
@@ -105,7 +108,6 @@ impl GuestVm {
         // outlives the VM.
         unsafe { self.vm.set_user_memory_region(region) }
             .map_err(kvm("KVM_SET_USER_MEMORY_REGION"))?;
-        self.next_slot += 1;
         Ok(())
     }
 
@@ -121,6 +123,11 @@ impl GuestVm {
             .set_regs(&cpl3::regs(entry))
             .map_err(kvm("KVM_SET_REGS"))?;
         Ok(())
+    }
+
+    /// What maps shared segments into this VM (read-only memslots; see [`crate::segments`]).
+    pub fn segment_mapper(&self) -> crate::segments::KvmSegmentMapper {
+        crate::segments::KvmSegmentMapper::new(self.vm.clone(), self.next_slot.clone())
     }
 
     /// The vCPU.

@@ -15,6 +15,7 @@ mod kernel_swap;
 mod ksm;
 mod resize;
 mod resize_report;
+mod segments;
 mod snapshot;
 mod store_evict;
 
@@ -24,6 +25,7 @@ pub use ksm::MergeableError;
 pub(crate) use resize::check_target;
 pub use resize::{ResizeError, ResizeOptions};
 pub use resize_report::{ResizeReport, ResizeStage, Shortfall};
+pub(crate) use segments::GuestSegments;
 
 use crate::cold::ColdQueue;
 use crate::eager::{EagerQueue, EagerTarget};
@@ -179,6 +181,7 @@ pub(crate) struct GuestParts {
     pub mailbox: HostMailbox,
     pub fastpath: Option<crate::fastpath::FastPath>,
     pub fastpath_waker: Option<crate::fastpath::worker::Waker>,
+    pub segments: segments::GuestSegments,
 }
 
 /// One guest, as the server sees it.
@@ -193,6 +196,8 @@ pub struct GuestCore {
     policy: Mutex<PopulatePolicy>,
     /// KSM may merge the region (see `ksm.rs`).
     mergeable: std::sync::atomic::AtomicBool,
+    /// Shared segments it maps (see `segments.rs`).
+    segments: segments::GuestSegments,
     fatal: Mutex<Option<GuestFault>>,
     /// When the guest was stopped (see `answer_stopped`).
     stopped_at: std::sync::OnceLock<std::time::Instant>,
@@ -257,6 +262,7 @@ impl GuestCore {
             counters: GuestCounters::default(),
             policy: Mutex::new(p.policy),
             mergeable: std::sync::atomic::AtomicBool::new(false),
+            segments: p.segments,
             fatal: Mutex::new(None),
             stopped_at: std::sync::OnceLock::new(),
             on_fatal: p.on_fatal,

@@ -48,6 +48,8 @@ pub struct RunConfig {
     pub fastpath: bool,
     /// Let KSM merge the guest's memory from the start (`GuestConfig::mergeable`).
     pub mergeable: bool,
+    /// Give the guest a window for shared segments (`layout::SEGMENT_GPA`; on by default).
+    pub segments: bool,
 }
 
 /// A hook that sees the guest's handle before it runs (tests use it to inject faults).
@@ -97,6 +99,7 @@ impl Default for RunConfig {
             control: None,
             fastpath: true,
             mergeable: false,
+            segments: true,
         }
     }
 }

@@ -3,7 +3,9 @@
 //! the server stops the guest or the run exceeds its time limit.
 
 use crate::image::GuestImage;
-use crate::layout::{BOOT_SIZE, FASTPATH, REGION_GPA, RING, RING_SLOTS};
+use crate::layout::{
+    BOOT_SIZE, FASTPATH, REGION_GPA, RING, RING_SLOTS, SEGMENT_GPA, SEGMENT_WINDOW,
+};
 use crate::plain::PlainRegion;
 use crate::vcpu_kick::Kick;
 use crate::vm::{self, GuestVm};
@@ -165,6 +167,11 @@ pub fn run_guest(server: &Server, image: &GuestImage, cfg: &RunConfig) -> Result
                 let _ = fatal_tx.send(Watch::Kick);
             })),
             mergeable: cfg.mergeable,
+            segments: cfg.segments.then(|| memout_server::segment::SegmentWindow {
+                gpa: SEGMENT_GPA,
+                size: SEGMENT_WINDOW,
+                mapper: Arc::new(vm.segment_mapper()),
+            }),
         })?),
         Backing::Plain { .. } => {
             Backend::Plain(PlainRegion::new(cfg.region_size as usize).map_err(Error::PlainRegion)?)
@@ -185,7 +192,11 @@ pub fn run_guest(server: &Server, image: &GuestImage, cfg: &RunConfig) -> Result
     };
     // SAFETY: the region belongs to `backend`, which is dropped after `vm` (below).
     unsafe { vm.map(REGION_GPA, backend.size(), backend.host_addr())? };
-    vm.setup_cpl3(image.entry, &[(REGION_GPA, backend.size())])?;
+    let mut ranges = vec![(REGION_GPA, backend.size())];
+    if cfg.segments && matches!(backend, Backend::Memout(_)) {
+        ranges.push((SEGMENT_GPA, SEGMENT_WINDOW));
+    }
+    vm.setup_cpl3(image.entry, &ranges)?;
 
     let kick = Arc::new(Kick::default());
     let _registered = kick.register_current_thread();
@@ -300,6 +311,10 @@ pub fn run_guest(server: &Server, image: &GuestImage, cfg: &RunConfig) -> Result
                 let n = data.len().min(4);
                 data[..n].copy_from_slice(&bytes[..n]);
             }
+            // A write to a read-only shared segment: refused (the write does not happen),
+            // reported, and the guest goes on.
+            Ok(VcpuExit::MmioWrite(addr, _)) if matches!(&backend, Backend::Memout(h) if h.segment_write_refused(addr)) =>
+                {}
             Ok(VcpuExit::MmioRead(addr, _)) | Ok(VcpuExit::MmioWrite(addr, _)) => {
                 break Outcome::Refused(format!(
                     "access to unmapped guest-physical address {addr:#x}"

@@ -1,0 +1,111 @@
+//! Shared segments with real KVM guests: four guests map one 64 MiB segment and read exactly
+//! what the host loaded, while the host holds one copy; their writes are refused and counted;
+//! bad requests are refused with nothing mapped; a segment removed while mapped goes with its
+//! last mapping.
+
+use memout_server::Server;
+use memout_server::segment::{Access, Removal};
+use memout_tests::needs_kvm;
+use memout_vmm::image::GuestImage;
+use memout_vmm::runner::{RunConfig, run_guest};
+use std::sync::atomic::Ordering::SeqCst;
+use std::time::{Duration, Instant};
+
+const MIB: u64 = 1 << 20;
+const SEG_MIB: u64 = 64;
+
+/// What `segment.c` checks: word i is `i * K ^ XOR`.
+fn pattern(bytes: u64) -> Vec<u8> {
+    (0..bytes / 8)
+        .flat_map(|i| ((i.wrapping_mul(0x9e3779b97f4a7c15)) ^ 0x5e6d000000000000).to_le_bytes())
+        .collect()
+}
+
+#[test]
+fn four_guests_share_one_copy_and_cannot_write_it() {
+    if !needs_kvm("segments") {
+        return;
+    }
+    let s = Server::builder().build().unwrap();
+    s.segments()
+        .register("lib", &pattern(SEG_MIB * MIB), Access::All)
+        .unwrap();
+    s.segments()
+        .register(
+            "secret",
+            b"not for you",
+            Access::Guests(["someone-else".to_string()].into()),
+        )
+        .unwrap();
+    let img = GuestImage::parse(memout_vmm::images::get("segment").unwrap().to_vec()).unwrap();
+    let cfgs: Vec<RunConfig> = (0..4)
+        .map(|i| RunConfig {
+            name: format!("seg{i}"),
+            region_size: 64 * MIB,
+            quota_bytes: 32 * MIB,
+            // Guest 0 also checks the refusals.
+            arg: SEG_MIB as u32 | if i == 0 { 1 << 16 } else { 0 },
+            timeout: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .collect();
+    std::thread::scope(|sc| {
+        let runs: Vec<_> = cfgs
+            .iter()
+            .map(|c| sc.spawn(|| run_guest(&s, &img, c).unwrap()))
+            .collect();
+        let lib = || s.segments().list().into_iter().find(|i| i.name == "lib");
+        let ready = || {
+            lib().is_some_and(|i| i.guests.len() == 4)
+                && cfgs.iter().all(|c| {
+                    s.registry()
+                        .find(&c.name)
+                        .is_some_and(|g| g.segment_writes_refused() >= 1)
+                })
+        };
+        let end = Instant::now() + Duration::from_secs(60);
+        while !ready() {
+            if Instant::now() > end || runs.iter().any(|r| r.is_finished()) {
+                for c in &cfgs {
+                    c.finish.store(true, SeqCst);
+                }
+                let rs: Vec<_> = runs.into_iter().map(|r| r.join().unwrap()).collect();
+                panic!(
+                    "the guests did not all map lib: {:?}",
+                    rs.iter()
+                        .map(|r| (&r.outcome, r.output.join("\n")))
+                        .collect::<Vec<_>>()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let info = lib().unwrap();
+        // One copy on the host: the segment's own pages, whatever the number of guests.
+        assert!(
+            info.host_bytes >= SEG_MIB * MIB && info.host_bytes <= (SEG_MIB + 2) * MIB,
+            "{info:?}"
+        );
+        for c in &cfgs {
+            let g = s.registry().find(&c.name).unwrap();
+            assert_eq!(
+                g.mapped_segments(),
+                vec![("lib".into(), 2 << 30, SEG_MIB * MIB)]
+            );
+            assert!(
+                g.stats().resident_pages * 4096 < 4 * MIB,
+                "the segment is not in the guest's own memory"
+            );
+        }
+        // Removed while mapped: no new mappings, gone with the last.
+        assert_eq!(s.segments().remove("lib").unwrap(), Removal::Pending(4));
+        for c in &cfgs {
+            c.finish.store(true, SeqCst);
+        }
+        for r in runs {
+            let r = r.join().unwrap();
+            assert!(r.passed(), "{:?}\n{}", r.outcome, r.output.join("\n"));
+        }
+    });
+    assert!(s.segments().list().iter().all(|i| i.name != "lib"));
+    assert_eq!(s.segments().remove("secret").unwrap(), Removal::Removed);
+}
