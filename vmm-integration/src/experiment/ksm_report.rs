@@ -158,7 +158,7 @@ fn summary(opts: &Options, ns: &[usize], med: &dyn Fn(&str, usize, bool) -> Row)
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "# KSM experiment (seed 000) on memout's guests\n\n{} run, medians of {} repetition(s). Host memory for the guests = their resident memory − what KSM saved (`pages_sharing` since the run began). \"KSM on\": the guests are mergeable and ksmd runs at 1250 pages / 20 ms; \"off\": not mergeable.\n",
+        "# KSM experiment (seed 000) on memout's guests\n\n{} run, medians of {} repetition(s). Host memory for the guests = their resident memory − what KSM saved (`pages_sharing` since the run began). \"KSM on\": ksmd runs at 1250 pages / 20 ms and the guests are made mergeable once they hold their data (with KSM's smart scan, guests mergeable from the start while they write can leave twin pages out of step for many scans); \"off\": not mergeable.\n",
         if opts.quick {
             "Quick (CI-sized)"
         } else {
