@@ -184,6 +184,7 @@ impl Server {
             crate::control::ControlConfig::new(path),
             self.registry.clone(),
             Some(self.ksm().clone()),
+            Some(self.segments.clone()),
         )
     }
 

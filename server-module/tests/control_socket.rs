@@ -157,6 +157,7 @@ fn socket_is_private_and_handshake_is_enforced() {
         memout_server::control::ControlConfig::new(f.control.path()),
         Default::default(),
         None,
+        None,
     );
     assert!(matches!(
         again,

@@ -109,3 +109,93 @@ fn four_guests_share_one_copy_and_cannot_write_it() {
     assert!(s.segments().list().iter().all(|i| i.name != "lib"));
     assert_eq!(s.segments().remove("secret").unwrap(), Removal::Removed);
 }
+
+/// Registering, listing and removing through the control socket, with a guest mapping the
+/// segment meanwhile; bad requests are refused by name and change nothing.
+#[test]
+fn segments_through_the_control_socket() {
+    use memout_protocol::control::{Request, Response};
+    use memout_server::control::Client;
+    if !needs_kvm("segments") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("memout-seg-ctl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("lib.bin");
+    std::fs::write(&file, pattern(4 * MIB)).unwrap();
+    let s = Server::builder().build().unwrap();
+    let _ctl = s.serve_control(dir.join("ctl.sock")).unwrap();
+    let mut c =
+        Client::connect(&dir.join("ctl.sock"), "seg-test", Duration::from_secs(30)).unwrap();
+    let mut ask = |r: Request| c.request(&r).unwrap();
+    let add = |name: &str, path: &std::path::Path, guests: &[&str]| Request::RegisterSegment {
+        name: name.into(),
+        path: path.to_string_lossy().into_owned(),
+        guests: guests.iter().map(|g| g.to_string()).collect(),
+    };
+    assert_eq!(ask(add("lib", &file, &[])), Response::Done);
+    assert_eq!(ask(add("secret", &file, &["someone-else"])), Response::Done);
+    for bad in [
+        add("lib", &file, &[]),                     // duplicate
+        add("no/slash", &file, &[]),                // bad name
+        add("gone", &dir.join("missing.bin"), &[]), // no file
+        Request::RemoveSegment {
+            name: "nope".into(),
+        },
+    ] {
+        assert!(
+            matches!(ask(bad.clone()), Response::Error { .. }),
+            "{bad:?}"
+        );
+    }
+    let img = GuestImage::parse(memout_vmm::images::get("segment").unwrap().to_vec()).unwrap();
+    let cfg = RunConfig {
+        name: "ctlseg".into(),
+        region_size: 64 * MIB,
+        quota_bytes: 32 * MIB,
+        arg: 4 | 1 << 16,
+        timeout: Duration::from_secs(120),
+        ..Default::default()
+    };
+    std::thread::scope(|sc| {
+        let run = sc.spawn(|| run_guest(&s, &img, &cfg).unwrap());
+        let end = Instant::now() + Duration::from_secs(60);
+        loop {
+            match ask(Request::ListSegments) {
+                Response::Segments(l)
+                    if l.iter().any(|x| x.name == "lib" && x.guests == ["ctlseg"]) =>
+                {
+                    let x = l.iter().find(|x| x.name == "lib").unwrap();
+                    assert_eq!((x.bytes, x.mapped_bytes), (4 * MIB, 4 * MIB));
+                    assert!(l.iter().any(|x| x.name == "secret"
+                        && x.access == Some(vec!["someone-else".to_string()])));
+                    break;
+                }
+                Response::Segments(_) => {}
+                r => panic!("{r:?}"),
+            }
+            assert!(
+                Instant::now() < end && !run.is_finished(),
+                "the guest did not map lib"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            ask(Request::RemoveSegment { name: "lib".into() }),
+            Response::SegmentRemoved {
+                pending_mappings: 1
+            }
+        );
+        cfg.finish.store(true, SeqCst);
+        let r = run.join().unwrap();
+        assert!(r.passed(), "{:?}\n{}", r.outcome, r.output.join("\n"));
+    });
+    match ask(Request::ListSegments) {
+        Response::Segments(l) => assert_eq!(
+            l.iter().map(|x| x.name.as_str()).collect::<Vec<_>>(),
+            ["secret"]
+        ),
+        r => panic!("{r:?}"),
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -14,11 +14,13 @@
 use bincode::{Decode, Encode};
 
 mod ksm;
+mod segment;
 
 pub use ksm::{GuestKsm, KsmKnobs, KsmMode, KsmReport};
+pub use segment::SegmentStatus;
 
 /// Version of this protocol; a server refuses clients that speak another.
-pub const CONTROL_VERSION: u32 = 3;
+pub const CONTROL_VERSION: u32 = 4;
 
 /// Largest frame payload either side accepts, in bytes.
 pub const MAX_FRAME: usize = 64 * 1024;
@@ -142,6 +144,23 @@ pub enum Request {
         guest: String,
         /// Mergeable or not.
         on: bool,
+    },
+    /// Registers the bytes of a file (read by the server) as shared segment `name`.
+    RegisterSegment {
+        /// Segment name (1 to 63 of `A-Za-z0-9._-`).
+        name: String,
+        /// The file, on the server's host.
+        path: String,
+        /// Guests that may map it; empty: every guest.
+        guests: Vec<String>,
+    },
+    /// Every shared segment ([`Response::Segments`]).
+    ListSegments,
+    /// Removes a segment: at once if no guest maps it, else with its last mapping
+    /// ([`Response::SegmentRemoved`]).
+    RemoveSegment {
+        /// Segment name.
+        name: String,
     },
 }
 
@@ -295,6 +314,13 @@ pub enum Response {
     Resize(ResizeProgress),
     /// Answer to [`Request::Ksm`].
     Ksm(Box<KsmReport>),
+    /// Answer to [`Request::ListSegments`].
+    Segments(Vec<SegmentStatus>),
+    /// Answer to [`Request::RemoveSegment`].
+    SegmentRemoved {
+        /// Mappings still to end before it goes (0: gone).
+        pending_mappings: u32,
+    },
     /// Answer to [`Request::Evict`].
     Evicted {
         /// Bytes evicted.

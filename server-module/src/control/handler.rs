@@ -4,7 +4,8 @@
 use super::wire::{progress, status};
 use crate::guest::{EvictError, GuestCore, ResizeError, ResizeOptions};
 use crate::ksm::KsmController;
-use crate::registry::{Registry, Served};
+use crate::registry::{self, Registry};
+use crate::segment::SegmentStore;
 use memout_protocol::control::{CONTROL_VERSION, ErrorKind, Request, Response};
 use memout_protocol::ring::PAGE_SIZE;
 use std::time::Duration;
@@ -14,13 +15,19 @@ const MAX_RELEASE_DEADLINE_MS: u32 = 600_000;
 /// A waited-for resize answers after its deadline plus this much at the latest.
 const WAIT_SLACK: Duration = Duration::from_secs(120);
 
+/// What a control socket serves.
+pub(super) struct Served<'a> {
+    /// The guests.
+    pub registry: &'a Registry,
+    /// The KSM controller, if any.
+    pub ksm: Option<&'a KsmController>,
+    /// The shared segments, if any.
+    pub segments: Option<&'a SegmentStore>,
+}
+
 /// The answer to `req`; `hello` tracks the handshake of the connection.
-pub(super) fn handle(
-    registry: &Registry,
-    ksm: Option<&KsmController>,
-    req: Request,
-    hello: &mut bool,
-) -> Response {
+pub(super) fn handle(served: &Served<'_>, req: Request, hello: &mut bool) -> Response {
+    let (registry, ksm) = (served.registry, served.ksm);
     if let Request::Hello { version, client } = &req {
         if *hello {
             return Response::error(ErrorKind::Handshake, "hello sent twice");
@@ -50,8 +57,8 @@ pub(super) fn handle(
     };
     // Budgets, evictions and policies act on page faults memout serves: only its own guests.
     let find_memout = |name: &str| match find(name)? {
-        Served::Memout(g) => Ok(g),
-        Served::External(_) => Err(Response::error(
+        registry::Served::Memout(g) => Ok(g),
+        registry::Served::External(_) => Err(Response::error(
             ErrorKind::NotSupported,
             format!(
                 "guest {name:?} runs in an external VMM: memout does not see its page faults, \
@@ -105,6 +112,11 @@ pub(super) fn handle(
         Request::SetMergeable { guest, on } => {
             find(&guest).and_then(|g| super::ksm::set_mergeable(&g, on))
         }
+        Request::RegisterSegment { name, path, guests } => {
+            super::segment::register(served.segments, &name, &path, guests)
+        }
+        Request::ListSegments => super::segment::list(served.segments),
+        Request::RemoveSegment { name } => super::segment::remove(served.segments, &name),
     };
     r.unwrap_or_else(|e| e)
 }
@@ -133,7 +145,12 @@ fn evict_error(e: EvictError) -> Response {
     }
 }
 
-fn resize(g: &Served, bytes: u64, deadline_ms: u32, wait: bool) -> Result<Response, Response> {
+fn resize(
+    g: &registry::Served,
+    bytes: u64,
+    deadline_ms: u32,
+    wait: bool,
+) -> Result<Response, Response> {
     if deadline_ms > MAX_RELEASE_DEADLINE_MS {
         return Err(Response::error(
             ErrorKind::InvalidSize,

@@ -23,6 +23,7 @@ mod client;
 mod conns;
 mod handler;
 mod ksm;
+mod segment;
 mod wire;
 
 pub use client::{Client, ClientError};
@@ -30,6 +31,7 @@ pub use client::{Client, ClientError};
 use crate::ksm::KsmController;
 use crate::log_limit::LogLimiter;
 use crate::registry::Registry;
+use crate::segment::SegmentStore;
 use accept::accept_loop;
 use conns::{ConnTable, Deadline};
 use memout_protocol::codec::{self, encode_frame, read_frame};
@@ -142,6 +144,8 @@ struct Shared {
     registry: Arc<Registry>,
     /// The server's KSM controller (`memoutctl ksm`), if it has one.
     ksm: Option<Arc<KsmController>>,
+    /// The server's shared segments (`memoutctl segment`), if it has them.
+    segments: Option<Arc<SegmentStore>>,
     stats: Arc<ControlStats>,
     stop: AtomicBool,
     log_limit: LogLimiter,
@@ -165,6 +169,7 @@ impl ControlServer {
         cfg: ControlConfig,
         registry: Arc<Registry>,
         ksm: Option<Arc<KsmController>>,
+        segments: Option<Arc<SegmentStore>>,
     ) -> Result<Self> {
         let listener = bind_private(&cfg.path)?;
         listener
@@ -181,6 +186,7 @@ impl ControlServer {
             cfg,
             registry,
             ksm,
+            segments,
             stats: Arc::default(),
             stop: AtomicBool::new(false),
             log_limit: LogLimiter::default(),
@@ -315,9 +321,15 @@ fn serve(mut stream: UnixStream, shared: &Shared, id: u64, uid: u32, pid: i32) {
         shared.conns.set_busy(id, true);
         let response = match read {
             Ok(payload) => match codec::decode::<Request>(&payload) {
-                Ok(req) => {
-                    handler::handle(&shared.registry, shared.ksm.as_deref(), req, &mut hello)
-                }
+                Ok(req) => handler::handle(
+                    &handler::Served {
+                        registry: &shared.registry,
+                        ksm: shared.ksm.as_deref(),
+                        segments: shared.segments.as_deref(),
+                    },
+                    req,
+                    &mut hello,
+                ),
                 Err(e) => {
                     shared.stats.bad_frames.fetch_add(1, Relaxed);
                     Response::error(ErrorKind::Malformed, e.to_string())

@@ -1,11 +1,15 @@
 //! `memoutctl`: talks to a memout server's control socket. Lists guests, shows their state,
 //! resizes them, sets budgets and policies, evicts; runs the server's KSM controller and sets
-//! guests mergeable (`ksm.rs`).
+//! guests mergeable (`ksm.rs`); registers, lists and removes shared segments (`segment.rs`).
 //!
 //! Exit codes: 0 done; 2 usage error; 3 cannot reach or talk to the server; 4 the server
 //! refused the request; 5 a resize ended without reaching its target.
 
 mod ksm;
+mod segment;
+mod show;
+
+use show::{print_resize, print_status, state};
 
 use clap::{Parser, Subcommand};
 use memout_protocol::control::{
@@ -92,6 +96,9 @@ enum Cmd {
         #[arg(default_value = "status")]
         action: String,
     },
+    /// Shared segments: add, list, rm.
+    #[command(subcommand)]
+    Segment(segment::SegmentCmd),
     /// Let KSM merge a guest's memory (`on`), or stop it and unmerge it (`off`).
     Mergeable {
         /// Guest name.
@@ -271,6 +278,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             ksm::ksm(cli, &mut c, set)
         }
         Cmd::Mergeable { guest, on } => ksm::mergeable(cli, &mut c, guest, on),
+        Cmd::Segment(cmd) => segment::run(cli, &mut c, cmd),
         Cmd::Policy { guest, policy } => done(
             cli,
             ask(
@@ -295,16 +303,6 @@ fn done(cli: &Cli, r: Response) -> Result<(), Failure> {
             Ok(())
         }
         r => Err(unexpected(r)),
-    }
-}
-
-fn state(g: &GuestStatus) -> String {
-    if let Some(s) = &g.stopped {
-        return format!("stopped: {s}");
-    }
-    match &g.resize {
-        Some(r) if !r.phase.is_final() => format!("resizing ({})", r.phase.name()),
-        _ => "running".into(),
     }
 }
 
@@ -381,69 +379,6 @@ fn follow(c: &mut Client, guest: &str, first: ResizeProgress) -> Result<ResizePr
     }
     pb.finish_and_clear();
     Ok(p)
-}
-
-fn print_status(g: &GuestStatus) {
-    let row = |k: &str, v: String| println!("{k:<18} {v}");
-    row("name", g.name.clone());
-    row("vmm", g.vmm.name().into());
-    row("state", state(g));
-    row("region", mib(g.region_bytes));
-    row("requested", mib(g.requested_bytes));
-    row("pinned minimum", mib(g.min_bytes));
-    row("allocated", mib(g.allocated_bytes));
-    row("resident", mib(g.resident_bytes));
-    row("evicted", mib(g.evicted_bytes));
-    row(
-        "budget",
-        g.budget_bytes.map(mib).unwrap_or_else(|| "none".into()),
-    );
-    row("policy", g.policy.clone());
-    row("eviction", g.eviction.clone());
-    row(
-        "KSM mergeable",
-        if g.mergeable { "yes" } else { "no" }.into(),
-    );
-    row("faults", g.faults.to_string());
-    row("populated pages", g.populated_pages.to_string());
-    row("freed pages", g.freed_pages.to_string());
-    row("evicted pages", g.evicted_pages_total.to_string());
-    row("swapped-in pages", g.swapped_in_pages.to_string());
-    row("evict errors", g.evict_errors.to_string());
-    if let Some(e) = &g.last_evict_error {
-        row("last evict error", e.clone());
-    }
-    if let Some(r) = &g.resize {
-        row(
-            "last resize",
-            format!(
-                "{} → {} ({})",
-                mib(r.from_bytes),
-                mib(r.target_bytes),
-                r.phase.name()
-            ),
-        );
-    }
-}
-
-fn print_resize(p: &ResizeProgress) {
-    println!(
-        "resize #{}: {} → {}: {}\n  freed at once {}, released by the guest {}, evicted {}, {:.1} ms\n  now: {} allocated, {} resident{}",
-        p.id,
-        mib(p.from_bytes),
-        mib(p.target_bytes),
-        p.phase.name(),
-        mib(p.freed_bytes),
-        mib(p.released_bytes),
-        mib(p.evicted_bytes),
-        p.elapsed_us as f64 / 1e3,
-        mib(p.allocated_bytes),
-        mib(p.resident_bytes),
-        p.note
-            .as_ref()
-            .map(|n| format!("\n  note: {n}"))
-            .unwrap_or_default()
-    );
 }
 
 fn resize_json(p: &ResizeProgress) -> serde_json::Value {
