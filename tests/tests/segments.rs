@@ -62,6 +62,10 @@ fn four_guests_share_one_copy_and_cannot_write_it() {
                         .find(&c.name)
                         .is_some_and(|g| g.segment_writes_refused() >= 1)
                 })
+                // Guest 0's six refusal checks are done before the removal below.
+                && s.registry()
+                    .find("seg0")
+                    .is_some_and(|g| g.stats().request_errors >= 6)
         };
         let end = Instant::now() + Duration::from_secs(60);
         while !ready() {
@@ -162,8 +166,12 @@ fn segments_through_the_control_socket() {
         let end = Instant::now() + Duration::from_secs(60);
         loop {
             match ask(Request::ListSegments) {
+                // Mapped, and its six refusal checks done (each a refused request).
                 Response::Segments(l)
-                    if l.iter().any(|x| x.name == "lib" && x.guests == ["ctlseg"]) =>
+                    if l.iter().any(|x| x.name == "lib" && x.guests == ["ctlseg"])
+                        && s.registry()
+                            .find("ctlseg")
+                            .is_some_and(|g| g.stats().request_errors >= 6) =>
                 {
                     let x = l.iter().find(|x| x.name == "lib").unwrap();
                     assert_eq!((x.bytes, x.mapped_bytes), (4 * MIB, 4 * MIB));

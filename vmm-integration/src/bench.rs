@@ -11,6 +11,7 @@ pub mod fastpath;
 pub mod linux_free;
 pub mod populate;
 pub mod resize;
+pub mod shared;
 pub mod swap;
 
 pub use error::{Error, Result};
@@ -35,6 +36,9 @@ pub struct BenchOpts {
     pub dir: std::path::PathBuf,
     /// Percentage of zero pages in the swapped guest memory (swap; the rest is random data).
     pub zero_pct: u32,
+    /// A `memout` executable whose `ksm-guard` restores KSM's settings if a KSM baseline is
+    /// killed (`None`: no guard).
+    pub ksm_guard: Option<std::path::PathBuf>,
 }
 
 /// One measured quantity: its samples in `unit`.

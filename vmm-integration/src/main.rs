@@ -48,11 +48,12 @@ enum Cmd {
     /// Measure memout against its baseline in the same run.
     Bench {
         /// Scenario: populate, rpc, shrink, swap, resize, linux-free (a Linux guest under
-        /// QEMU frees 256 MiB: memout.ko vs virtio-balloon free page reporting) or fastpath
-        /// (single pages without a VM exit vs a doorbell exit, and vs a static VM).
+        /// QEMU frees 256 MiB: memout.ko vs virtio-balloon free page reporting), fastpath
+        /// (single pages without a VM exit vs a doorbell exit, and vs a static VM) or shared
+        /// (4 guests see one object: a shared segment vs KSM merging the same bytes).
         scenario: String,
         /// Size in MiB (populate: 256, shrink: 1024, swap: 512, resize: 1024 shrunk to a quarter,
-        /// linux-free: 256 of a 1 GiB guest).
+        /// linux-free: 256 of a 1 GiB guest, shared: 64).
         #[arg(long)]
         mib: Option<u64>,
         /// Measured rounds per side, after one warm-up round.
@@ -98,7 +99,9 @@ enum CliError {
     },
     #[error("unknown eviction {0:?} (none, store, kernel)")]
     UnknownEviction(String),
-    #[error("unknown scenario {0:?} (populate, rpc, shrink, swap, resize, linux-free, fastpath)")]
+    #[error(
+        "unknown scenario {0:?} (populate, rpc, shrink, swap, resize, linux-free, fastpath, shared)"
+    )]
     UnknownScenario(String),
     #[error("--rounds {0} is outside 1..=1000")]
     Rounds(usize),
@@ -352,6 +355,7 @@ fn bench(
         "resize" => bench::resize::run,
         "linux-free" => bench::linux_free::run,
         "fastpath" => bench::fastpath::fastpath,
+        "shared" => bench::shared::run,
         other => return Err(CliError::UnknownScenario(other.to_string())),
     };
     // linux-free runs its guests under QEMU's software emulation, not KVM.
@@ -363,6 +367,7 @@ fn bench(
         rounds,
         dir,
         zero_pct,
+        ksm_guard: std::env::current_exe().ok(),
     })?;
     if json {
         println!("{}", result.to_json());

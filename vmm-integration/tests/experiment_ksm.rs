@@ -37,13 +37,26 @@ fn the_quick_ksm_experiment_reproduces_seed_000s_shape() {
     let rows: Vec<HashMap<&str, &str>> = lines
         .map(|l| head.iter().copied().zip(l.split(',')).collect())
         .collect();
-    assert_eq!(rows.len(), 4 * 2 * 2, "4 focuses × 2 guest counts × off/on");
+    assert_eq!(
+        rows.len(),
+        4 * 2 * 2 + 2,
+        "4 focuses × 2 guest counts × off/on, and the segment panel's 2"
+    );
     let num = |r: &HashMap<&str, &str>, k: &str| r[k].parse::<f64>().unwrap();
     for r in &rows {
         let pages = num(r, "guests") * num(r, "set_mib") * 256.0;
         let merged = num(r, "merged_guest_pages");
         assert_eq!(r["converged"], "true", "{r:?}");
         match (r["focus"], r["ksm"], r["guests"]) {
+            // One host copy however many guests map the segment.
+            ("segment", _, n) => {
+                assert!(num(r, "host_mib") <= num(r, "set_mib") + 2.0, "{r:?}");
+                let n: f64 = n.parse().unwrap();
+                assert!(
+                    num(r, "saved_mib") >= (n - 1.0) * num(r, "set_mib") - 0.5,
+                    "{r:?}"
+                );
+            }
             (_, "off", _) => assert_eq!(merged, 0.0, "unmergeable guests merged: {r:?}"),
             ("fill-random", "on", _) => assert!(merged < pages * 0.05, "{r:?}"),
             (_, "on", "2") => {
@@ -56,9 +69,16 @@ fn the_quick_ksm_experiment_reproduces_seed_000s_shape() {
             _ => unreachable!(),
         }
     }
-    for stem in ["ksm-start", "ksm-primes", "ksm-fill", "ksm-primes-rate"] {
+    for stem in [
+        "ksm-start",
+        "ksm-primes",
+        "ksm-fill",
+        "ksm-primes-rate",
+        "ksm-segment",
+        "ksm-segment-time",
+    ] {
         let svg = std::fs::read_to_string(out.join(format!("{stem}.svg"))).unwrap();
-        assert!(svg.starts_with("<svg") && svg.contains("KSM on"), "{stem}");
+        assert!(svg.starts_with("<svg") && svg.contains("KSM"), "{stem}");
         let c = std::fs::read_to_string(out.join(format!("{stem}.csv"))).unwrap();
         assert_eq!(c.lines().count(), 3, "{stem}.csv: header + 2 guest counts");
     }

@@ -148,6 +148,112 @@ fn primes_found(r: &RunReport) -> Option<u64> {
     })
 }
 
+/// The fourth panel: `n` guests see the same object as the fill focus's identical data, but
+/// through a shared segment (memout registers it once; each guest maps it). "Converge" is the
+/// time from registering it until every guest has mapped it; host memory is its one copy.
+pub fn measure_segment(opts: &Options, n: usize, rep: usize) -> Result<Row> {
+    let mib = if opts.quick {
+        FOCUSES[2].mib.1
+    } else {
+        FOCUSES[2].mib.0
+    };
+    let server = Server::builder().build()?;
+    let img = GuestImage::parse(
+        crate::images::get("segment")
+            .expect("segment is built in")
+            .to_vec(),
+    )
+    .expect("built-in images parse");
+    let content: Vec<u8> = (0..mib * MIB / 8)
+        .flat_map(|i| (i.wrapping_mul(0x9e3779b97f4a7c15) ^ 0x5e6d000000000000).to_le_bytes())
+        .collect();
+    let cfgs: Vec<RunConfig> = (0..n)
+        .map(|i| RunConfig {
+            name: format!("seg{i}"),
+            region_size: 64 * MIB,
+            quota_bytes: 16 * MIB,
+            // The segment's size; wait for it to exist.
+            arg: mib as u32 | 1 << 17,
+            timeout: Duration::from_secs(900),
+            ..Default::default()
+        })
+        .collect();
+    std::thread::scope(|sc| -> Result<Row> {
+        let runs: Vec<_> = cfgs
+            .iter()
+            .map(|c| sc.spawn(|| run_guest(&server, &img, c)))
+            .collect();
+        let finish_all = || cfgs.iter().for_each(|c| c.finish.store(true, SeqCst));
+        let up = Instant::now();
+        while !cfgs
+            .iter()
+            .all(|c| server.registry().find(&c.name).is_some())
+        {
+            if up.elapsed() > Duration::from_secs(60) {
+                finish_all();
+                return Err(Error::Fill("segment guests".into()));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let t = Instant::now();
+        server
+            .segments()
+            .register("lib", &content, memout_server::segment::Access::All)
+            .map_err(|e| Error::Unsupported(e.to_string()))?;
+        let mapped = || {
+            server
+                .segments()
+                .list()
+                .first()
+                .is_some_and(|i| i.guests.len() == n)
+        };
+        while !mapped() {
+            if t.elapsed() > Duration::from_secs(60) {
+                finish_all();
+                return Err(Error::Fill("segment mappings".into()));
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let share_s = t.elapsed().as_secs_f64();
+        let host = server.segments().list()[0].host_bytes as f64 / MIB as f64;
+        let guests: Vec<_> = cfgs
+            .iter()
+            .filter_map(|c| server.registry().find(&c.name))
+            .collect();
+        let own: u64 = guests.iter().map(|g| g.stats().resident_pages).sum();
+        let faults = guests.iter().map(|g| g.stats().faults).sum();
+        finish_all();
+        for (r, c) in runs.into_iter().zip(&cfgs) {
+            let r = r.join().expect("guest threads do not panic")?;
+            if !r.passed() {
+                return Err(Error::Guest {
+                    name: c.name.clone(),
+                    outcome: format!("{}: {}", r.outcome, r.output.join(" / ")),
+                });
+            }
+        }
+        let own_mib = own as f64 * 4096.0 / MIB as f64;
+        Ok(Row {
+            focus: "segment",
+            guests: n,
+            ksm: false,
+            rep,
+            set_mib: mib,
+            resident_mib: own_mib + host,
+            saved_mib: n as f64 * mib as f64 - host,
+            host_mib: own_mib + host,
+            shared_pages: 0,
+            merged_guest_pages: 0,
+            system_used_mib: 0.0,
+            faults,
+            converge_s: share_s,
+            converged: true,
+            primes_per_s: None,
+        })
+    })
+}
+
 /// Measures focus `key` with `n` guests, KSM on or off.
 pub fn measure_focus(opts: &Options, key: &str, n: usize, ksm: bool, rep: usize) -> Result<Row> {
     let f = *FOCUSES

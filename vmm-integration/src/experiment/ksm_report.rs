@@ -27,7 +27,7 @@ pub fn run(opts: &Options) -> Result<Vec<PathBuf>> {
     prepare(opts)?;
     let started = now_unix();
     let ns = counts(opts.quick);
-    let total = (FOCUS_KEYS.len() * ns.len() * 2 * opts.repeat) as u64;
+    let total = ((FOCUS_KEYS.len() * 2 + 1) * ns.len() * opts.repeat) as u64;
     let bar = if opts.progress {
         indicatif::ProgressBar::new(total)
     } else {
@@ -48,6 +48,13 @@ pub fn run(opts: &Options) -> Result<Vec<PathBuf>> {
                     bar.inc(1);
                 }
             }
+        }
+    }
+    for &n in &ns {
+        for rep in 0..opts.repeat {
+            bar.set_message(format!("segment ×{n}"));
+            all.push(super::ksm::measure_segment(opts, n, rep)?);
+            bar.inc(1);
         }
     }
     bar.finish_and_clear();
@@ -112,6 +119,42 @@ pub fn run(opts: &Options) -> Result<Vec<PathBuf>> {
             ],
         }
         .save(&opts.out, "ksm-primes-rate")?,
+    );
+    let seg = |f: fn(&Row) -> f64| {
+        ns.iter()
+            .map(|&n| f(&med("segment", n, false)))
+            .collect::<Vec<_>>()
+    };
+    files.extend(
+        bars(
+            "(4) the same object: KSM merging vs a shared segment",
+            vec![
+                (
+                    "KSM on, identical fill".into(),
+                    host("fill-identical", true),
+                ),
+                ("shared segment".into(), seg(|r| r.host_mib)),
+            ],
+        )
+        .save(&opts.out, "ksm-segment")?,
+    );
+    files.extend(
+        Bars {
+            title: "(4) time until the guests share one copy".into(),
+            x_label: "guests".into(),
+            y_label: "seconds".into(),
+            categories: cats.clone(),
+            series: vec![
+                (
+                    "KSM: time to merge".into(),
+                    ns.iter()
+                        .map(|&n| med("fill-identical", n, true).converge_s)
+                        .collect(),
+                ),
+                ("segment: time to share".into(), seg(|r| r.converge_s)),
+            ],
+        }
+        .save(&opts.out, "ksm-segment-time")?,
     );
     files.push(write(&opts.out, "summary.md", &summary(opts, &ns, &med))?);
     let params = json!({
@@ -210,6 +253,19 @@ fn summary(opts: &Options, ns: &[usize], med: &dyn Fn(&str, usize, bool) -> Row)
         }
         s.push('\n');
     }
+    let _ = writeln!(
+        s,
+        "## (4) the same object through a shared segment (not in the paper)\n\n| guests | host MiB, KSM on (identical fill) | host MiB, segment | time to merge s | time to share s |\n|---|---|---|---|---|"
+    );
+    for &n in ns {
+        let (k, g) = (med("fill-identical", n, true), med("segment", n, false));
+        let _ = writeln!(
+            s,
+            "| {n} | {:.1} | {:.1} | {:.2} | {:.4} |",
+            k.host_mib, g.host_mib, k.converge_s, g.converge_s
+        );
+    }
+    s.push_str("\nTime to merge counts from the guests holding their data (and becoming mergeable) until KSM converged; time to share from registering the segment until every guest mapped it. A segment's host memory is its one copy plus the guests' own (untouched) memory.\n\n");
     let last = *ns.last().expect("at least one guest count");
     let saved = |f: &str| {
         ns.iter()
