@@ -200,3 +200,42 @@ fn memout_run_refuses_a_socket_in_use_and_binds_nothing_for_a_refused_guest() {
     assert!(!ok && err.contains("quota"), "{err}");
     assert!(!fresh.exists());
 }
+
+/// `memoutctl segment add|list|rm`, `ksm status` and their refusals, against a live server's
+/// socket (no guest needed: nothing here changes KSM's knobs).
+#[test]
+fn memoutctl_segments_and_ksm_status() {
+    let dir = std::env::temp_dir().join(format!("memoutctl-seg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _cleanup = Guest {
+        child: None,
+        dir: dir.clone(),
+    };
+    let file = dir.join("lib.bin");
+    std::fs::write(&file, vec![7u8; 3 << 20]).unwrap();
+    let server = memout_server::Server::builder().build().unwrap();
+    let sock = dir.join("ctl.sock");
+    let _control = server.serve_control(&sock).unwrap();
+    let f = file.to_str().unwrap();
+    assert_eq!(ctl(&sock, &["segment", "add", "lib", f]).0, 0);
+    assert_eq!(ctl(&sock, &["segment", "add", "lib", f]).0, 4, "duplicate");
+    assert_eq!(ctl(&sock, &["segment", "add", "a/b", f]).0, 4, "bad name");
+    let list = json(&sock, &["segment", "list"]);
+    assert_eq!(list[0]["name"], "lib");
+    assert_eq!(list[0]["bytes"], 3 << 20);
+    assert_eq!(list[0]["mapped_bytes"], 4 << 20, "rounded up to 2 MiB");
+    let (code, out, _) = ctl(&sock, &["segment", "list"]);
+    assert!(
+        code == 0 && out.contains("lib") && out.contains("all"),
+        "{out}"
+    );
+    let (code, out, _) = ctl(&sock, &["segment", "rm", "lib"]);
+    assert!(code == 0 && out.contains("removed"), "{out}");
+    assert_eq!(ctl(&sock, &["segment", "rm", "lib"]).0, 4, "gone");
+    let k = json(&sock, &["ksm", "status"]);
+    assert_eq!(k["mode"], "off");
+    assert!(k["knobs"]["pages_to_scan"].is_u64(), "{k}");
+    assert_eq!(ctl(&sock, &["ksm", "sideways"]).0, 2, "usage error");
+    assert_eq!(ctl(&sock, &["mergeable", "nobody", "on"]).0, 4);
+    assert_eq!(ctl(&sock, &["mergeable", "nobody", "maybe"]).0, 2);
+}
