@@ -112,13 +112,20 @@ int guest_main(void)
         expect_nothing_held();
         break;
     }
-    case 4: { /* unknown opcodes */
-        uint16_t ops[] = {0, 5, 77, 0xffff};
+    case 4: { /* unknown opcodes, and segment requests with garbage */
+        uint16_t ops[] = {0, 7, 77, 0xffff};
         for (unsigned i = 0; i < 4; i++) {
             struct memout_desc d = {.opcode = ops[i], .pages = 100, .nr_extents = 8,
                                     .extents_gpa = (uint64_t)(uintptr_t)ext};
             EXPECT(raw(d), -MEMOUT_E_BAD_OPCODE);
         }
+        struct memout_desc m = {.opcode = MEMOUT_OP_MAP_SEGMENT, .nr_extents = 0};
+        EXPECT(raw(m), -MEMOUT_E_INVALID);
+        m.nr_extents = 8;
+        m.extents_gpa = 0xdead000000ull;
+        EXPECT(raw(m), -MEMOUT_E_BAD_POINTER);
+        struct memout_desc u = {.opcode = MEMOUT_OP_UNMAP_SEGMENT, .arg0 = 0x80000000ull};
+        EXPECT(raw(u), -MEMOUT_E_IN_USE);
         expect_nothing_held();
         break;
     }
