@@ -100,6 +100,20 @@ pub fn pages_present(
         .collect())
 }
 
+/// The value of `key` (e.g. `MemAvailable`) in the text of `/proc/meminfo`, in KiB; 0 if
+/// absent.
+pub fn parse_meminfo_kib(text: &str, key: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// This host's `/proc/meminfo`.
+pub fn meminfo() -> std::io::Result<String> {
+    std::fs::read_to_string("/proc/meminfo")
+}
+
 /// Free swap space in bytes across active swap areas, from the text of `/proc/swaps`
 /// (`Filename Type Size Used Priority`, sizes in KiB).
 pub fn parse_swap_free(text: &str) -> u64 {
@@ -211,6 +225,15 @@ VmFlags: rd wr sh mr mw me ms
             unsuitable(&v, 0x1000, 0x10000),
             Some(Unsuitable::Locked(0x3000))
         );
+    }
+
+    #[test]
+    fn reads_meminfo() {
+        let t = "MemTotal:       24578380 kB\nMemFree:  1 kB\nMemAvailable:   20000000 kB\n";
+        assert_eq!(parse_meminfo_kib(t, "MemTotal"), 24578380);
+        assert_eq!(parse_meminfo_kib(t, "MemAvailable"), 20000000);
+        assert_eq!(parse_meminfo_kib(t, "Mem"), 0, "whole keys only");
+        assert_eq!(parse_meminfo_kib(t, "SwapTotal"), 0);
     }
 
     #[test]

@@ -8,26 +8,16 @@ use memout_server::Server;
 use memout_server::control::Client;
 use memout_server::ksm::{ControllerConfig, KsmMode, KsmSysfs, TunerParams};
 use memout_test_support::ksm::{self, KsmState};
+use memout_test_support::wait_until as wait;
 use memout_tests::{Piece, needs_kvm, require};
 use memout_vmm::image::GuestImage;
 use memout_vmm::runner::{RunConfig, run_guest};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const MIB: u64 = 1 << 20;
 /// Each guest's working set.
 const SET_MIB: u64 = 32;
 const SET_PAGES: u64 = SET_MIB * MIB / 4096;
-
-fn wait(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(
-            Instant::now() < end,
-            "timed out after {secs} s waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// A server whose KSM controller scans fast, settings saved under a unique name.
 fn server(tag: &str) -> Server {
@@ -162,17 +152,8 @@ fn the_controller_gives_the_system_its_settings_back() {
         return;
     }
     let _state = KsmState::take();
-    ksm::write("pages_to_scan", "77");
-    ksm::write("sleep_millisecs", "33");
-    ksm::write("run", "0");
-    let knobs = || {
-        (
-            ksm::read("run"),
-            ksm::read("pages_to_scan"),
-            ksm::read("sleep_millisecs"),
-        )
-    };
-    let found = ("0".to_string(), "77".to_string(), "33".to_string());
+    let found = ksm::set_distinct();
+    let knobs = ksm::knobs;
     {
         let s = server("ctl");
         s.ksm().set_mode(KsmMode::On).unwrap();

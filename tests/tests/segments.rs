@@ -8,18 +8,12 @@ use memout_server::segment::{Access, Removal};
 use memout_tests::needs_kvm;
 use memout_vmm::image::GuestImage;
 use memout_vmm::runner::{RunConfig, run_guest};
+use memout_vmm::segments::guest_pattern;
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::{Duration, Instant};
 
 const MIB: u64 = 1 << 20;
 const SEG_MIB: u64 = 64;
-
-/// What `segment.c` checks: word i is `i * K ^ XOR`.
-fn pattern(bytes: u64) -> Vec<u8> {
-    (0..bytes / 8)
-        .flat_map(|i| ((i.wrapping_mul(0x9e3779b97f4a7c15)) ^ 0x5e6d000000000000).to_le_bytes())
-        .collect()
-}
 
 #[test]
 fn four_guests_share_one_copy_and_cannot_write_it() {
@@ -28,7 +22,7 @@ fn four_guests_share_one_copy_and_cannot_write_it() {
     }
     let s = Server::builder().build().unwrap();
     s.segments()
-        .register("lib", &pattern(SEG_MIB * MIB), Access::All)
+        .register("lib", &guest_pattern(SEG_MIB * MIB), Access::All)
         .unwrap();
     s.segments()
         .register(
@@ -126,7 +120,7 @@ fn segments_through_the_control_socket() {
     let dir = std::env::temp_dir().join(format!("memout-seg-ctl-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("lib.bin");
-    std::fs::write(&file, pattern(4 * MIB)).unwrap();
+    std::fs::write(&file, guest_pattern(4 * MIB)).unwrap();
     let s = Server::builder().build().unwrap();
     let _ctl = s.serve_control(dir.join("ctl.sock")).unwrap();
     let mut c =

@@ -11,6 +11,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
+/// What the built-in `segment` guest checks a segment of `bytes` to hold: word `i` is
+/// `i × 0x9e3779b97f4a7c15 ^ 0x5e6d000000000000` (tests, benchmarks and experiments register
+/// this).
+pub fn guest_pattern(bytes: u64) -> Vec<u8> {
+    (0..bytes / 8)
+        .flat_map(|i| (i.wrapping_mul(0x9e3779b97f4a7c15) ^ 0x5e6d000000000000).to_le_bytes())
+        .collect()
+}
+
 /// Maps segments into one VM.
 pub struct KvmSegmentMapper {
     vm: Arc<VmFd>,

@@ -2,29 +2,9 @@
 //! system's KSM settings back; ended normally, memout restores them itself and the guard
 //! touches nothing.
 
-use memout_test_support::ksm::{self, KsmState};
-use memout_test_support::{Piece, require_all};
+use memout_test_support::ksm::{KsmState, knobs, set_distinct};
+use memout_test_support::{Piece, require_all, wait_until as wait};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-fn knobs() -> (String, String, String) {
-    (
-        ksm::read("run"),
-        ksm::read("pages_to_scan"),
-        ksm::read("sleep_millisecs"),
-    )
-}
-
-fn wait(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(
-            Instant::now() < end,
-            "timed out after {secs} s waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// `memout run ksmfill --ksm on`, holding 8 MiB until `finish` seconds pass.
 fn memout(finish: u64) -> Child {
@@ -37,14 +17,6 @@ fn memout(finish: u64) -> Child {
         .stdout(Stdio::null())
         .spawn()
         .expect("starting memout")
-}
-
-/// Knobs set to values no default has, so a restore is unmistakable.
-fn set_distinct() -> (String, String, String) {
-    ksm::write("pages_to_scan", "77");
-    ksm::write("sleep_millisecs", "33");
-    ksm::write("run", "0");
-    knobs()
 }
 
 #[test]

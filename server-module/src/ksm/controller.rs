@@ -288,22 +288,16 @@ impl Shared {
 
 /// `/proc/meminfo`'s total and available memory, with `committed` KiB.
 fn host_memory(committed_kib: u64) -> Result<HostMemory> {
-    let path = PathBuf::from("/proc/meminfo");
-    let text = std::fs::read_to_string(&path).map_err(|source| {
+    let text = crate::procfs::meminfo().map_err(|source| {
         Error::Sysfs(sysfs::Error::Io {
-            path: path.clone(),
+            path: "/proc/meminfo".into(),
             source,
         })
     })?;
-    let kib = |key: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
+    let kib = |key| crate::procfs::parse_meminfo_kib(&text, key);
     Ok(HostMemory {
-        total_kib: kib("MemTotal:"),
-        free_kib: kib("MemAvailable:"),
+        total_kib: kib("MemTotal"),
+        free_kib: kib("MemAvailable"),
         committed_kib,
     })
 }

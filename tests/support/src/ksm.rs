@@ -53,6 +53,20 @@ pub fn write(name: &str, value: &str) {
         .unwrap_or_else(|e| panic!("setting KSM's {name} to {value}: {e}"));
 }
 
+/// `run`, `pages_to_scan` and `sleep_millisecs` now.
+pub fn knobs() -> (String, String, String) {
+    (read("run"), read("pages_to_scan"), read("sleep_millisecs"))
+}
+
+/// Sets the knobs to values no default has (ksmd stopped, 77 pages, 33 ms), so a restore is
+/// unmistakable; returns them.
+pub fn set_distinct() -> (String, String, String) {
+    write("pages_to_scan", "77");
+    write("sleep_millisecs", "33");
+    write("run", "0");
+    knobs()
+}
+
 impl Drop for KsmState {
     fn drop(&mut self) {
         // Rate first, `run` last, as the controller does.

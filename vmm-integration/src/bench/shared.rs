@@ -31,13 +31,6 @@ fn image(name: &'static str) -> super::Result<GuestImage> {
     GuestImage::parse(b.to_vec()).map_err(|source| Error::Image { name, source })
 }
 
-/// `segment.c`'s pattern.
-fn pattern(bytes: u64) -> Vec<u8> {
-    (0..bytes / 8)
-        .flat_map(|i| (i.wrapping_mul(0x9e3779b97f4a7c15) ^ 0x5e6d000000000000).to_le_bytes())
-        .collect()
-}
-
 /// Runs `cfgs` on `server`; `during` runs once they started; then they finish and must pass.
 fn with_guests<T>(
     server: &Server,
@@ -178,7 +171,7 @@ fn round(
 /// Runs the scenario (`--mib`: the object's size, default 64).
 pub fn run(o: &BenchOpts) -> super::Result<BenchResult> {
     let mib = o.mib.unwrap_or(64);
-    let content = pattern(mib * MIB);
+    let content = crate::segments::guest_pattern(mib * MIB);
     let mut share = Series {
         name: SHARE.into(),
         samples: Vec::new(),

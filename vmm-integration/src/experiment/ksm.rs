@@ -96,14 +96,9 @@ pub struct Row {
 }
 
 fn used_kib() -> u64 {
-    let t = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let kib = |k: &str| -> u64 {
-        t.lines()
-            .find_map(|l| l.strip_prefix(k))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
-    kib("MemTotal:").saturating_sub(kib("MemAvailable:"))
+    use memout_server::procfs::{meminfo, parse_meminfo_kib};
+    let t = meminfo().unwrap_or_default();
+    parse_meminfo_kib(&t, "MemTotal").saturating_sub(parse_meminfo_kib(&t, "MemAvailable"))
 }
 
 /// Scans KSM needs at least before it can have merged anything written before them: one to
@@ -140,6 +135,25 @@ fn converge(k: &KsmSysfs, from: Instant, bound: Duration) -> Result<(f64, bool)>
     Ok((bound.as_secs_f64(), false))
 }
 
+/// The guests' reports once they ended; an error names the first that did not pass.
+fn joined(
+    runs: Vec<std::thread::ScopedJoinHandle<'_, crate::runner::Result<RunReport>>>,
+    cfgs: &[RunConfig],
+) -> Result<Vec<RunReport>> {
+    let mut out = Vec::new();
+    for (r, c) in runs.into_iter().zip(cfgs) {
+        let r = r.join().expect("guest threads do not panic")?;
+        if !r.passed() {
+            return Err(Error::Guest {
+                name: c.name.clone(),
+                outcome: format!("{}: {}", r.outcome, r.output.join(" / ")),
+            });
+        }
+        out.push(r);
+    }
+    Ok(out)
+}
+
 /// The count a `ksmfill` guest printed.
 fn primes_found(r: &RunReport) -> Option<u64> {
     r.output.iter().find_map(|l| {
@@ -164,9 +178,7 @@ pub fn measure_segment(opts: &Options, n: usize, rep: usize) -> Result<Row> {
             .to_vec(),
     )
     .expect("built-in images parse");
-    let content: Vec<u8> = (0..mib * MIB / 8)
-        .flat_map(|i| (i.wrapping_mul(0x9e3779b97f4a7c15) ^ 0x5e6d000000000000).to_le_bytes())
-        .collect();
+    let content = crate::segments::guest_pattern(mib * MIB);
     let cfgs: Vec<RunConfig> = (0..n)
         .map(|i| RunConfig {
             name: format!("seg{i}"),
@@ -224,15 +236,7 @@ pub fn measure_segment(opts: &Options, n: usize, rep: usize) -> Result<Row> {
         let own: u64 = guests.iter().map(|g| g.stats().resident_pages).sum();
         let faults = guests.iter().map(|g| g.stats().faults).sum();
         finish_all();
-        for (r, c) in runs.into_iter().zip(&cfgs) {
-            let r = r.join().expect("guest threads do not panic")?;
-            if !r.passed() {
-                return Err(Error::Guest {
-                    name: c.name.clone(),
-                    outcome: format!("{}: {}", r.outcome, r.output.join(" / ")),
-                });
-            }
-        }
+        joined(runs, &cfgs)?;
         let own_mib = own as f64 * 4096.0 / MIB as f64;
         Ok(Row {
             focus: "segment",
@@ -347,17 +351,10 @@ fn measure(opts: &Options, f: Focus, n: usize, ksm: bool, rep: usize) -> Result<
         let system_used = used_kib() as f64 - base_used as f64;
         let held_s = held.elapsed().as_secs_f64();
         finish_all();
-        let mut primes = Vec::new();
-        for (r, c) in runs.into_iter().zip(&cfgs) {
-            let r = r.join().expect("guest threads do not panic")?;
-            if !r.passed() {
-                return Err(Error::Guest {
-                    name: c.name.clone(),
-                    outcome: format!("{}: {}", r.outcome, r.output.join(" / ")),
-                });
-            }
-            primes.extend(primes_found(&r));
-        }
+        let primes: Vec<u64> = joined(runs, &cfgs)?
+            .iter()
+            .filter_map(primes_found)
+            .collect();
         let saved = c.pages_sharing.saturating_sub(base.pages_sharing) as f64 * 4096.0 / MIB as f64;
         let resident_mib = resident as f64 * 4096.0 / MIB as f64;
         Ok(Row {

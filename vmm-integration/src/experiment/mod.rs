@@ -133,14 +133,7 @@ pub fn now_unix() -> u64 {
 /// What the machine is: kernel, CPUs, memory, the output directory's file system.
 pub fn machine_facts(out: &Path) -> Value {
     let uname = nix::sys::utsname::uname().ok();
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mem_kib = |key: &str| -> u64 {
-        meminfo
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
+    let meminfo = memout_server::procfs::meminfo().unwrap_or_default();
     let disk = nix::sys::statvfs::statvfs(out).ok().map(|s| {
         json!({
             "total_bytes": s.blocks() * s.fragment_size(),
@@ -157,7 +150,7 @@ pub fn machine_facts(out: &Path) -> Value {
         "machine": uname.as_ref().map(|u| u.machine().to_string_lossy().into_owned()),
         "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
         "cpu_model": cpu_model,
-        "mem_total_kib": mem_kib("MemTotal:"),
+        "mem_total_kib": memout_server::procfs::parse_meminfo_kib(&meminfo, "MemTotal"),
         "out_dir_disk": disk,
     })
 }
