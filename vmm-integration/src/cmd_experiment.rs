@@ -2,7 +2,7 @@
 //! its results are.
 
 use super::CliError;
-use memout_vmm::experiment::{self, Options};
+use memout_vmm::experiment::{self, GuestKind, Options};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
@@ -23,6 +23,9 @@ pub struct ExperimentArgs {
     /// Overwrite a directory that already holds results.
     #[arg(long)]
     pub force: bool,
+    /// Which guests run (ksm): memout's KVM guests, Linux guests under QEMU, or both.
+    #[arg(long, value_delimiter = ',', default_value = "memout,linux")]
+    pub guests: Vec<GuestKind>,
 }
 
 /// Runs it.
@@ -37,12 +40,13 @@ pub fn run(a: ExperimentArgs) -> Result<(), CliError> {
         quick: a.quick,
         repeat: a.repeat,
         force: a.force,
+        guests: dedup(a.guests),
         progress: std::io::stderr().is_terminal(),
         ksm_guard: Some(std::env::current_exe().map_err(CliError::Exe)?),
     };
     let files = match a.name.as_str() {
         "ksm" => {
-            if !memout_vmm::vm::kvm_available() {
+            if opts.guests.contains(&GuestKind::Memout) && !memout_vmm::vm::kvm_available() {
                 return Err(CliError::NoKvm);
             }
             experiment::ksm_report::run(&opts)?
@@ -54,4 +58,15 @@ pub fn run(a: ExperimentArgs) -> Result<(), CliError> {
         println!("  {}", f.display());
     }
     Ok(())
+}
+
+/// The kinds in the order given, each once.
+fn dedup(kinds: Vec<GuestKind>) -> Vec<GuestKind> {
+    let mut out = Vec::new();
+    for k in kinds {
+        if !out.contains(&k) {
+            out.push(k);
+        }
+    }
+    out
 }

@@ -15,6 +15,12 @@
  *                               (HOLD 0: the fast path's alloc/free pairs) or all at the end
  *                               (HOLD 1: the guest grows); a line after the first tenth,
  *                               and one at the end after which it waits 3 s for the host
+ *   memout-test ksm MIB CONTENT PRIMES  seed 000's guest: fill MIB of anonymous memory with
+ *                               data identical in every guest (CONTENT 0; each page differs)
+ *                               or random (1), say "ksm ready", then until killed: count
+ *                               primes below 200000 for 1 s (PRIMES 1) or sleep 1 s, check
+ *                               every word, and print a "ksm round" line with the count,
+ *                               time and errors
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -208,8 +214,71 @@ static int do_devloop(unsigned long maps, unsigned long pages, int hold)
 	return nonzero || bad;
 }
 
+/* The word at @i of the KSM fill: identical content ignores where it lies in memory. */
+static unsigned long long ksm_word(size_t i, unsigned long long *rng, int random)
+{
+	if (!random)
+		return (i / 512 * 0x9e3779b97f4a7c15ull + i % 512) ^ 0x5eed0000d00dfeedull;
+	*rng ^= *rng << 13;
+	*rng ^= *rng >> 7;
+	*rng ^= *rng << 17;
+	return *rng;
+}
+
+/* Counts primes below @limit by trial division: CPU work, no memory traffic. */
+static unsigned long primes_below(unsigned long limit)
+{
+	unsigned long n, d, count = 0;
+
+	for (n = 2; n < limit; n++) {
+		for (d = 2; d * d <= n && n % d; d++)
+			;
+		count += d * d > n;
+	}
+	return count;
+}
+
+static int do_ksm(size_t mib, int random, int primes)
+{
+	size_t len = mib << 20, i, bad;
+	unsigned long long seed = random ? (unsigned long long)now_ms() * 1e6 + getpid() : 1;
+	unsigned long long rng = seed | 1, *p = NULL;
+	unsigned long round, found;
+	double t;
+
+	if (len) {
+		p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (p == MAP_FAILED) {
+			perror("MEMOUT-TEST: mmap");
+			return 1;
+		}
+	}
+	for (i = 0; i < len / 8; i++)
+		p[i] = ksm_word(i, &rng, random);
+	printf("MEMOUT-TEST: ksm ready %zu MiB\n", mib);
+	fflush(stdout);
+	for (round = 1;; round++) {
+		t = now_ms();
+		found = 0;
+		if (!primes)
+			sleep(1);
+		while (primes && now_ms() - t < 1000)
+			found += primes_below(200000);
+		t = now_ms() - t;
+		rng = seed | 1;
+		bad = 0;
+		for (i = 0; i < len / 8; i++)
+			bad += p[i] != ksm_word(i, &rng, random);
+		printf("MEMOUT-TEST: ksm round %lu primes %lu ms %.1f bad %zu\n", round, found, t,
+		       bad);
+		fflush(stdout);
+	}
+}
+
 int main(int argc, char **argv)
 {
+	if (argc == 5 && !strcmp(argv[1], "ksm"))
+		return do_ksm(strtoul(argv[2], NULL, 0), atoi(argv[3]) == 1, atoi(argv[4]) == 1);
 	if (argc == 5 && !strcmp(argv[1], "devloop"))
 		return do_devloop(strtoul(argv[2], NULL, 0), strtoul(argv[3], NULL, 0),
 				  atoi(argv[4]));
@@ -219,6 +288,7 @@ int main(int argc, char **argv)
 		return do_hold(strtoul(argv[2], NULL, 0), strtoul(argv[3], NULL, 0));
 	if (argc == 4 && !strcmp(argv[1], "dev"))
 		return do_dev(strtoul(argv[2], NULL, 0), strtoul(argv[3], NULL, 0));
-	fprintf(stderr, "usage: memout-test free|hold|dev MIB SECS | devloop MAPS PAGES HOLD\n");
+	fprintf(stderr, "usage: memout-test free|hold|dev MIB SECS | devloop MAPS PAGES HOLD\n"
+		"       memout-test ksm MIB CONTENT PRIMES\n");
 	return 2;
 }

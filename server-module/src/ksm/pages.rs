@@ -96,6 +96,11 @@ pub fn process_ksm() -> io::Result<ProcessKsm> {
     std::fs::read_to_string("/proc/self/ksm_stat").map(|t| parse_ksm_stat(&t))
 }
 
+/// Another process's KSM figures (e.g. a VMM's that memout does not serve).
+pub fn process_ksm_of(pid: u32) -> io::Result<ProcessKsm> {
+    std::fs::read_to_string(format!("/proc/{pid}/ksm_stat")).map(|t| parse_ksm_stat(&t))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

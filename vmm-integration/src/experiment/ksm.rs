@@ -9,7 +9,7 @@
 //! `pages_sharing`; bounded, the time or the timeout is recorded). Host memory for the guests is their
 //! resident memory minus what KSM saved (`pages_sharing` since the run began).
 
-use super::{Error, Options, Result};
+use super::{Error, GuestKind, Options, Result};
 use crate::image::GuestImage;
 use crate::runner::{RunConfig, RunReport, run_guest};
 use memout_server::Server;
@@ -21,13 +21,34 @@ const MIB: u64 = 1 << 20;
 
 /// One focus: what its guests do.
 #[derive(Debug, Clone, Copy)]
-struct Focus {
-    key: &'static str,
+pub(super) struct Focus {
+    pub(super) key: &'static str,
     /// Working set in MiB (full run, quick run).
-    mib: (u64, u64),
-    /// ksmfill content: 0 identical, 1 random.
-    content: u32,
-    primes: bool,
+    pub(super) mib: (u64, u64),
+    /// Content: 0 identical, 1 random.
+    pub(super) content: u32,
+    /// A CPU-bound prime search runs.
+    pub(super) primes: bool,
+}
+
+/// The focus called `key` (one of [`FOCUS_KEYS`]).
+pub(super) fn focus(key: &str) -> Focus {
+    *FOCUSES
+        .iter()
+        .find(|f| f.key == key)
+        .expect("a focus of FOCUS_KEYS")
+}
+
+/// The KSM controller's settings for a run: the system's sysfs, its own saved-settings file,
+/// and the guard process if the options name one.
+pub(super) fn controller_config(opts: &Options) -> ControllerConfig {
+    let mut cfg = ControllerConfig::system();
+    cfg.saved_path = std::env::temp_dir().join(format!("memout-ksm-exp-{}", std::process::id()));
+    cfg.guard = opts
+        .ksm_guard
+        .as_deref()
+        .map(|exe| super::ksm_guard_command(exe, &cfg));
+    cfg
 }
 
 /// The focuses, in the order they run.
@@ -63,6 +84,8 @@ const FOCUSES: [Focus; 4] = [
 /// One measurement.
 #[derive(Debug, Clone)]
 pub struct Row {
+    /// Which guests: memout's KVM guests or Linux guests under QEMU.
+    pub kind: GuestKind,
     /// Focus key.
     pub focus: &'static str,
     /// Guests running.
@@ -85,8 +108,8 @@ pub struct Row {
     pub merged_guest_pages: u64,
     /// Change in the host's used memory (MemTotal − MemAvailable), MiB.
     pub system_used_mib: f64,
-    /// Page faults memout served for the guests.
-    pub faults: u64,
+    /// Page faults memout served for the guests (`None`: guests memout does not serve).
+    pub faults: Option<u64>,
     /// Seconds until KSM converged, or the bound if it did not.
     pub converge_s: f64,
     /// Converged within the bound.
@@ -95,7 +118,7 @@ pub struct Row {
     pub primes_per_s: Option<f64>,
 }
 
-fn used_kib() -> u64 {
+pub(super) fn used_kib() -> u64 {
     use memout_server::procfs::{meminfo, parse_meminfo_kib};
     let t = meminfo().unwrap_or_default();
     parse_meminfo_kib(&t, "MemTotal").saturating_sub(parse_meminfo_kib(&t, "MemAvailable"))
@@ -112,9 +135,26 @@ const MIN_SCANS: u64 = 4;
 /// quiet stretch of that length.
 const STABLE_SCANS: u32 = 10;
 
+/// KSM's counters once ksmd has made two full scans (bounded): pages of processes that ended
+/// stay counted until ksmd passes over them, so a baseline read right after a run would count
+/// the last run's guests. ksmd does not scan while nothing is mergeable, and then nothing is
+/// stale either: a second without a scan also settles. Call with ksmd running.
+pub(super) fn settled_counters(k: &KsmSysfs) -> Result<KsmCounters> {
+    let first = k.counters()?.full_scans;
+    let t = Instant::now();
+    loop {
+        let c = k.counters()?;
+        let idle = c.full_scans == first && t.elapsed() > Duration::from_secs(1);
+        if c.full_scans >= first + 2 || idle || t.elapsed() > Duration::from_secs(30) {
+            return Ok(c);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Waits until KSM converged: at least [`MIN_SCANS`] full scans after `from`, the last
 /// [`STABLE_SCANS`] with `pages_sharing` unchanged. Returns (seconds, converged).
-fn converge(k: &KsmSysfs, from: Instant, bound: Duration) -> Result<(f64, bool)> {
+pub(super) fn converge(k: &KsmSysfs, from: Instant, bound: Duration) -> Result<(f64, bool)> {
     let mut last: Option<KsmCounters> = None;
     let first = k.counters()?.full_scans;
     let mut stable_scans = 0;
@@ -239,6 +279,7 @@ pub fn measure_segment(opts: &Options, n: usize, rep: usize) -> Result<Row> {
         joined(runs, &cfgs)?;
         let own_mib = own as f64 * 4096.0 / MIB as f64;
         Ok(Row {
+            kind: GuestKind::Memout,
             focus: "segment",
             guests: n,
             ksm: false,
@@ -250,7 +291,7 @@ pub fn measure_segment(opts: &Options, n: usize, rep: usize) -> Result<Row> {
             shared_pages: 0,
             merged_guest_pages: 0,
             system_used_mib: 0.0,
-            faults,
+            faults: Some(faults),
             converge_s: share_s,
             converged: true,
             primes_per_s: None,
@@ -260,11 +301,7 @@ pub fn measure_segment(opts: &Options, n: usize, rep: usize) -> Result<Row> {
 
 /// Measures focus `key` with `n` guests, KSM on or off.
 pub fn measure_focus(opts: &Options, key: &str, n: usize, ksm: bool, rep: usize) -> Result<Row> {
-    let f = *FOCUSES
-        .iter()
-        .find(|f| f.key == key)
-        .expect("a focus of FOCUS_KEYS");
-    measure(opts, f, n, ksm, rep)
+    measure(opts, focus(key), n, ksm, rep)
 }
 
 fn measure(opts: &Options, f: Focus, n: usize, ksm: bool, rep: usize) -> Result<Row> {
@@ -272,14 +309,7 @@ fn measure(opts: &Options, f: Focus, n: usize, ksm: bool, rep: usize) -> Result<
     let k = KsmSysfs::system();
     let server = Server::builder().build()?;
     if ksm {
-        let mut cfg = ControllerConfig::system();
-        cfg.saved_path =
-            std::env::temp_dir().join(format!("memout-ksm-exp-{}", std::process::id()));
-        cfg.guard = opts
-            .ksm_guard
-            .as_deref()
-            .map(|exe| super::ksm_guard_command(exe, &cfg));
-        server.configure_ksm(cfg);
+        server.configure_ksm(controller_config(opts));
         server.ksm().set_mode(KsmMode::On)?;
     }
     let img = GuestImage::parse(
@@ -288,7 +318,11 @@ fn measure(opts: &Options, f: Focus, n: usize, ksm: bool, rep: usize) -> Result<
             .to_vec(),
     )
     .expect("built-in images parse");
-    let base = k.counters()?;
+    let base = if ksm {
+        settled_counters(&k)?
+    } else {
+        k.counters()?
+    };
     let base_used = used_kib();
     let cfgs: Vec<RunConfig> = (0..n)
         .map(|i| RunConfig {
@@ -358,6 +392,7 @@ fn measure(opts: &Options, f: Focus, n: usize, ksm: bool, rep: usize) -> Result<
         let saved = c.pages_sharing.saturating_sub(base.pages_sharing) as f64 * 4096.0 / MIB as f64;
         let resident_mib = resident as f64 * 4096.0 / MIB as f64;
         Ok(Row {
+            kind: GuestKind::Memout,
             focus: f.key,
             guests: n,
             ksm,
@@ -369,7 +404,7 @@ fn measure(opts: &Options, f: Focus, n: usize, ksm: bool, rep: usize) -> Result<
             shared_pages: c.pages_shared as i64 - base.pages_shared as i64,
             merged_guest_pages: merged,
             system_used_mib: system_used / 1024.0,
-            faults,
+            faults: Some(faults),
             converge_s,
             converged,
             primes_per_s: f

@@ -4,12 +4,15 @@
 //! an SVG chart next to each CSV, a Markdown summary, and `manifest.json` (parameters, machine
 //! facts, version, timings). `--quick` is the CI-sized run.
 //!
-//! - [`ksm`], [`ksm_report`]: seed 000's KSM experiment on memout's guests;
+//! - [`ksm`], [`ksm_linux`], [`ksm_report`], [`ksm_summary`]: seed 000's KSM experiment on
+//!   memout's KVM guests and on Linux guests under QEMU;
 //! - [`chart`]: grouped bar charts (plotters, SVG) with their CSV.
 
 pub mod chart;
 pub mod ksm;
+pub mod ksm_linux;
 pub mod ksm_report;
+pub mod ksm_summary;
 
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -62,6 +65,9 @@ pub enum Error {
         /// How it ended.
         outcome: String,
     },
+    /// Building or running a Linux guest under QEMU.
+    #[error(transparent)]
+    Linux(#[from] crate::qemu::launch::Error),
     /// A guest did not reach its working set in time.
     #[error("guest {0} did not fill its memory in time")]
     Fill(String),
@@ -69,6 +75,41 @@ pub enum Error {
 
 /// `Result` with this module's [`enum@Error`].
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// Which guests an experiment runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum GuestKind {
+    /// memout's own KVM guests (freestanding C at CPL3), served by memout.
+    Memout,
+    /// Linux guests under QEMU's software emulation, with the Debian cloud kernel.
+    Linux,
+}
+
+impl std::fmt::Display for GuestKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Memout => "memout",
+            Self::Linux => "linux",
+        })
+    }
+}
+
+impl std::str::FromStr for GuestKind {
+    type Err = UnknownGuestKind;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "memout" => Ok(Self::Memout),
+            "linux" => Ok(Self::Linux),
+            _ => Err(UnknownGuestKind(s.to_string())),
+        }
+    }
+}
+
+/// A guest kind that is neither `memout` nor `linux`.
+#[derive(Debug, Error)]
+#[error("unknown guest kind {0:?} (memout, linux)")]
+pub struct UnknownGuestKind(pub String);
 
 /// Options every experiment takes.
 #[derive(Debug, Clone)]
@@ -81,6 +122,8 @@ pub struct Options {
     pub repeat: usize,
     /// Overwrite a directory that holds results.
     pub force: bool,
+    /// Which guests run, in this order.
+    pub guests: Vec<GuestKind>,
     /// Draw progress bars (on a terminal).
     pub progress: bool,
     /// A `memout` executable whose `ksm-guard` restores KSM's settings if the experiment is

@@ -211,6 +211,11 @@ impl Qemu {
         }
     }
 
+    /// QEMU's process id (to read its memory figures in `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Every console line seen so far.
     pub fn console(&self) -> &[String] {
         &self.seen
