@@ -11,6 +11,20 @@
 #define MEMOUT_HARNESS_PORT_EVICT_ALL 0x523  /* out32: evict everything resident, timed */
 #define MEMOUT_HARNESS_PORT_FINISH 0x524     /* in32: 1 once the host wants the guest to finish */
 #define MEMOUT_HARNESS_PORT_FLAGS 0x525      /* in32: a word a test changes while the guest runs */
+#define MEMOUT_HARNESS_PORT_PARAM 0x526      /* out32 selects a parameter, in32 reads it (0 past
+                                              * the end; memout run --param, RunConfig::params) */
+
+/* The memwork guest's parameters (indexes for MEMOUT_HARNESS_PORT_PARAM). */
+#define MEMWORK_P_MIB 0         /* working set, MiB (1..4095) */
+#define MEMWORK_P_PATTERN 1     /* 0 sequential, 1 uniform random, 2 hot-cold */
+#define MEMWORK_P_WRITE_PCT 2   /* share of accesses that rewrite the page, % */
+#define MEMWORK_P_ZERO_PCT 3    /* share of pages that hold zeros, % */
+#define MEMWORK_P_CONTENT 4     /* other pages: 0 random words, 1 compressible (7 of 8 zero) */
+#define MEMWORK_P_KOPS 5        /* page accesses after the fill, in thousands */
+#define MEMWORK_P_SEED 6        /* seed of the access sequence and the content */
+#define MEMWORK_P_PLAIN 7       /* 1: the region is a plain memslot; use it without memout */
+#define MEMWORK_P_HOT_PCT 8     /* hot-cold: share of pages that are hot, % (0: 10) */
+#define MEMWORK_P_HOT_HITS_PCT 9 /* hot-cold: share of accesses to hot pages, % (0: 90) */
 
 /* Guest-physical layout of the memout VMM. */
 #define MEMOUT_HARNESS_BOOT_SIZE 0x1000000ull    /* boot region: tables, ring, image, stack */

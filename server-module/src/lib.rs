@@ -60,6 +60,7 @@ mod shared_error;
 mod slots;
 mod stats;
 pub mod store;
+mod swapin_window;
 pub mod uffd;
 
 pub use config::{ChannelConfig, ConfigError, FastPathConfig, GuestConfig, RegionMemory};

@@ -9,7 +9,8 @@ use std::path::PathBuf;
 /// `memout experiment`'s options.
 #[derive(clap::Args)]
 pub struct ExperimentArgs {
-    /// Which: ksm (seed 000: host memory with KSM off and on, 1–4 guests, three focuses).
+    /// Which: ksm (seed 000: host memory with KSM off and on, 1–4 guests, three focuses), or
+    /// swap-pressure (throughput under a resident budget, memout's store vs kernel swap).
     pub name: String,
     /// Where the results go [default: memout-results/NAME].
     #[arg(long)]
@@ -26,6 +27,9 @@ pub struct ExperimentArgs {
     /// Which guests run (ksm): memout's KVM guests, Linux guests under QEMU, or both.
     #[arg(long, value_delimiter = ',', default_value = "memout,linux")]
     pub guests: Vec<GuestKind>,
+    /// Where scratch files go (swap-pressure: memout's store and a temporary swapfile).
+    #[arg(long, default_value = "/var/tmp")]
+    pub scratch_dir: PathBuf,
 }
 
 /// Runs it.
@@ -41,6 +45,7 @@ pub fn run(a: ExperimentArgs) -> Result<(), CliError> {
         repeat: a.repeat,
         force: a.force,
         guests: dedup(a.guests),
+        scratch_dir: a.scratch_dir,
         progress: std::io::stderr().is_terminal(),
         ksm_guard: Some(std::env::current_exe().map_err(CliError::Exe)?),
     };
@@ -50,6 +55,12 @@ pub fn run(a: ExperimentArgs) -> Result<(), CliError> {
                 return Err(CliError::NoKvm);
             }
             experiment::ksm_report::run(&opts)?
+        }
+        "swap-pressure" => {
+            if !memout_vmm::vm::kvm_available() {
+                return Err(CliError::NoKvm);
+            }
+            experiment::swap_report::run(&opts)?
         }
         other => return Err(CliError::UnknownExperiment(other.to_string())),
     };

@@ -3,7 +3,8 @@
 use super::{CliError, cmd_ksm, eviction_of, load, parse_policy, print_stats, run_ksm};
 use memout_server::PopulatePolicy;
 use memout_vmm::cli_size;
-use memout_vmm::runner::RunConfig;
+use memout_vmm::runner::{Backing, RunConfig, RunReport};
+use serde_json::json;
 use std::time::Duration;
 
 /// `memout run`'s options.
@@ -23,6 +24,17 @@ pub struct RunArgs {
     /// Argument the guest reads from its argument port.
     #[arg(long, default_value_t = 0)]
     pub arg: u32,
+    /// Parameters the guest reads from its parameter port, in order (e.g. `--param 512,1,30`;
+    /// the `memwork` guest's are listed in `memout_harness.h` and `docs/experiments.md`).
+    #[arg(long, value_delimiter = ',')]
+    pub param: Vec<u32>,
+    /// What backs the guest's region: memout, or plain (an anonymous memslot the kernel
+    /// pages on demand, no memout server: a static VM, for baselines).
+    #[arg(long, default_value = "memout", value_parser = ["memout", "plain"])]
+    pub backing: String,
+    /// Print what the host saw as one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
     /// Time limit in seconds.
     #[arg(long, default_value_t = 120)]
     pub timeout: u64,
@@ -68,6 +80,9 @@ pub fn run(a: RunArgs) -> Result<(), CliError> {
         quota,
         policy,
         arg,
+        param,
+        backing,
+        json,
         timeout,
         eviction,
         store_dir,
@@ -93,8 +108,17 @@ pub fn run(a: RunArgs) -> Result<(), CliError> {
         quota_bytes: quota,
         policy,
         arg,
+        params: param,
+        backing: if backing == "plain" {
+            Backing::Plain {
+                discard_at_exit: false,
+                populate_ahead: false,
+            }
+        } else {
+            Backing::Memout
+        },
         timeout: Duration::from_secs(timeout),
-        echo: true,
+        echo: !json,
         mergeable,
         ..Default::default()
     };
@@ -106,10 +130,43 @@ pub fn run(a: RunArgs) -> Result<(), CliError> {
         });
     }
     let report = run_ksm(&img, &cfg, ksm)?;
-    print_stats(&report);
+    if json {
+        println!("{}", report_json(&report));
+    } else {
+        print_stats(&report);
+    }
     if report.passed() {
         Ok(())
     } else {
         Err(CliError::Guest(report.outcome))
     }
+}
+
+/// What `--json` prints: the outcome, the guest's output, its checkpoints (host time since the
+/// start, region RSS) and the host's figures.
+fn report_json(r: &RunReport) -> serde_json::Value {
+    let s = &r.stats;
+    json!({
+        "passed": r.passed(),
+        "outcome": r.outcome.to_string(),
+        "elapsed_ms": r.elapsed.as_secs_f64() * 1e3,
+        "output": r.output,
+        "checkpoints": r.checkpoints.iter().map(|c| json!({
+            "id": c.id,
+            "at_ms": c.at.as_secs_f64() * 1e3,
+            "region_rss": c.region_rss,
+        })).collect::<Vec<_>>(),
+        "region_rss": r.region_rss,
+        "exits": r.exits.total,
+        "stats": {
+            "resident_pages": s.resident_pages,
+            "faults": s.faults,
+            "evictions_pages": s.evictions_pages,
+            "swapins_pages": s.swapins_pages,
+            "swapin_p50_ns": s.swapin_p50_ns,
+            "swapin_p99_ns": s.swapin_p99_ns,
+            "store_bytes": s.store_bytes,
+            "evict_errors": s.evict_errors,
+        },
+    })
 }

@@ -16,6 +16,7 @@
 #![deny(missing_docs)]
 
 pub mod bench;
+pub mod cleanup;
 pub mod cli_size;
 pub mod cpl3;
 pub mod experiment;

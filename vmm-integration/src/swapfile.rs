@@ -1,6 +1,7 @@
 //! A temporary swapfile, for benchmarks and experiments that compare memout with the kernel's
 //! swap: made with `fallocate`, `mkswap` and `swapon` under a unique name, and switched off and
-//! removed when dropped, also when the caller fails part-way.
+//! removed when dropped, also when the caller fails part-way, and by [`crate::cleanup`]'s
+//! signal thread if the process is interrupted.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -32,7 +33,6 @@ pub enum Error {
 #[derive(Debug)]
 pub struct Swapfile {
     path: PathBuf,
-    on: bool,
 }
 
 fn run(cmd: &'static str, args: &[&str]) -> Result<(), Error> {
@@ -54,13 +54,13 @@ impl Swapfile {
     /// Makes and switches on a swapfile of `bytes` in `dir`, named with `tag` and the process id.
     pub fn create(dir: &Path, tag: &str, bytes: u64) -> Result<Self, Error> {
         let path = dir.join(format!("memout-swap-{tag}-{}", std::process::id()));
-        let mut s = Self { path, on: false };
+        let s = Self { path };
         let p = s.path.to_string_lossy().into_owned();
         run("fallocate", &["-l", &bytes.to_string(), &p])?;
         run("chmod", &["600", &p])?;
         run("mkswap", &[&p])?;
+        crate::cleanup::register_swapfile(&s.path);
         run("swapon", &[&p])?;
-        s.on = true;
         Ok(s)
     }
 
@@ -72,9 +72,7 @@ impl Swapfile {
 
 impl Drop for Swapfile {
     fn drop(&mut self) {
-        if self.on {
-            let _ = Command::new("swapoff").arg(&self.path).output();
-        }
-        let _ = std::fs::remove_file(&self.path);
+        crate::cleanup::remove_swapfile(&self.path);
+        crate::cleanup::unregister_swapfile(&self.path);
     }
 }

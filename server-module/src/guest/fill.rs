@@ -6,7 +6,6 @@ use super::{CHUNK_PAGES, Fill, GuestCore, GuestFault, Resolution, State};
 use crate::evicted::Piece;
 use crate::extents::Run;
 use crate::host_mem::AlignedBuf;
-use crate::populate::PopulatePolicy;
 use crate::uffd::CopyOutcome;
 use memout_protocol::ring::PAGE_SIZE;
 use std::sync::atomic::Ordering::Relaxed;
@@ -88,22 +87,23 @@ impl GuestCore {
                 return self.wake_or_stop(self.host_addr(frame));
             }
             if st.inflight.containing(frame).is_none() {
-                // An evicted frame reads ahead its whole chunk (within the granted run), whatever
-                // the policy: the neighbours were evicted together and sit in adjacent slots.
+                // An evicted frame is swapped in with a window that grows while faults
+                // follow each other through memory (see `swapin_window`); at its largest,
+                // the next chunk of the same grant, if evicted too, is read ahead on an eager
+                // worker while the guest consumes this one.
                 let swap_in = st.evicted.contains(frame);
-                let policy = if swap_in {
-                    PopulatePolicy::default()
+                let read_ahead_pages = READ_AHEAD_CHUNKS * CHUNK_PAGES;
+                let (window, read_ahead) = if swap_in {
+                    let s = st.swapin.on_fault(frame, granted, read_ahead_pages);
+                    (s.window, s.read_ahead)
                 } else {
-                    self.policy()
+                    (self.policy().fault_window(frame, granted), false)
                 };
-                let window = policy.fault_window(frame, granted);
-                // Sequential read-ahead: the next chunks of the same grant, if evicted too, are
-                // swapped in on an eager worker while the guest consumes this one.
                 let next = Run {
                     start: window.end(),
-                    len: (READ_AHEAD_CHUNKS * CHUNK_PAGES).min(granted.end() - window.end()),
+                    len: read_ahead_pages.min(granted.end() - window.end()),
                 };
-                let ahead = swap_in && next.len > 0 && !st.evicted.pieces(next).is_empty();
+                let ahead = read_ahead && next.len > 0 && !st.evicted.pieces(next).is_empty();
                 break (self.claim(&mut st, window), swap_in, ahead.then_some(next));
             }
             // Someone is copying (or evicting) this frame; its wake-up releases the faulting

@@ -161,6 +161,8 @@ struct State {
     cold: ColdQueue,
     /// Faults on frames the guest does not hold, per frame (see `resolve_fault`).
     strikes: HashMap<u64, u32>,
+    /// How much the next swap-in fault brings in.
+    swapin: crate::swapin_window::SwapInWindow,
     hello: bool,
 }
 
@@ -256,6 +258,7 @@ impl GuestCore {
                 slots: SlotAllocator::new(capacity),
                 cold: ColdQueue::new(),
                 strikes: HashMap::new(),
+                swapin: crate::swapin_window::SwapInWindow::new(CHUNK_PAGES),
                 hello: false,
             }),
             settled: Condvar::new(),

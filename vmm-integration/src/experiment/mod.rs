@@ -6,13 +6,17 @@
 //!
 //! - [`ksm`], [`ksm_linux`], [`ksm_report`], [`ksm_summary`]: seed 000's KSM experiment on
 //!   memout's KVM guests and on Linux guests under QEMU;
-//! - [`chart`]: grouped bar charts (plotters, SVG) with their CSV.
+//! - [`swap`], [`swap_report`]: swap pressure, memout's store against the kernel's swap;
+//! - [`chart`], [`lines`]: grouped bar charts and line plots (plotters, SVG) with their CSV.
 
 pub mod chart;
 pub mod ksm;
 pub mod ksm_linux;
 pub mod ksm_report;
 pub mod ksm_summary;
+pub mod lines;
+pub mod swap;
+pub mod swap_report;
 
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -122,6 +126,8 @@ pub struct Options {
     pub repeat: usize,
     /// Overwrite a directory that holds results.
     pub force: bool,
+    /// Where experiments put scratch files (memout's store, a swapfile).
+    pub scratch_dir: PathBuf,
     /// Which guests run, in this order.
     pub guests: Vec<GuestKind>,
     /// Draw progress bars (on a terminal).

@@ -19,6 +19,9 @@ pub struct RunConfig {
     pub policy: PopulatePolicy,
     /// Value the guest reads from [`PORT_ARG`](super::PORT_ARG).
     pub arg: u32,
+    /// Parameters the guest reads through [`super::PORT_PARAM`] (the `memwork` guest's are in
+    /// `memout_harness.h`).
+    pub params: Vec<u32>,
     /// The run is stopped after this long.
     pub timeout: Duration,
     /// Print guest output lines to stdout as they arrive.
@@ -86,6 +89,7 @@ impl Default for RunConfig {
             quota_bytes: 1 << 30,
             policy: PopulatePolicy::default(),
             arg: 0,
+            params: Vec::new(),
             timeout: Duration::from_secs(120),
             echo: false,
             backing: Backing::Memout,

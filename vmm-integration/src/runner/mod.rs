@@ -41,6 +41,10 @@ pub const PORT_FINISH: u16 = 0x524;
 /// Harness port (not memout ABI): `in` returns [`RunConfig::flags`], a word a test or tool
 /// changes while the guest runs (the `resizer` guest: bit 0 ignore release requests).
 pub const PORT_FLAGS: u16 = 0x525;
+/// Harness port (not memout ABI): `out` selects a parameter by index, `in` returns it
+/// ([`RunConfig::params`]; 0 past the end). Guests with more to configure than the run's
+/// argument read their parameters here (the `memwork` guest: `memout_harness.h`).
+pub const PORT_PARAM: u16 = 0x526;
 /// Lines of guest output kept per run.
 pub const MAX_OUTPUT_LINES: usize = 10_000;
 
@@ -216,6 +220,7 @@ pub fn run_guest(server: &Server, image: &GuestImage, cfg: &RunConfig) -> Result
     let t0 = Instant::now();
     let mut harness = Duration::ZERO;
     let mut exits = ExitCounts::default();
+    let mut param_index = 0usize;
     let outcome = loop {
         if kick.requested() {
             break match backend.fatal_error() {
@@ -251,6 +256,7 @@ pub fn run_guest(server: &Server, image: &GuestImage, cfg: &RunConfig) -> Result
                         emit(&mut output, &mut partial, &s, cfg);
                     }
                     PORT_EXIT => break Outcome::Exited(v as i32),
+                    PORT_PARAM => param_index = v as usize,
                     PORT_CHECKPOINT => {
                         // The guest's timeline excludes the harness's own work (reading smaps
                         // can take milliseconds), so intervals between checkpoints measure
@@ -299,6 +305,7 @@ pub fn run_guest(server: &Server, image: &GuestImage, cfg: &RunConfig) -> Result
             Ok(VcpuExit::IoIn(port, data)) => {
                 let value = match port {
                     PORT_ARG => cfg.arg,
+                    PORT_PARAM => cfg.params.get(param_index).copied().unwrap_or(0),
                     PORT_FINISH => cfg.finish.load(SeqCst) as u32,
                     PORT_FLAGS => {
                         let v = cfg.flags.load(SeqCst);

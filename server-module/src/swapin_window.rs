@@ -1,0 +1,135 @@
+//! How much to swap in on a fault on evicted memory. A fault that follows the previous
+//! swap-in through memory doubles the window (up to a 2 MiB chunk, when the next chunk is
+//! also read ahead); a fault elsewhere falls back to a small window. Sequential scans get
+//! large reads; random access does not pay 2 MiB of reading and copying for one page, nor
+//! push 2 MiB of other memory out of the budget for it. Linux's swap read-ahead adapts its
+//! window to hits in the same spirit.
+
+use crate::extents::Run;
+
+/// The window after a fault that does not follow the previous swap-in (32 KiB, the size of
+/// the kernel's default swap cluster, `vm.page-cluster` = 3).
+pub const MIN_PAGES: u64 = 8;
+
+/// The adaptive swap-in window of one guest.
+#[derive(Debug, Clone)]
+pub struct SwapInWindow {
+    max: u64,
+    pages: u64,
+    /// The previous window's start, and where it (with its read-ahead) ends.
+    last: Option<(u64, u64)>,
+}
+
+/// What one swap-in fault brings in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SwapIn {
+    /// The frames to swap in now (they contain the faulting frame).
+    pub window: Run,
+    /// Whether the run after it should be read ahead too (the window is at its largest).
+    pub read_ahead: bool,
+}
+
+impl SwapInWindow {
+    /// A window that grows up to `max` pages (a power of two, at least [`MIN_PAGES`]).
+    pub fn new(max: u64) -> Self {
+        debug_assert!(max.is_power_of_two() && max >= MIN_PAGES);
+        Self {
+            max,
+            pages: MIN_PAGES,
+            last: None,
+        }
+    }
+
+    /// The window for a fault on evicted `frame` within the guest's `granted` run (which
+    /// contains it); `read_ahead_pages` is how far read-ahead reaches past a full window.
+    pub fn on_fault(&mut self, frame: u64, granted: Run, read_ahead_pages: u64) -> SwapIn {
+        debug_assert!(granted.start <= frame && frame < granted.end());
+        let follows = self
+            .last
+            .is_some_and(|(start, reach)| frame >= start && frame < reach + self.pages);
+        self.pages = if follows {
+            (self.pages * 2).min(self.max)
+        } else {
+            MIN_PAGES
+        };
+        let c = self.pages;
+        let lo = (frame / c * c).max(granted.start);
+        let hi = (frame / c * c + c).min(granted.end());
+        let read_ahead = c == self.max;
+        let reach = if read_ahead {
+            hi + read_ahead_pages
+        } else {
+            hi
+        };
+        self.last = Some((lo, reach));
+        SwapIn {
+            window: Run {
+                start: lo,
+                len: hi - lo,
+            },
+            read_ahead,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const G: Run = Run {
+        start: 0,
+        len: 1 << 20,
+    };
+
+    #[test]
+    fn a_scan_grows_to_full_chunks_with_read_ahead() {
+        let mut w = SwapInWindow::new(512);
+        let mut frame = 0;
+        let mut sizes = Vec::new();
+        while frame < 4096 {
+            let s = w.on_fault(frame, G, 512);
+            assert!(s.window.start <= frame && frame < s.window.end());
+            sizes.push(s.window.len);
+            // The guest touches everything swapped in (and read ahead), then faults past it.
+            frame = s.window.end() + if s.read_ahead { 512 } else { 0 };
+        }
+        assert_eq!(&sizes[..7], &[8, 16, 32, 64, 128, 256, 512]);
+        assert!(sizes[7..].iter().all(|&s| s == 512), "{sizes:?}");
+    }
+
+    #[test]
+    fn a_jump_falls_back_to_the_small_window() {
+        let mut w = SwapInWindow::new(512);
+        for f in [0, 8, 24, 56] {
+            w.on_fault(f, G, 512);
+        }
+        let s = w.on_fault(100_000, G, 512);
+        assert_eq!(s.window.len, MIN_PAGES);
+        assert!(!s.read_ahead);
+    }
+
+    #[test]
+    fn the_window_stays_inside_the_grant() {
+        let mut w = SwapInWindow::new(512);
+        let g = Run { start: 5, len: 10 };
+        let s = w.on_fault(6, g, 512);
+        assert_eq!(s.window, Run { start: 5, len: 3 });
+    }
+
+    proptest! {
+        #[test]
+        fn every_window_holds_its_fault_within_the_grant(
+            faults in proptest::collection::vec((0u64..10_000, 1u64..3000), 1..200)
+        ) {
+            let mut w = SwapInWindow::new(512);
+            for (f, len) in faults {
+                let g = Run { start: f.saturating_sub(len / 2), len };
+                let s = w.on_fault(f, g, 512);
+                prop_assert!(s.window.start <= f && f < s.window.end());
+                prop_assert!(s.window.start >= g.start && s.window.end() <= g.end());
+                prop_assert!(s.window.len <= 512 && s.window.len >= 1);
+            }
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! `memout experiment swap-pressure --quick`: its outputs are there and make sense (no data
+//! errors; memout's throughput falls as the budget falls under uniform random access, and it
+//! keeps to its budget; kernel swap is slower at 25 % than at 100 %; every plot has its CSV;
+//! the manifest names the machine), and the temporary swapfile is gone afterwards, also when
+//! the experiment is interrupted with Ctrl-C (SIGINT).
+
+use memout_test_support::{Piece, require_all};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The tests here switch swapfiles on: one at a time.
+static SWAP: Mutex<()> = Mutex::new(());
+
+fn scratch(tag: &str) -> PathBuf {
+    // Not /tmp: it may be a tmpfs, which cannot hold a swapfile.
+    let d = Path::new("/var/tmp").join(format!("memout-exp-swap-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn experiment(out: &Path, scratch: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_memout"));
+    c.args(["experiment", "swap-pressure", "--quick", "--out"])
+        .arg(out)
+        .arg("--scratch-dir")
+        .arg(scratch);
+    c
+}
+
+/// Swapfiles of this scratch directory that are switched on or still on disk.
+fn leftovers(scratch: &Path) -> Vec<String> {
+    let on = String::from_utf8_lossy(
+        &Command::new("swapon")
+            .arg("--show=NAME")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .lines()
+    .filter(|l| l.starts_with(scratch.to_str().unwrap()))
+    .map(str::to_string)
+    .collect::<Vec<_>>();
+    let files = std::fs::read_dir(scratch)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().display().to_string())
+        .filter(|p| p.contains("memout-swap-"));
+    on.into_iter().chain(files).collect()
+}
+
+#[test]
+fn the_quick_swap_pressure_experiment_makes_sense() {
+    if !require_all(&[Piece::Kvm, Piece::Uffd, Piece::Swap], "experiment_swap") {
+        return;
+    }
+    let _one = SWAP.lock().unwrap_or_else(|p| p.into_inner());
+    let (out, dir) = (scratch("out"), scratch("files"));
+    let _ = std::fs::remove_dir_all(&out);
+    let o = experiment(&out, &dir).output().expect("running memout");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(leftovers(&dir), Vec::<String>::new());
+
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    let mut lines = csv.lines();
+    let head: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let rows: Vec<HashMap<&str, &str>> = lines
+        .map(|l| head.iter().copied().zip(l.split(',')).collect())
+        .collect();
+    assert_eq!(rows.len(), 3 * 4 * 2, "3 patterns × 4 budgets × 2 modes");
+    let num = |r: &HashMap<&str, &str>, k: &str| r[k].parse::<f64>().unwrap();
+    for r in &rows {
+        assert_eq!(r["data_errors"], "0", "{r:?}");
+        assert!(num(r, "ops_per_s") > 0.0, "{r:?}");
+        if r["mode"] == "memout" {
+            // memout holds its budget (one 2 MiB chunk may be on its way in or out).
+            let budget = num(r, "set_mib") * num(r, "budget_pct") / 100.0;
+            assert!(num(r, "resident_max_mib") <= budget.max(2.0) + 4.0, "{r:?}");
+        }
+    }
+    let ops = |pattern: &str, mode: &str, budget: &str| {
+        rows.iter()
+            .find(|r| r["pattern"] == pattern && r["mode"] == mode && r["budget_pct"] == budget)
+            .map(|r| num(r, "ops_per_s"))
+            .unwrap()
+    };
+    let memout: Vec<f64> = ["100", "75", "50", "25"]
+        .iter()
+        .map(|b| ops("uniform", "memout", b))
+        .collect();
+    assert!(
+        memout.windows(2).all(|w| w[0] > w[1]),
+        "uniform random: memout's throughput falls with the budget: {memout:?}"
+    );
+    assert!(ops("uniform", "kernel-swap", "25") < ops("uniform", "kernel-swap", "100"));
+
+    for stem in ["swap-throughput", "swap-resident"] {
+        let svg = std::fs::read_to_string(out.join(format!("{stem}.svg"))).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("memout"), "{stem}");
+        let c = std::fs::read_to_string(out.join(format!("{stem}.csv"))).unwrap();
+        assert_eq!(c.lines().count(), 5, "{stem}.csv: header + 4 budgets");
+    }
+    let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(summary.contains("| ratio |"), "{summary}");
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["experiment"], "swap-pressure");
+    assert!(m["machine"]["cpus"].as_u64().unwrap() > 0);
+    std::fs::remove_dir_all(&out).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn ctrl_c_removes_the_swapfile() {
+    if !require_all(&[Piece::Kvm, Piece::Uffd, Piece::Swap], "experiment_swap") {
+        return;
+    }
+    let _one = SWAP.lock().unwrap_or_else(|p| p.into_inner());
+    let (out, dir) = (scratch("int-out"), scratch("int-files"));
+    let mut child = experiment(&out, &dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running memout");
+    let t = Instant::now();
+    while leftovers(&dir).is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no swapfile appeared"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the experiment ended early"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Let it get into a measurement, then interrupt it as Ctrl-C would.
+    std::thread::sleep(Duration::from_millis(500));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(err.contains("removing swapfile"), "{err}");
+    assert_eq!(leftovers(&dir), Vec::<String>::new(), "{err}");
+    std::fs::remove_dir_all(&out).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
