@@ -13,6 +13,7 @@
 #define MEMOUT_HARNESS_PORT_FLAGS 0x525      /* in32: a word a test changes while the guest runs */
 #define MEMOUT_HARNESS_PORT_PARAM 0x526      /* out32 selects a parameter, in32 reads it (0 past
                                               * the end; memout run --param, RunConfig::params) */
+#define MEMOUT_HARNESS_PORT_SLEEP 0x527      /* out32: the vCPU sleeps N microseconds (<= 1 s) */
 
 /* The memwork guest's parameters (indexes for MEMOUT_HARNESS_PORT_PARAM). */
 #define MEMWORK_P_MIB 0         /* working set, MiB (1..4095) */
@@ -25,6 +26,10 @@
 #define MEMWORK_P_PLAIN 7       /* 1: the region is a plain memslot; use it without memout */
 #define MEMWORK_P_HOT_PCT 8     /* hot-cold: share of pages that are hot, % (0: 10) */
 #define MEMWORK_P_HOT_HITS_PCT 9 /* hot-cold: share of accesses to hot pages, % (0: 90) */
+
+/* The cpuwork guest's parameters. */
+#define CPUWORK_P_DUTY_PCT 0 /* share of time it computes, % (1..100); the rest it sleeps */
+#define CPUWORK_P_LIMIT 1    /* a work unit counts the primes below this (0: 20000) */
 
 /* Guest-physical layout of the memout VMM. */
 #define MEMOUT_HARNESS_BOOT_SIZE 0x1000000ull    /* boot region: tables, ring, image, stack */

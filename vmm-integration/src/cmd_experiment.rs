@@ -10,7 +10,8 @@ use std::path::PathBuf;
 #[derive(clap::Args)]
 pub struct ExperimentArgs {
     /// Which: ksm (seed 000: host memory with KSM off and on, 1–4 guests, three focuses), or
-    /// swap-pressure (throughput under a resident budget, memout's store vs kernel swap).
+    /// swap-pressure (throughput under a resident budget, memout's store vs kernel swap), or
+    /// interference (seed 004: a target guest beside 0–16 dummies, nice 0 and −5).
     pub name: String,
     /// Where the results go [default: memout-results/NAME].
     #[arg(long)]
@@ -61,6 +62,12 @@ pub fn run(a: ExperimentArgs) -> Result<(), CliError> {
                 return Err(CliError::NoKvm);
             }
             experiment::swap_report::run(&opts)?
+        }
+        "interference" => {
+            if !memout_vmm::vm::kvm_available() {
+                return Err(CliError::NoKvm);
+            }
+            experiment::interference::run(&opts)?
         }
         other => return Err(CliError::UnknownExperiment(other.to_string())),
     };

@@ -25,6 +25,7 @@ pub mod layout;
 pub mod plain;
 pub mod qemu;
 pub mod runner;
+pub mod sched;
 pub mod segments;
 pub mod swapfile;
 pub mod vcpu_kick;

@@ -122,7 +122,7 @@ enum CliError {
     Exe(#[source] std::io::Error),
     #[error(transparent)]
     Experiment(#[from] memout_vmm::experiment::Error),
-    #[error("unknown experiment {0:?} (ksm, swap-pressure)")]
+    #[error("unknown experiment {0:?} (ksm, swap-pressure, interference)")]
     UnknownExperiment(String),
     #[error("--repeat {0} is outside 1..=20")]
     Repeat(usize),

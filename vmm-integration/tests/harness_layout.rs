@@ -19,6 +19,7 @@ fn expectations() -> Vec<(&'static str, u64)> {
         ("MEMOUT_HARNESS_PORT_FINISH", runner::PORT_FINISH as u64),
         ("MEMOUT_HARNESS_PORT_FLAGS", runner::PORT_FLAGS as u64),
         ("MEMOUT_HARNESS_PORT_PARAM", runner::PORT_PARAM as u64),
+        ("MEMOUT_HARNESS_PORT_SLEEP", runner::PORT_SLEEP as u64),
         ("MEMOUT_HARNESS_BOOT_SIZE", layout::BOOT_SIZE),
         ("MEMOUT_HARNESS_RING_GPA", layout::RING),
         ("MEMOUT_HARNESS_RING_SLOTS", layout::RING_SLOTS as u64),

@@ -7,9 +7,11 @@
 //! - [`ksm`], [`ksm_linux`], [`ksm_report`], [`ksm_summary`]: seed 000's KSM experiment on
 //!   memout's KVM guests and on Linux guests under QEMU;
 //! - [`swap`], [`swap_report`]: swap pressure, memout's store against the kernel's swap;
+//! - [`interference`]: seed 004, a target guest beside 0–16 dummy guests;
 //! - [`chart`], [`lines`]: grouped bar charts and line plots (plotters, SVG) with their CSV.
 
 pub mod chart;
+pub mod interference;
 pub mod ksm;
 pub mod ksm_linux;
 pub mod ksm_report;

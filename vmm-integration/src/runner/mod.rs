@@ -45,6 +45,10 @@ pub const PORT_FLAGS: u16 = 0x525;
 /// ([`RunConfig::params`]; 0 past the end). Guests with more to configure than the run's
 /// argument read their parameters here (the `memwork` guest: `memout_harness.h`).
 pub const PORT_PARAM: u16 = 0x526;
+/// Harness port (not memout ABI): `out` N makes the vCPU sleep N microseconds on the host
+/// (at most one second), as a halted CPU would: guests at CPL3 cannot halt, and a dummy guest
+/// with a duty cycle (the `cpuwork` guest) needs to idle without spinning.
+pub const PORT_SLEEP: u16 = 0x527;
 /// Lines of guest output kept per run.
 pub const MAX_OUTPUT_LINES: usize = 10_000;
 
@@ -257,6 +261,9 @@ pub fn run_guest(server: &Server, image: &GuestImage, cfg: &RunConfig) -> Result
                     }
                     PORT_EXIT => break Outcome::Exited(v as i32),
                     PORT_PARAM => param_index = v as usize,
+                    PORT_SLEEP => {
+                        std::thread::sleep(Duration::from_micros(u64::from(v).min(1_000_000)));
+                    }
                     PORT_CHECKPOINT => {
                         // The guest's timeline excludes the harness's own work (reading smaps
                         // can take milliseconds), so intervals between checkpoints measure
