@@ -151,3 +151,85 @@ fn bench_rejects_unknown_scenarios_and_bad_rounds() {
     assert_clean_failure(&["bench", "rpc", "--rounds", "0"], "--rounds");
     assert_clean_failure(&["bench", "populate", "--mib", "0"], "--mib");
 }
+
+#[test]
+fn memwork_takes_parameters_and_reports_json() {
+    if !memout_test_support::require_all(
+        &[
+            memout_test_support::Piece::Kvm,
+            memout_test_support::Piece::Uffd,
+        ],
+        "memwork",
+    ) {
+        return;
+    }
+    let run = |extra: &[&str]| {
+        let mut a = vec![
+            "run",
+            "memwork",
+            "--no-control",
+            "--region",
+            "256M",
+            "--quota",
+            "64M",
+            "--json",
+        ];
+        a.extend_from_slice(extra);
+        let (code, out, err) = memout(&a);
+        let v: serde_json::Value = serde_json::from_str(out.trim())
+            .unwrap_or_else(|e| panic!("{a:?}: not one JSON object ({e}): {out} {err}"));
+        (code, v)
+    };
+    // 16 MiB, uniform random, 30 % writes, 10 % zero pages, random content, 5000 accesses,
+    // evicting to the store under an 8 MiB budget: every word comes back.
+    let store_dir = std::env::temp_dir();
+    let (code, v) = run(&[
+        "--eviction",
+        "store",
+        "--store-dir",
+        store_dir.to_str().unwrap(),
+        "--budget",
+        "8M",
+        "--param",
+        "16,1,30,10,0,5,7",
+    ]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["passed"], true);
+    let line = v["output"][0].as_str().unwrap();
+    assert!(
+        line.starts_with("MEMWORK: ops 5000 ") && line.ends_with(" bad 0"),
+        "{v}"
+    );
+    let ids: Vec<u64> = v["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, [1, 2, 3]);
+    assert!(v["stats"]["swapins_pages"].as_u64().unwrap() > 0, "{v}");
+    assert!(
+        v["stats"]["resident_pages"].as_u64().unwrap() <= 8 * 256 + 512,
+        "{v}"
+    );
+
+    // The same workload on a plain memslot (no memout server), as a static VM runs it.
+    let (code, v) = run(&["--backing", "plain", "--param", "16,2,30,10,1,5,7,1"]);
+    assert_eq!(code, 0, "{v}");
+    assert!(v["output"][0].as_str().unwrap().ends_with(" bad 0"), "{v}");
+
+    // Bad parameters are the guest's clear failure, and so is a plain run whose guest asks
+    // for memout (nothing answers its ring).
+    let (code, v) = run(&["--param", "16,9"]);
+    assert_ne!(code, 0);
+    assert!(
+        v["output"][0].as_str().unwrap().contains("bad parameters"),
+        "{v}"
+    );
+    let (code, v) = run(&["--backing", "plain", "--param", "16,1,30,10,0,5,7"]);
+    assert_ne!(code, 0);
+    assert!(
+        v["output"][0].as_str().unwrap().starts_with("FAIL: init"),
+        "{v}"
+    );
+}

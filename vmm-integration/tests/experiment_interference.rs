@@ -26,7 +26,11 @@ fn the_quick_interference_experiment_has_seed_004s_shape() {
     let rows: Vec<HashMap<&str, &str>> = lines
         .map(|l| head.iter().copied().zip(l.split(',')).collect())
         .collect();
-    assert_eq!(rows.len(), 2 * 6 * 2, "2 loads × 6 dummy counts × 2 nice values");
+    assert_eq!(
+        rows.len(),
+        2 * 6 * 2,
+        "2 loads × 6 dummy counts × 2 nice values"
+    );
     let rate = |load: &str, nice: &str, n: &str| {
         rows.iter()
             .find(|r| r["load"] == load && r["nice"] == nice && r["dummies"] == n)
@@ -35,7 +39,10 @@ fn the_quick_interference_experiment_has_seed_004s_shape() {
     };
     let rel = |load: &str, nice: &str, n: &str| rate(load, nice, n) / rate(load, nice, "0");
     for r in &rows {
-        assert!(r["target_units_per_s"].parse::<f64>().unwrap() > 0.0, "{r:?}");
+        assert!(
+            r["target_units_per_s"].parse::<f64>().unwrap() > 0.0,
+            "{r:?}"
+        );
     }
     // 2 CPUs, 17 runnable vCPUs: a fair share is 2/17 of a CPU, far below the target alone.
     assert!(rel("busy", "0", "16") < 0.5, "{csv}");

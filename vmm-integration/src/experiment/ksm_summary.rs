@@ -141,7 +141,12 @@ fn findings(s: &mut String, kind: GuestKind, ns: &[usize], med: &Medians) {
     }
     let _ = writeln!(
         s,
-        "- Prime search with {last} guests: {poff:.0} primes/s per guest with KSM off, {pon:.0} with it on ({change:+.1} %): ksmd's scanning competes for this host's 2 CPUs.\n"
+        "- Prime search with {last} guests: {poff:.0} primes/s per guest with KSM off, {pon:.0} with it on ({change:+.1} %); ksmd scans on the same CPUs as the guests{}.\n",
+        match kind {
+            GuestKind::Memout => "",
+            GuestKind::Linux =>
+                " (under emulation the rate varies by tens of percent from run to run)",
+        }
     );
 }
 

@@ -220,6 +220,6 @@ fn summary(
         }
         s.push('\n');
     }
-    s.push_str("Kernel swap-ins are `pswpin` from /proc/vmstat over the run (host-wide: run on a quiet host). memout enforces its budget on every fault; in kernel mode the kernel swaps in behind memout's back and the budget is restored every 10 ms, so its resident memory can exceed the budget between checks: a favourable assumption for the kernel, visible in the resident columns.\n");
+    s.push_str("Kernel swap-ins are `pswpin` from /proc/vmstat over the run (host-wide: run on a quiet host). memout enforces its budget on every fault; in kernel mode the kernel swaps in behind memout's back and the budget is restored every 10 ms, so its resident memory can exceed the budget between checks: a favourable assumption for the kernel, visible in the resident columns. Pages it pages out stay in the swap cache until the host is short of memory, so they come back without I/O (the kernel's swap-ins column counts the ones read from disk). Favourable to memout: its store does not write zero pages (10 % here); the kernel's swap writes them.\n");
     s
 }
