@@ -71,6 +71,9 @@ struct memout_fast_stats {
 };
 /* 1 if the host offered the fast path (after memout_init). */
 int memout_fastpath_on(void);
+/* Frames the host has granted ahead into this vCPU's magazine right now (0 without a fast
+ * path): a guest that wants to start warm waits until it is above 0. */
+uint32_t memout_fastpath_cached(void);
 /* One frame into *gpa. 0 or a negative memout_status. */
 int memout_alloc_page(uint64_t *gpa);
 /* Gives one frame back. 0 or a negative memout_status. */

@@ -152,6 +152,14 @@ static int stack_push(uint64_t gpa)
 
 int memout_fastpath_on(void) { return mag != 0; }
 
+uint32_t memout_fastpath_cached(void)
+{
+    if (!mag)
+        return 0;
+    uint64_t s = __atomic_load_n(word(&mag->state), __ATOMIC_ACQUIRE);
+    return (uint32_t)(s >> 32) - (uint32_t)s;
+}
+
 void memout_fast_stats(struct memout_fast_stats *out) { *out = fast_stats; }
 
 int memout_alloc_page(uint64_t *gpa)
