@@ -27,34 +27,50 @@ const COLORS: [RGBColor; 4] = [
     RGBColor(0xc4, 0x4e, 0x52),
 ];
 
+/// A CSV of what a chart draws: a header `x_label,series...`, then one row per x with each
+/// series' value (NaN where a series has none).
+pub(super) fn table_csv(x_label: &str, xs: &[String], series: &[(String, Vec<f64>)]) -> String {
+    let mut s = x_label.replace(',', ";");
+    for (name, _) in series {
+        s.push(',');
+        s.push_str(&name.replace(',', ";"));
+    }
+    s.push('\n');
+    for (i, x) in xs.iter().enumerate() {
+        s.push_str(&x.replace(',', ";"));
+        for (_, v) in series {
+            s.push_str(&format!(",{:.3}", v.get(i).copied().unwrap_or(f64::NAN)));
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// Draws `dir/stem.svg` with `draw` and writes `csv` to `dir/stem.csv`; returns both paths.
+pub(super) fn save_with_csv(
+    dir: &Path,
+    stem: &str,
+    draw: impl FnOnce(&Path) -> std::result::Result<(), String>,
+    csv: &str,
+) -> Result<Vec<PathBuf>> {
+    let svg = dir.join(format!("{stem}.svg"));
+    draw(&svg).map_err(|message| Error::Chart {
+        path: svg.clone(),
+        message,
+    })?;
+    let csv = write(dir, &format!("{stem}.csv"), csv)?;
+    Ok(vec![svg, csv])
+}
+
 impl Bars {
     /// The CSV: a header `x_label,series...`, then one row per category.
     pub fn csv(&self) -> String {
-        let mut s = self.x_label.replace(',', ";");
-        for (name, _) in &self.series {
-            s.push(',');
-            s.push_str(&name.replace(',', ";"));
-        }
-        s.push('\n');
-        for (i, c) in self.categories.iter().enumerate() {
-            s.push_str(&c.replace(',', ";"));
-            for (_, v) in &self.series {
-                s.push_str(&format!(",{:.3}", v.get(i).copied().unwrap_or(f64::NAN)));
-            }
-            s.push('\n');
-        }
-        s
+        table_csv(&self.x_label, &self.categories, &self.series)
     }
 
     /// Writes `dir/stem.svg` and `dir/stem.csv`; returns both paths.
     pub fn save(&self, dir: &Path, stem: &str) -> Result<Vec<PathBuf>> {
-        let svg = dir.join(format!("{stem}.svg"));
-        self.draw(&svg).map_err(|message| Error::Chart {
-            path: svg.clone(),
-            message,
-        })?;
-        let csv = write(dir, &format!("{stem}.csv"), &self.csv())?;
-        Ok(vec![svg, csv])
+        save_with_csv(dir, stem, |p| self.draw(p), &self.csv())
     }
 
     fn draw(&self, path: &Path) -> std::result::Result<(), String> {

@@ -137,11 +137,7 @@ pub fn run(opts: &Options) -> Result<Vec<PathBuf>> {
     let secs = if opts.quick { 1.5 } else { 10.0 };
     let server = Server::builder().build()?;
     let total = LOADS.len() * NICE.len() * DUMMIES.len() * opts.repeat;
-    let bar = if opts.progress {
-        indicatif::ProgressBar::new(total as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = super::progress(opts, total as u64);
     let mut all = Vec::new();
     for load in LOADS {
         for &n in &DUMMIES {

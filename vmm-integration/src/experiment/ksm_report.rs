@@ -5,7 +5,7 @@
 
 use super::chart::Bars;
 use super::ksm::{FOCUS_KEYS, Row, measure_focus, measure_segment};
-use super::{GuestKind, Options, Result, now_unix, prepare, write, write_manifest};
+use super::{GuestKind, Options, Result, now_unix, prepare, progress, write, write_manifest};
 use crate::qemu::launch::LinuxImage;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -52,19 +52,6 @@ impl Medians {
             .map(|(_, r)| r)
             .expect("every cell of the run was measured")
     }
-}
-
-fn progress(opts: &Options, total: u64) -> indicatif::ProgressBar {
-    let bar = if opts.progress {
-        indicatif::ProgressBar::new(total)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{msg:<34} [{bar:30}] {pos}/{len} {elapsed}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar
 }
 
 /// Runs it all; returns the files written.

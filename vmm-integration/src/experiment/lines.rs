@@ -1,7 +1,8 @@
 //! Line charts (plotters, SVG): one line per series over numeric x values, optionally with a
 //! logarithmic y axis, each with a CSV of exactly the numbers drawn.
 
-use super::{Error, Result, write};
+use super::Result;
+use super::chart::{save_with_csv, table_csv};
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
 
@@ -34,31 +35,13 @@ const COLORS: [RGBColor; 6] = [
 impl Lines {
     /// The CSV: a header `x_label,series...`, then one row per x.
     pub fn csv(&self) -> String {
-        let mut s = self.x_label.replace(',', ";");
-        for (name, _) in &self.series {
-            s.push(',');
-            s.push_str(&name.replace(',', ";"));
-        }
-        s.push('\n');
-        for (i, x) in self.xs.iter().enumerate() {
-            s.push_str(&format!("{x}"));
-            for (_, v) in &self.series {
-                s.push_str(&format!(",{:.3}", v.get(i).copied().unwrap_or(f64::NAN)));
-            }
-            s.push('\n');
-        }
-        s
+        let xs: Vec<String> = self.xs.iter().map(|x| x.to_string()).collect();
+        table_csv(&self.x_label, &xs, &self.series)
     }
 
     /// Writes `dir/stem.svg` and `dir/stem.csv`; returns both paths.
     pub fn save(&self, dir: &Path, stem: &str) -> Result<Vec<PathBuf>> {
-        let svg = dir.join(format!("{stem}.svg"));
-        self.draw(&svg).map_err(|message| Error::Chart {
-            path: svg.clone(),
-            message,
-        })?;
-        let csv = write(dir, &format!("{stem}.csv"), &self.csv())?;
-        Ok(vec![svg, csv])
+        save_with_csv(dir, stem, |p| self.draw(p), &self.csv())
     }
 
     fn draw(&self, path: &Path) -> std::result::Result<(), String> {

@@ -153,6 +153,20 @@ pub fn ksm_guard_command(
     c
 }
 
+/// A progress bar for `total` measurements (hidden unless the options ask for one).
+pub fn progress(opts: &Options, total: u64) -> indicatif::ProgressBar {
+    let bar = if opts.progress {
+        indicatif::ProgressBar::new(total)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg:<34} [{bar:30}] {pos}/{len} {elapsed}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
 /// Creates the output directory, refusing one that holds a manifest unless `force`.
 pub fn prepare(opts: &Options) -> Result<()> {
     if opts.out.join("manifest.json").exists() && !opts.force {

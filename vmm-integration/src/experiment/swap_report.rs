@@ -43,15 +43,7 @@ pub fn run(opts: &Options) -> Result<Vec<PathBuf>> {
             ))
         })?;
     let total = PATTERNS.len() * BUDGETS.len() * MODES.len() * opts.repeat;
-    let bar = if opts.progress {
-        indicatif::ProgressBar::new(total as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{msg:<34} [{bar:30}] {pos}/{len} {elapsed}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let bar = super::progress(opts, total as u64);
     let mut all = Vec::new();
     for (pattern, pattern_name) in PATTERNS.iter().enumerate() {
         for budget_pct in BUDGETS {
