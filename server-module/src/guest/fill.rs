@@ -122,6 +122,7 @@ impl GuestCore {
                 self.counters.populate_latency.record(ns);
                 if swap_in {
                     self.counters.swapin_latency.record(ns);
+                    self.state().cold.swap_in_fault(frame / CHUNK_PAGES);
                 }
                 self.enforce_budget();
                 Resolution::Served

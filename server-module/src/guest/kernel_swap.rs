@@ -82,19 +82,33 @@ impl GuestCore {
             if done >= target {
                 break;
             }
-            let runs = {
+            let (chunk, runs) = {
                 let mut st = self.state();
-                let Some(chunk) = st.cold.oldest() else { break };
+                let Some(chunk) = st.cold.victim() else { break };
                 st.cold.touch(chunk);
                 let start = chunk * CHUNK_PAGES;
                 let frames = st.alloc.frames();
-                st.resident.present(Run {
+                let runs = st.resident.present(Run {
                     start,
                     len: CHUNK_PAGES.min(frames - start),
-                })
+                });
+                (chunk, runs)
             };
-            for r in &runs {
-                let before = self.in_core(*r);
+            let before: Vec<u64> = runs.iter().map(|&r| self.in_core(r)).collect();
+            let back: u64 = before.iter().sum();
+            // The kernel swaps in behind memout's back, so heat is judged at the next visit:
+            // a chunk paged out last time that is mostly back in RAM is hot (see `cold`).
+            {
+                let mut st = self.state();
+                if st.cold.note_paged_out(chunk, false) && back >= CHUNK_PAGES / 2 {
+                    st.cold.add_heat(chunk, back as u32);
+                    if st.cold.heat(chunk) >= crate::cold::HOT {
+                        continue;
+                    }
+                }
+                st.cold.note_paged_out(chunk, back > 0);
+            }
+            for (r, before) in runs.iter().zip(before) {
                 if before == 0 {
                     continue;
                 }
