@@ -1,14 +1,15 @@
 # The two set-up-free commands of the README: `make demo` and `make test`.
 # Both install what a fresh Debian machine with a Rust toolchain and gcc lacks (libclang-dev,
 # needed by the userfaultfd crate's bindgen), then build with cargo. `make test` also installs
-# what the Linux-guest tests need (QEMU, busybox-static, the cloud kernel's headers, cpio).
+# what the Linux-guest tests need (QEMU, busybox-static, the cloud kernel's headers, cpio) and
+# redis-server (the Redis store's tests start their own on a loopback port).
 
 SHELL := /bin/bash
 CARGO ?= cargo
 
 .PHONY: deps test-deps demo test
 
-LINUX_GUEST_PKGS := qemu-system-x86 busybox-static linux-headers-cloud-amd64 cpio
+TEST_PKGS := qemu-system-x86 busybox-static linux-headers-cloud-amd64 cpio redis-server
 
 deps:
 	@if ! dpkg -s libclang-dev >/dev/null 2>&1; then \
@@ -19,9 +20,9 @@ deps:
 	@command -v gcc >/dev/null || { echo "memout: gcc is required to build the guest programs"; exit 1; }
 
 test-deps: deps
-	@missing=$$(for p in $(LINUX_GUEST_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	@missing=$$(for p in $(TEST_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
-	    echo "memout: installing" $$missing "(for the Linux-guest tests)"; \
+	    echo "memout: installing" $$missing "(for the Linux-guest and Redis tests)"; \
 	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi

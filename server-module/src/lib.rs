@@ -48,6 +48,8 @@ mod log_limit;
 mod mailbox;
 pub mod populate;
 pub mod procfs;
+#[cfg(feature = "redis")]
+pub mod redis_store;
 mod registry;
 mod resident;
 mod ring_backend;

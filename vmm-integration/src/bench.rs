@@ -13,6 +13,7 @@ pub mod populate;
 pub mod resize;
 pub mod shared;
 pub mod swap;
+pub mod swap_redis;
 
 pub use error::{Error, Result};
 pub use populate::populate;
@@ -39,6 +40,8 @@ pub struct BenchOpts {
     /// A `memout` executable whose `ksm-guard` restores KSM's settings if a KSM baseline is
     /// killed (`None`: no guard).
     pub ksm_guard: Option<std::path::PathBuf>,
+    /// A Redis URL (swap): evict there, and compare with raw SET/GET on the same server.
+    pub store: Option<String>,
 }
 
 /// One measured quantity: its samples in `unit`.

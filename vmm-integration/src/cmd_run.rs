@@ -1,6 +1,8 @@
 //! `memout run`: runs one guest image under memout's VMM and prints what the host saw.
 
-use super::{CliError, cmd_ksm, eviction_of, load, parse_policy, print_stats, run_ksm};
+use super::{
+    CliError, StoreChoice, cmd_ksm, eviction_of, load, parse_policy, print_stats, run_ksm,
+};
 use memout_server::PopulatePolicy;
 use memout_vmm::cli_size;
 use memout_vmm::runner::{Backing, RunConfig, RunReport};
@@ -44,6 +46,15 @@ pub struct RunArgs {
     /// Directory for the backing store file (eviction=store).
     #[arg(long, default_value = "/var/tmp")]
     pub store_dir: std::path::PathBuf,
+    /// Evict to a Redis server instead of a file (eviction=store), e.g.
+    /// `redis://127.0.0.1:6379/0` or `redis://:PASSWORD@host:6379/0`; keys are
+    /// `memout:INSTANCE:GUEST:N`, deleted when the guest ends.
+    #[arg(long)]
+    pub store: Option<String>,
+    /// This memout instance's name in Redis keys; keys an instance of the same name left for
+    /// the same guest (after a crash) are deleted at start [default: the host name].
+    #[arg(long)]
+    pub store_instance: Option<String>,
     /// Resident budget (e.g. 128M): above it the server evicts cold memory.
     #[arg(long, value_parser = cli_size::parse)]
     pub budget: Option<u64>,
@@ -86,6 +97,8 @@ pub fn run(a: RunArgs) -> Result<(), CliError> {
         timeout,
         eviction,
         store_dir,
+        store,
+        store_instance,
         budget,
         name,
         min,
@@ -96,10 +109,25 @@ pub fn run(a: RunArgs) -> Result<(), CliError> {
         ksm,
     } = a;
     let img = load(&image)?;
+    let instance = store_instance.unwrap_or_else(|| {
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "memout".into())
+    });
     let control = (!no_control)
         .then(|| control.unwrap_or_else(memout_server::control::ControlConfig::default_path));
     let cfg = RunConfig {
-        eviction: eviction_of(&eviction, &store_dir, region)?,
+        eviction: eviction_of(
+            &StoreChoice {
+                eviction: &eviction,
+                dir: &store_dir,
+                redis: store
+                    .as_deref()
+                    .map(|u| (u, instance.as_str(), name.as_str())),
+            },
+            region,
+        )?,
         budget_bytes: budget,
         min_bytes: min,
         control,

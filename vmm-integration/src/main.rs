@@ -68,6 +68,10 @@ enum Cmd {
         /// Percentage of zero pages in the swapped memory (swap); the rest is random data.
         #[arg(long, default_value_t = 10)]
         zero_pct: u32,
+        /// Swap to a Redis server (`redis://HOST:PORT/DB`) and compare with raw pipelined
+        /// SET/GET of the same bytes on it, instead of the file store and kernel swap.
+        #[arg(long)]
+        store: Option<String>,
     },
     /// List the built-in guest images.
     Guests,
@@ -97,6 +101,12 @@ enum CliError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    RedisStore(#[from] memout_server::redis_store::Error),
+    #[error(
+        "--store {0:?}: only redis:// and rediss:// stores exist (a directory goes to --store-dir)"
+    )]
+    UnknownStore(String),
     #[error("unknown eviction {0:?} (none, store, kernel)")]
     UnknownEviction(String),
     #[error(
@@ -128,14 +138,31 @@ enum CliError {
     Repeat(usize),
 }
 
-fn eviction_of(
-    name: &str,
-    dir: &std::path::Path,
-    region: u64,
-) -> Result<memout_server::Eviction, CliError> {
-    match name {
+/// Where a guest's evicted memory goes (`memout run --eviction --store-dir --store`).
+struct StoreChoice<'a> {
+    eviction: &'a str,
+    dir: &'a std::path::Path,
+    /// A Redis URL, with the instance name and the guest's name for its keys.
+    redis: Option<(&'a str, &'a str, &'a str)>,
+}
+
+fn eviction_of(c: &StoreChoice, region: u64) -> Result<memout_server::Eviction, CliError> {
+    let dir = c.dir;
+    match c.eviction {
         "none" => Ok(memout_server::Eviction::None),
         "kernel" => Ok(memout_server::Eviction::Kernel),
+        "store" if c.redis.is_some() => {
+            let (url, instance, guest) = c.redis.expect("checked");
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(CliError::UnknownStore(
+                    memout_server::redis_store::keys::redact(url),
+                ));
+            }
+            let cfg =
+                memout_server::redis_store::RedisStoreConfig::new(url, instance, guest, region);
+            let s = memout_server::redis_store::RedisStore::connect(&cfg)?;
+            Ok(memout_server::Eviction::Store(std::sync::Arc::new(s)))
+        }
         "store" => memout_server::FileStore::create(dir, "guest", region)
             .map(|s| memout_server::Eviction::Store(std::sync::Arc::new(s)))
             .map_err(|source| CliError::Store {
@@ -178,7 +205,8 @@ fn main() -> ExitCode {
             json,
             dir,
             zero_pct,
-        } => bench(&scenario, mib, rounds, json, dir, zero_pct),
+            store,
+        } => bench(&scenario, mib, rounds, json, dir, zero_pct, store),
         Cmd::Qemu(args) => cmd_qemu::run(args).map_err(CliError::from),
         Cmd::KsmGuard { saved, root } => cmd_ksm::guard(saved, root),
         Cmd::Experiment(args) => cmd_experiment::run(args),
@@ -338,6 +366,7 @@ fn bench(
     json: bool,
     dir: std::path::PathBuf,
     zero_pct: u32,
+    store: Option<String>,
 ) -> Result<(), CliError> {
     use memout_vmm::bench;
     if rounds == 0 || rounds > 1000 {
@@ -368,6 +397,7 @@ fn bench(
         dir,
         zero_pct,
         ksm_guard: std::env::current_exe().ok(),
+        store,
     })?;
     if json {
         println!("{}", result.to_json());

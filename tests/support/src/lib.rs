@@ -13,6 +13,7 @@
 #![deny(missing_docs)]
 
 pub mod ksm;
+pub mod redis;
 use std::fmt;
 
 /// A piece of the host a test may need.
@@ -33,6 +34,8 @@ pub enum Piece {
     Qemu,
     /// KSM's knobs in `/sys/kernel/mm/ksm`, writable (root, a kernel with CONFIG_KSM).
     Ksm,
+    /// `redis-server` on the PATH (tests start their own on a loopback port).
+    Redis,
 }
 
 impl Piece {
@@ -46,6 +49,7 @@ impl Piece {
             Self::CgroupV1Memory => "cgroup-v1",
             Self::Qemu => "qemu",
             Self::Ksm => "ksm",
+            Self::Redis => "redis",
         }
     }
 
@@ -65,6 +69,7 @@ impl Piece {
             }
             Self::Qemu => on_path("qemu-system-x86_64"),
             Self::Ksm => is_root() && std::path::Path::new(ksm::ROOT).join("run").exists(),
+            Self::Redis => on_path("redis-server"),
         }
     }
 
@@ -81,6 +86,7 @@ impl Piece {
                 "no qemu-system-x86_64 on the PATH (apt install qemu-system-x86, or make deps)"
             }
             Self::Ksm => "no writable /sys/kernel/mm/ksm (needs root and a kernel with KSM)",
+            Self::Redis => "no redis-server on the PATH (apt install redis-server, or make deps)",
         }
     }
 }

@@ -101,6 +101,12 @@ pub enum Error {
     /// `--zero-pct` is above 100.
     #[error("--zero-pct {0} is above 100")]
     ZeroPercent(u32),
+    /// The Redis store of `bench swap --store`.
+    #[error(transparent)]
+    Redis(#[from] memout_server::redis_store::Error),
+    /// The raw SET/GET baseline against the same Redis server.
+    #[error("raw Redis baseline: {0}")]
+    RedisBaseline(#[from] redis::RedisError),
 }
 
 /// `Result` with this module's [`enum@Error`].

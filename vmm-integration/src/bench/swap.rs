@@ -35,7 +35,7 @@ const NAMES: [&str; 6] = [
 ];
 
 /// (out ms, in ms, fraction of the memory evicted) of one guest run.
-fn guest_round(
+pub(super) fn guest_round(
     server: &Server,
     image: &GuestImage,
     mib: u64,
@@ -82,8 +82,11 @@ fn direct_round(dir: &std::path::Path, mib: u64) -> Result<(f64, f64)> {
     Ok((write_ms, t.elapsed().as_secs_f64() * 1e3))
 }
 
-/// Runs the scenario.
+/// Runs the scenario (against Redis with `--store redis://…`, see [`super::swap_redis`]).
 pub fn swap(o: &BenchOpts) -> Result<BenchResult> {
+    if let Some(url) = &o.store {
+        return super::swap_redis::run(o, url);
+    }
     let mib = o.mib.unwrap_or(512);
     if mib >= 1 << 17 {
         return Err(Error::Mib {
