@@ -31,6 +31,9 @@ pub struct ExperimentArgs {
     /// Where scratch files go (swap-pressure: memout's store and a temporary swapfile).
     #[arg(long, default_value = "/var/tmp")]
     pub scratch_dir: PathBuf,
+    /// swap-pressure: also evict to this Redis server (`redis://HOST:PORT/DB`), a third mode.
+    #[arg(long)]
+    pub redis: Option<String>,
 }
 
 /// Runs it.
@@ -47,6 +50,7 @@ pub fn run(a: ExperimentArgs) -> Result<(), CliError> {
         force: a.force,
         guests: dedup(a.guests),
         scratch_dir: a.scratch_dir,
+        redis: a.redis,
         progress: std::io::stderr().is_terminal(),
         ksm_guard: Some(std::env::current_exe().map_err(CliError::Exe)?),
     };

@@ -22,6 +22,7 @@ pub mod cpl3;
 pub mod experiment;
 pub mod image;
 pub mod layout;
+pub mod memcg;
 pub mod plain;
 pub mod qemu;
 pub mod runner;

@@ -54,12 +54,12 @@ impl Swapfile {
     /// Makes and switches on a swapfile of `bytes` in `dir`, named with `tag` and the process id.
     pub fn create(dir: &Path, tag: &str, bytes: u64) -> Result<Self, Error> {
         let path = dir.join(format!("memout-swap-{tag}-{}", std::process::id()));
-        let s = Self { path };
+        crate::cleanup::register_swapfile(&path);
+        let s = Self { path }; // from here, dropping it removes what was made
         let p = s.path.to_string_lossy().into_owned();
         run("fallocate", &["-l", &bytes.to_string(), &p])?;
         run("chmod", &["600", &p])?;
         run("mkswap", &[&p])?;
-        crate::cleanup::register_swapfile(&s.path);
         run("swapon", &[&p])?;
         Ok(s)
     }

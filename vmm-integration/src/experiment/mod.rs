@@ -74,6 +74,9 @@ pub enum Error {
     /// Building or running a Linux guest under QEMU.
     #[error(transparent)]
     Linux(#[from] crate::qemu::launch::Error),
+    /// A memory cgroup for a measurement could not be made or used.
+    #[error(transparent)]
+    Cgroup(#[from] crate::memcg::Error),
     /// A guest did not reach its working set in time.
     #[error("guest {0} did not fill its memory in time")]
     Fill(String),
@@ -130,6 +133,8 @@ pub struct Options {
     pub force: bool,
     /// Where experiments put scratch files (memout's store, a swapfile).
     pub scratch_dir: PathBuf,
+    /// swap-pressure: a Redis server to evict to as well (a third mode).
+    pub redis: Option<String>,
     /// Which guests run, in this order.
     pub guests: Vec<GuestKind>,
     /// Draw progress bars (on a terminal).

@@ -1,28 +1,43 @@
 //! One cell of the swap-pressure experiment: the `memwork` guest (working set, access
-//! pattern, 30 % writes, 10 % zero pages) runs under a resident budget, with memout's store
+//! pattern, 30 % writes, 10 % zero pages) runs under a host memory limit, with memout's store
 //! or the kernel's swap taking what does not fit, and reports its own throughput.
 //!
-//! Both modes run under the same memout server and eviction policy (coldest 2 MiB chunk
-//! first); they differ in where evicted memory goes and how it comes back:
-//! - `memout`: an O_DIRECT store file, swap-in through userfaultfd with an adaptive window;
-//! - `kernel`: `MADV_PAGEOUT` to a swapfile, swap-in by the kernel's own fault path and its
-//!   read-ahead (`vm.page-cluster`), invisible to memout, which re-checks the budget every
-//!   10 ms with `mincore`.
+//! Both modes get the same host memory: each cell runs `memout run memwork` as a child process
+//! in a fresh memory cgroup limited to the budget plus [`VMM_ALLOWANCE_MIB`] for the VMM itself.
+//! Both use memout's eviction policy (oldest 2 MiB chunk first, hot chunks passed over, see
+//! `memout_server`'s `cold` module); they differ in where evicted memory goes and how it
+//! comes back:
+//! - `memout`: resident budget = the budget; an O_DIRECT store file, swap-in through
+//!   userfaultfd with an adaptive window.
+//! - `kernel`: memout pages the guest out (`MADV_PAGEOUT` to a swapfile) down to the budget
+//!   minus [`KERNEL_HEADROOM_MIB`], re-checked every 10 ms with `mincore`; the kernel swaps in
+//!   through its own fault path and read-ahead (`vm.page-cluster`), and its reclaim frees the
+//!   swap cache when the cgroup is at its limit. So the kernel really reads from swap (it
+//!   cannot keep paged-out memory in a swap cache the host does not have), and what it holds
+//!   in RAM above memout's target serves its faults without I/O.
+//!
+//! A KVM guest's memory cannot be left to the cgroup's own reclaim on this host: KVM reports
+//! the pages young, the reclaim gives up and the OOM killer ends the VMM (with 8 MiB of
+//! headroom it did in 9 runs out of 9; with 16, in none of 9). That is why memout chooses
+//! what goes in both modes.
 //!
 //! Throughput is page accesses per second between the guest's checkpoints 1 and 2 (after the
-//! fill, after the accesses), timed by the host. Resident memory is sampled every 20 ms
-//! during the run (memout's count; in kernel mode what `mincore` finds in RAM).
+//! fill, after the accesses), timed by the host. Host memory is the cgroup's usage (VMM,
+//! guest memory and swap cache), sampled every 20 ms, and its peak.
 
 use super::{Error, Result};
-use crate::image::GuestImage;
-use crate::runner::{RunConfig, run_guest};
-use memout_server::{Eviction, FileStore, Server};
+use crate::memcg::MemoryCgroup;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::time::Duration;
 
 const MIB: u64 = 1 << 20;
+/// Host memory each cell's cgroup allows beyond the budget, for the VMM itself (memout used
+/// 6 MiB of it with a 64 MiB working set).
+pub const VMM_ALLOWANCE_MIB: u64 = 8;
+/// How far below the budget memout pages a kernel-swap guest out, so that the cgroup's
+/// reclaim always finds swap cache to free before the next check.
+pub const KERNEL_HEADROOM_MIB: u64 = 16;
 
 /// Access patterns, as `memwork`'s `MEMWORK_P_PATTERN` numbers them.
 pub const PATTERNS: [&str; 3] = ["sequential", "uniform", "hot-cold"];
@@ -34,6 +49,8 @@ pub enum Mode {
     Memout,
     /// The kernel's swap.
     Kernel,
+    /// memout, evicting to a Redis server.
+    Redis,
 }
 
 impl std::fmt::Display for Mode {
@@ -41,6 +58,7 @@ impl std::fmt::Display for Mode {
         f.write_str(match self {
             Self::Memout => "memout",
             Self::Kernel => "kernel-swap",
+            Self::Redis => "memout-redis",
         })
     }
 }
@@ -78,10 +96,10 @@ pub struct Row {
     /// memout's swap-in fault latency, p50 and p99, µs (`None` in kernel mode: the kernel's
     /// faults are invisible to memout).
     pub swapin_us: Option<(f64, f64)>,
-    /// Mean and largest resident memory sampled during the run, MiB.
-    pub resident_mean_mib: f64,
-    /// Largest resident sample, MiB.
-    pub resident_max_mib: f64,
+    /// Mean host memory of the cell's cgroup during the run, MiB.
+    pub host_mean_mib: f64,
+    /// Peak host memory of the cell's cgroup, MiB.
+    pub host_peak_mib: f64,
     /// Words the guest found wrong.
     pub data_errors: u64,
 }
@@ -107,95 +125,157 @@ pub fn params(c: &Cell) -> Vec<u32> {
     ]
 }
 
-/// Runs one cell; `store_dir` holds memout's store file (the kernel's swapfile is the
-/// caller's, already on).
-pub fn measure(c: Cell, store_dir: &Path) -> Result<Row> {
+/// The cgroup limit of a cell, bytes.
+pub fn limit_bytes(c: &Cell) -> u64 {
+    (c.set_mib * c.budget_pct / 100 + VMM_ALLOWANCE_MIB) * MIB
+}
+
+/// Where a cell's evicted memory goes: memout's store file in `dir`, or the Redis server at
+/// `redis` (for [`Mode::Redis`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Stores<'a> {
+    /// Directory of memout's store file.
+    pub dir: &'a Path,
+    /// Redis URL.
+    pub redis: Option<&'a str>,
+}
+
+/// The `memout run` arguments of a cell.
+fn run_args(c: &Cell, stores: Stores) -> Vec<String> {
     let set = c.set_mib * MIB;
-    let budget = (set * c.budget_pct / 100).max(2 * MIB);
-    let eviction = match c.mode {
-        Mode::Memout => Eviction::Store(Arc::new(
-            FileStore::create(store_dir, "swap-pressure", 2 * set).map_err(|source| {
-                Error::Write {
-                    path: store_dir.to_path_buf(),
-                    source,
-                }
-            })?,
-        )),
-        Mode::Kernel => Eviction::Kernel,
-    };
-    let server = Server::builder().build()?;
-    let image = GuestImage::parse(
-        crate::images::get("memwork")
-            .expect("memwork is built in")
-            .to_vec(),
-    )
-    .expect("built-in images parse");
+    let budget = set * c.budget_pct / 100;
+    let params: Vec<String> = params(c).iter().map(u32::to_string).collect();
+    let mut a: Vec<String> = [
+        "run",
+        "memwork",
+        "--no-control",
+        "--json",
+        "--timeout",
+        "1800",
+        "--name",
+    ]
+    .map(String::from)
+    .to_vec();
+    a.push(format!(
+        "swap-{}-{}-{}",
+        PATTERNS[c.pattern], c.budget_pct, c.mode
+    ));
+    a.extend(["--region".into(), (2 * set).next_power_of_two().to_string()]);
+    a.extend(["--quota".into(), set.to_string()]);
+    a.extend(["--param".into(), params.join(",")]);
+    if c.budget_pct < 100 {
+        let (eviction, budget) = match c.mode {
+            Mode::Memout | Mode::Redis => ("store", budget),
+            Mode::Kernel => (
+                "kernel",
+                budget
+                    .saturating_sub(KERNEL_HEADROOM_MIB * MIB)
+                    .max(2 * MIB),
+            ),
+        };
+        a.extend(["--eviction".into(), eviction.into()]);
+        a.extend(["--budget".into(), budget.to_string()]);
+        a.extend(["--store-dir".into(), stores.dir.display().to_string()]);
+        if let (Mode::Redis, Some(url)) = (c.mode, stores.redis) {
+            a.extend(["--store".into(), url.into()]);
+            a.extend([
+                "--store-instance".into(),
+                format!("experiment-{}", std::process::id()),
+            ]);
+        }
+    }
+    a
+}
+
+/// Runs one cell in its own memory cgroup (the kernel's swapfile is the caller's, already on).
+pub fn measure(c: Cell, stores: Stores) -> Result<Row> {
     let name = format!("swap-{}-{}-{}", PATTERNS[c.pattern], c.budget_pct, c.mode);
-    let cfg = RunConfig {
-        name: name.clone(),
-        region_size: (2 * set).next_power_of_two(),
-        quota_bytes: set,
-        params: params(&c),
-        eviction,
-        budget_bytes: Some(budget),
-        timeout: Duration::from_secs(1800),
-        ..Default::default()
-    };
+    let limit = limit_bytes(&c);
+    let cg = MemoryCgroup::create(&format!("swap-{}", c.mode), limit)?;
+    let exe = std::env::current_exe().map_err(|e| Error::Unsupported(format!("own path: {e}")))?;
     let swapins_before = pswpin();
     let done = AtomicBool::new(false);
-    let (report, samples) = std::thread::scope(|s| {
+    let (out, samples) = std::thread::scope(|s| {
         let sampler = s.spawn(|| {
             let mut v = Vec::new();
             while !done.load(SeqCst) {
-                if let Some(g) = server.registry().find(&name) {
-                    v.push(g.stats().resident_pages);
-                }
+                v.extend(cg.usage());
                 std::thread::sleep(Duration::from_millis(20));
             }
             v
         });
-        let r = run_guest(&server, &image, &cfg);
+        let out = cg.run(&exe, &run_args(&c, stores));
         done.store(true, SeqCst);
-        (r, sampler.join().expect("the sampler does not panic"))
+        (out, sampler.join().expect("the sampler does not panic"))
     });
-    let report = report?;
-    let bad = report
-        .output
-        .iter()
-        .find_map(|l| l.split(" bad ").nth(1)?.trim().parse::<u64>().ok());
-    if !report.passed() {
+    let out = out?;
+    let swapins = pswpin().saturating_sub(swapins_before);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    if cg.oom_kills() > 0 {
         return Err(Error::Guest {
             name,
-            outcome: format!("{}: {}", report.outcome, report.output.join(" / ")),
+            outcome: format!(
+                "OOM-killed in its memory cgroup (limit {} MiB)",
+                limit / MIB
+            ),
         });
     }
-    let ops_s = report
-        .between(1, 2)
-        .ok_or_else(|| Error::Guest {
-            name: name.clone(),
+    let output: Vec<&str> = report["output"]
+        .as_array()
+        .map(|v| v.iter().filter_map(|l| l.as_str()).collect())
+        .unwrap_or_default();
+    if report["passed"] != true {
+        return Err(Error::Guest {
+            name,
+            outcome: format!(
+                "{} {}: {} / {}",
+                out.status,
+                report["outcome"],
+                output.join(" / "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
+    }
+    let bad = output
+        .iter()
+        .find_map(|l| l.split(" bad ").nth(1)?.trim().parse::<u64>().ok());
+    let at = |id: u64| {
+        report["checkpoints"]
+            .as_array()?
+            .iter()
+            .find(|c| c["id"] == id)?["at_ms"]
+            .as_f64()
+    };
+    let (Some(t1), Some(t2)) = (at(1), at(2)) else {
+        return Err(Error::Guest {
+            name,
             outcome: "no checkpoints 1 and 2".into(),
-        })?
-        .as_secs_f64();
-    let s = &report.stats;
-    let mib = |pages: f64| pages * 4096.0 / MIB as f64;
+        });
+    };
+    let ops_s = (t2 - t1) / 1000.0;
+    let stat = |k: &str| report["stats"][k].as_u64().unwrap_or(0);
+    let mib = |bytes: f64| bytes / MIB as f64;
     let mean = samples.iter().sum::<u64>() as f64 / samples.len().max(1) as f64;
     Ok(Row {
         cell: c,
         ops_per_s: f64::from(c.kops) * 1000.0 / ops_s.max(1e-9),
         ops_s,
-        evicted_pages: s.evictions_pages,
+        evicted_pages: stat("evictions_pages"),
         swapin_pages: match c.mode {
-            Mode::Memout => s.swapins_pages,
-            Mode::Kernel => pswpin().saturating_sub(swapins_before),
+            Mode::Memout | Mode::Redis => stat("swapins_pages"),
+            Mode::Kernel => swapins,
         },
-        swapin_us: (c.mode == Mode::Memout).then(|| {
+        swapin_us: (c.mode != Mode::Kernel).then(|| {
             (
-                s.swapin_p50_ns as f64 / 1000.0,
-                s.swapin_p99_ns as f64 / 1000.0,
+                stat("swapin_p50_ns") as f64 / 1000.0,
+                stat("swapin_p99_ns") as f64 / 1000.0,
             )
         }),
-        resident_mean_mib: mib(mean),
-        resident_max_mib: mib(samples.iter().copied().max().unwrap_or(0) as f64),
+        host_mean_mib: mib(mean),
+        host_peak_mib: mib(cg
+            .peak()
+            .unwrap_or_else(|| samples.iter().copied().max().unwrap_or(0))
+            as f64),
         data_errors: bad.unwrap_or(0),
     })
 }
