@@ -235,6 +235,9 @@ impl BackingStore for RedisStore {
             .iter()
             .flat_map(|b| b.chunks(SLOT_SIZE as usize))
             .collect();
+        if pages.is_empty() {
+            return Ok(());
+        }
         let mut pipe = redis::pipe();
         for p in pieces(slot, pages.len() as u64) {
             let cmd = pipe.cmd("HSET").arg(self.ns.key(p.key));
@@ -249,6 +252,9 @@ impl BackingStore for RedisStore {
 
     fn read(&self, slot: u64, buf: &mut [u8]) -> io::Result<()> {
         let ps = pieces(slot, buf.len() as u64 / SLOT_SIZE);
+        if ps.is_empty() {
+            return Ok(());
+        }
         let mut pipe = redis::pipe();
         for p in &ps {
             let cmd = pipe.cmd("HMGET").arg(self.ns.key(p.key));
@@ -280,6 +286,9 @@ impl BackingStore for RedisStore {
     }
 
     fn discard(&self, slot: u64, pages: u64) -> io::Result<()> {
+        if pages == 0 {
+            return Ok(());
+        }
         let mut pipe = redis::pipe();
         for p in pieces(slot, pages) {
             let cmd = pipe.cmd("HDEL").arg(self.ns.key(p.key));
