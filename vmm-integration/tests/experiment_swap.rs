@@ -3,7 +3,9 @@
 //! evicts below 100 % and uses less host memory at 25 % than at 100 %; kernel swap really
 //! reads from swap at 25 % and is slower there than at 100 %; every plot has its CSV; the
 //! manifest names the machine), and the temporary swapfile and memory cgroups are gone
-//! afterwards, also when the experiment is interrupted with Ctrl-C (SIGINT).
+//! afterwards, also when the experiment is interrupted with Ctrl-C (SIGINT). The quick run
+//! includes the memout→Redis mode against a `redis-server` the test starts, whose keys are
+//! all gone afterwards.
 
 use memout_test_support::{Piece, require_all};
 use std::collections::HashMap;
@@ -65,14 +67,22 @@ fn leftovers(scratch: &Path) -> Vec<String> {
 
 #[test]
 fn the_quick_swap_pressure_experiment_makes_sense() {
-    let pieces = [Piece::Kvm, Piece::Uffd, Piece::Swap, Piece::CgroupV1Memory];
+    let pieces = [
+        Piece::Kvm,
+        Piece::Uffd,
+        Piece::Swap,
+        Piece::CgroupV1Memory,
+        Piece::Redis,
+    ];
     if !require_all(&pieces, "experiment_swap") {
         return;
     }
     let _one = SWAP.lock().unwrap_or_else(|p| p.into_inner());
+    let redis = memout_test_support::redis::RedisServer::start(0);
     let (out, dir) = (scratch("out"), scratch("files"));
     let _ = std::fs::remove_dir_all(&out);
     let child = experiment(&out, &dir)
+        .args(["--redis", &redis.url()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -89,12 +99,17 @@ fn the_quick_swap_pressure_experiment_makes_sense() {
     let rows: Vec<HashMap<&str, &str>> = lines
         .map(|l| head.iter().copied().zip(l.split(',')).collect())
         .collect();
-    assert_eq!(rows.len(), 3 * 4 * 2, "3 patterns × 4 budgets × 2 modes");
+    assert_eq!(rows.len(), 3 * 4 * 3, "3 patterns × 4 budgets × 3 modes");
+    assert_eq!(
+        redis.cli(&["DBSIZE"]).trim(),
+        "0",
+        "the guests' keys are gone"
+    );
     let num = |r: &HashMap<&str, &str>, k: &str| r[k].parse::<f64>().unwrap();
     for r in &rows {
         assert_eq!(r["data_errors"], "0", "{r:?}");
         assert!(num(r, "ops_per_s") > 0.0, "{r:?}");
-        if r["mode"] == "memout" && r["budget_pct"] != "100" {
+        if r["mode"] != "kernel-swap" && r["budget_pct"] != "100" {
             assert!(num(r, "evicted_pages") > 0.0, "{r:?}");
         }
     }
@@ -132,6 +147,7 @@ fn the_quick_swap_pressure_experiment_makes_sense() {
     }
     let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
     assert!(summary.contains("| ratio |"), "{summary}");
+    assert!(summary.contains("## memout evicting to Redis"), "{summary}");
     let m: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(m["experiment"], "swap-pressure");

@@ -251,6 +251,14 @@ fn summary(
         }
         s.push('\n');
     }
-    s.push_str("Kernel swap-ins are `pswpin` from /proc/vmstat over the run (host-wide: run on a quiet host); they count pages read from swap, not faults served from the swap cache. Host memory is the cgroup's usage: the VMM, the guest's memory and the swap cache. Favourable to the kernel: what its cgroup holds above memout's paging-out target (up to the headroom) serves faults without I/O, while memout's own store keeps nothing cached. Favourable to memout: its store does not write zero pages (10 % here); the kernel's swap writes them. At 100 % neither mode evicts.\n");
+    s.push_str("Kernel swap-ins are `pswpin` from /proc/vmstat over the run (host-wide: run on a quiet host); they count pages read from swap, not faults served from the swap cache. Host memory is the cgroup's usage: the VMM, the guest's memory and the swap cache. Favourable to the kernel: what its cgroup holds above memout's paging-out target (up to the headroom) serves faults without I/O, while memout's own store keeps nothing cached. Favourable to memout: its store does not write zero pages (10 % here); the kernel's swap writes them. At 100 % neither mode evicts.");
+    if opts.redis.is_some() {
+        let _ = write!(
+            s,
+            " memout→Redis keeps the guest {} MiB under the budget, leaving the cgroup's room to the Redis client's buffers.",
+            super::swap::REDIS_CLIENT_MIB
+        );
+    }
+    s.push('\n');
     s
 }
