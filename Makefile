@@ -9,7 +9,7 @@ CARGO ?= cargo
 
 .PHONY: deps test-deps demo test
 
-TEST_PKGS := qemu-system-x86 busybox-static linux-headers-cloud-amd64 cpio redis-server
+TEST_PKGS := qemu-system-x86 busybox-static linux-headers-cloud-amd64 cpio redis-server openssl
 
 deps:
 	@if ! dpkg -s libclang-dev >/dev/null 2>&1; then \

@@ -47,10 +47,17 @@ pub struct RunArgs {
     #[arg(long, default_value = "/var/tmp")]
     pub store_dir: std::path::PathBuf,
     /// Evict to a Redis server instead of a file (eviction=store), e.g.
-    /// `redis://127.0.0.1:6379/0` or `redis://:PASSWORD@host:6379/0`; keys are
-    /// `memout:INSTANCE:GUEST:N`, deleted when the guest ends.
+    /// `redis://127.0.0.1:6379/0`, `redis://:PASSWORD@host:6379/0`, or `rediss://…` for TLS;
+    /// keys are `memout:INSTANCE:GUEST:N`, deleted when the guest ends.
     #[arg(long)]
     pub store: Option<String>,
+    /// CA certificates (PEM file) to trust for a `rediss://` store, instead of the system's.
+    #[arg(long, requires = "store")]
+    pub store_ca: Option<std::path::PathBuf>,
+    /// The --store URL names one node of a Redis Cluster: each 2 MiB run's key goes to the
+    /// master that owns its hash slot.
+    #[arg(long, requires = "store")]
+    pub store_cluster: bool,
     /// This memout instance's name in Redis keys; keys an instance of the same name left for
     /// the same guest (after a crash) are deleted at start [default: the host name].
     #[arg(long)]
@@ -98,6 +105,8 @@ pub fn run(a: RunArgs) -> Result<(), CliError> {
         eviction,
         store_dir,
         store,
+        store_ca,
+        store_cluster,
         store_instance,
         budget,
         name,
@@ -125,6 +134,8 @@ pub fn run(a: RunArgs) -> Result<(), CliError> {
                 redis: store
                     .as_deref()
                     .map(|u| (u, instance.as_str(), name.as_str())),
+                redis_ca: store_ca.as_deref(),
+                redis_cluster: store_cluster,
             },
             region,
         )?,

@@ -103,6 +103,12 @@ enum CliError {
     },
     #[error(transparent)]
     RedisStore(#[from] memout_server::redis_store::Error),
+    #[error("cannot read --store-ca {path}: {source}")]
+    StoreCa {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(
         "--store {0:?}: only redis:// and rediss:// stores exist (a directory goes to --store-dir)"
     )]
@@ -144,6 +150,10 @@ struct StoreChoice<'a> {
     dir: &'a std::path::Path,
     /// A Redis URL, with the instance name and the guest's name for its keys.
     redis: Option<(&'a str, &'a str, &'a str)>,
+    /// A PEM file of CA certificates to trust for `rediss://`.
+    redis_ca: Option<&'a std::path::Path>,
+    /// The URL names a Redis Cluster node.
+    redis_cluster: bool,
 }
 
 fn eviction_of(c: &StoreChoice, region: u64) -> Result<memout_server::Eviction, CliError> {
@@ -158,8 +168,15 @@ fn eviction_of(c: &StoreChoice, region: u64) -> Result<memout_server::Eviction, 
                     memout_server::redis_store::keys::redact(url),
                 ));
             }
-            let cfg =
+            let mut cfg =
                 memout_server::redis_store::RedisStoreConfig::new(url, instance, guest, region);
+            cfg.cluster = c.redis_cluster;
+            if let Some(path) = c.redis_ca {
+                cfg.ca_pem = Some(std::fs::read(path).map_err(|source| CliError::StoreCa {
+                    path: path.to_path_buf(),
+                    source,
+                })?);
+            }
             let s = memout_server::redis_store::RedisStore::connect(&cfg)?;
             Ok(memout_server::Eviction::Store(std::sync::Arc::new(s)))
         }

@@ -5,9 +5,12 @@
 //! unreachable server is a clear error that does not show the password; a full server
 //! (`maxmemory`, `noeviction`) leaves frames resident and is reported; a server restarted
 //! empty, or killed, in the middle of a run stops the guest with an error naming the frame,
-//! never silent zeros.
+//! never silent zeros. Over TLS with a password the run works with the right CA and is refused
+//! with an untrusted one or a wrong password; on a three-master Redis Cluster every master
+//! holds part of the guest's memory.
 
 use memout_test_support::redis::RedisServer;
+use memout_test_support::redis_cluster::RedisCluster;
 use memout_test_support::{Piece, require_all};
 use serde_json::Value;
 use std::process::{Child, Command, Output, Stdio};
@@ -161,13 +164,24 @@ fn a_full_store_leaves_frames_resident_and_reports_it() {
 
 /// Starts a long hot-cold run and returns once it has memory in Redis.
 fn running_with_keys(redis: &RedisServer, tag: &str) -> Child {
-    let child = memwork(&redis.url(), &instance(tag), 64, 100_000, "16M")
+    running_on(&redis.url(), &[], tag, &[redis])
+}
+
+/// Starts a long hot-cold run on `url` (with `args`) and returns once `nodes` hold 8 keys.
+fn running_on(url: &str, args: &[&str], tag: &str, nodes: &[&RedisServer]) -> Child {
+    let child = memwork(url, &instance(tag), 64, 100_000, "16M")
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let t = Instant::now();
-    while keys(redis, "memout:*").len() < 8 {
+    while nodes
+        .iter()
+        .map(|n| keys(n, "memout:*").len())
+        .sum::<usize>()
+        < 8
+    {
         assert!(t.elapsed() < Duration::from_secs(30), "nothing was evicted");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -180,6 +194,7 @@ fn stopped_with(child: Child, what: &str) {
     let r = report(&o);
     let outcome = r["outcome"].as_str().unwrap_or_default().to_string();
     assert_eq!(r["passed"], false, "{r}");
+    eprintln!("stopped: {outcome}");
     assert!(
         outcome.contains("cannot read evicted frame at guest-physical address 0x")
             && outcome.contains(what),
@@ -207,4 +222,109 @@ fn a_store_killed_mid_run_stops_the_guest_after_retrying() {
     let child = running_with_keys(&redis, "kill");
     redis.kill();
     stopped_with(child, "unreachable");
+}
+
+fn failed_without(o: &Output, secret: &str) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "{err}");
+    assert!(!err.contains(secret), "the password is shown: {err}");
+    err
+}
+
+#[test]
+fn tls_with_a_password_runs_and_refuses_untrusted_or_wrong_credentials() {
+    if !ready("redis_store") {
+        return;
+    }
+    let pw = "tls-test-pw-7f3a";
+    let redis = RedisServer::start_tls(pw);
+    let o = memwork(&redis.url(), &instance("tls"), 64, 20, "16M")
+        .arg("--store-ca")
+        .arg(redis.ca_path())
+        .output()
+        .unwrap();
+    let r = report(&o);
+    assert_eq!(r["passed"], true, "{r}");
+    assert!(memwork_line(&r).ends_with(" bad 0"), "{r}");
+    assert!(
+        r["stats"]["evictions_pages"].as_u64().unwrap() > 48 << 8,
+        "{r}"
+    );
+    assert!(r["stats"]["swapins_pages"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(keys(&redis, "memout:*"), Vec::<String>::new());
+
+    // The system's CAs do not know the test CA.
+    let o = memwork(&redis.url(), &instance("tls-ca"), 16, 1, "8M")
+        .output()
+        .unwrap();
+    let err = failed_without(&o, pw);
+    assert!(err.contains("UnknownIssuer"), "{err}");
+    // A wrong password.
+    let wrong = redis.url().replace(pw, "wrong-pw-91c2");
+    let o = memwork(&wrong, &instance("tls-pw"), 16, 1, "8M")
+        .arg("--store-ca")
+        .arg(redis.ca_path())
+        .output()
+        .unwrap();
+    let err = failed_without(&o, "wrong-pw-91c2");
+    assert!(
+        err.contains("refused") && err.contains("authentication failed"),
+        "{err}"
+    );
+    // Plain TCP to the TLS port, and a CA for a plain URL.
+    let plain = format!("redis://:{pw}@127.0.0.1:{}/0", redis.port());
+    let o = memwork(&plain, &instance("tls-plain"), 16, 1, "8M")
+        .output()
+        .unwrap();
+    failed_without(&o, pw);
+    let o = memwork(&plain, &instance("tls-plain"), 16, 1, "8M")
+        .arg("--store-ca")
+        .arg(redis.ca_path())
+        .output()
+        .unwrap();
+    let err = failed_without(&o, pw);
+    assert!(err.contains("does not use TLS"), "{err}");
+}
+
+#[test]
+fn a_cluster_spreads_the_guests_memory_over_every_master() {
+    if !ready("redis_store") {
+        return;
+    }
+    let cluster = RedisCluster::start();
+    let o = memwork(&cluster.url(), &instance("cluster"), 128, 50, "32M")
+        .arg("--store-cluster")
+        .output()
+        .unwrap();
+    let r = report(&o);
+    assert_eq!(
+        r["passed"],
+        true,
+        "{r}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(memwork_line(&r).ends_with(" bad 0"), "{r}");
+    let stat = |k: &str| r["stats"][k].as_u64().unwrap();
+    assert!(stat("evictions_pages") > 96 << 8, "{r}");
+    assert!(stat("swapins_pages") > 0, "{r}");
+    assert_eq!(stat("evict_errors"), 0, "{r}");
+    for n in cluster.nodes() {
+        let calls = n.cli(&["INFO", "commandstats"]);
+        for cmd in ["cmdstat_hset:calls=", "cmdstat_hmget:calls="] {
+            assert!(calls.contains(cmd), "node {}: no {cmd}\n{calls}", n.port());
+        }
+        assert_eq!(n.cli(&["DBSIZE"]).trim(), "0", "node {}", n.port());
+    }
+}
+
+#[test]
+fn a_cluster_master_lost_mid_run_stops_the_guest_naming_the_frame() {
+    if !ready("redis_store") {
+        return;
+    }
+    let mut cluster = RedisCluster::start();
+    let nodes: Vec<&RedisServer> = cluster.nodes().iter().collect();
+    let child = running_on(&cluster.url(), &["--store-cluster"], "cluster-kill", &nodes);
+    cluster.kill_node(2);
+    stopped_with(child, "(cluster) unreachable");
 }

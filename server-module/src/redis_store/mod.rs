@@ -1,11 +1,12 @@
 //! A [`BackingStore`] in Redis: evicted guest memory leaves the host for a Redis server (a
-//! standalone `redis-server`, or any node's address of a deployment that routes keys), so a
-//! host can evict more than its disk holds and share one memory pool with other hosts.
+//! standalone `redis-server`, or a Redis Cluster found from one of its nodes), over TCP or TLS,
+//! so a host can evict more than its disk holds and share one memory pool with other hosts.
 //!
 //! Layout ([`keys`]): one hash per 2 MiB run of slots, namespaced per memout instance and
 //! guest. A swap-out is one pipelined round trip (an HSET per key touched), a swap-in one
-//! (an HMGET per key), a discard one (HDEL). At most [`RedisStoreConfig::connections`]
-//! requests are in flight; a broken connection is replaced with back-off ([`pool`]).
+//! (an HMGET per key), a discard one (HDEL); in a cluster each pipeline is split by the
+//! master that owns each key (module `link`). At most [`RedisStoreConfig::connections`]
+//! requests are in flight; a broken connection is replaced with back-off (module `pool`).
 //! Keys are deleted when the store is dropped (the guest ended), and [`RedisStore::connect`]
 //! first deletes any left under the same namespace by an instance of the same name that
 //! crashed.
@@ -16,12 +17,14 @@
 //! into stopping the guest with the frame's address. It never reads as zeros.
 
 pub mod keys;
+mod link;
 mod pool;
 
 use crate::store::{BackingStore, SLOT_SIZE};
 use keys::{Namespace, pieces};
+use link::{Conn, target};
 use pool::{Failure, Pool};
-use redis::{Client, Connection, RedisError};
+use redis::RedisError;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -33,6 +36,30 @@ pub enum Error {
     /// The URL is not a Redis URL the client understands (shown without credentials).
     #[error("bad Redis URL {url}: {source}")]
     Url {
+        /// The URL, redacted.
+        url: String,
+        /// The cause.
+        #[source]
+        source: RedisError,
+    },
+    /// A CA to trust was given for a URL that does not use TLS (`redis://`, not `rediss://`).
+    #[error("a CA certificate was given for {url}, which does not use TLS (use rediss://)")]
+    CaWithoutTls {
+        /// The URL, redacted.
+        url: String,
+    },
+    /// The CA certificates are not PEM certificates (none found, or one is broken).
+    #[error("the CA certificates given for {url} hold no valid PEM certificate")]
+    CaPem {
+        /// The URL, redacted.
+        url: String,
+        /// What was wrong with a certificate, if one was found.
+        #[source]
+        source: Option<rustls::pki_types::pem::Error>,
+    },
+    /// The client refused the TLS settings.
+    #[error("TLS settings for {url}: {source}")]
+    Tls {
         /// The URL, redacted.
         url: String,
         /// The cause.
@@ -95,11 +122,17 @@ impl From<Error> for io::Error {
     }
 }
 
-/// How to reach the store and what to call the keys.
-#[derive(Debug, Clone)]
+/// How to reach the store and what to call the keys. Its `Debug` hides the password.
+#[derive(Clone)]
 pub struct RedisStoreConfig {
-    /// `redis://[user:password@]host:port/db` (or `rediss://` if the client was built with TLS).
+    /// `redis://[user:password@]host:port/db`, or `rediss://…` for TLS.
     pub url: String,
+    /// CA certificates (PEM) to trust for `rediss://` instead of the system's; refused with
+    /// `redis://`.
+    pub ca_pem: Option<Vec<u8>>,
+    /// The URL names one node of a Redis Cluster: keys go to the master that owns their hash
+    /// slot (found from the node, following MOVED/ASK redirections).
+    pub cluster: bool,
     /// The memout instance (keys of instances with different names never meet).
     pub instance: String,
     /// The guest.
@@ -119,6 +152,8 @@ impl RedisStoreConfig {
     pub fn new(url: &str, instance: &str, guest: &str, capacity_bytes: u64) -> Self {
         Self {
             url: url.to_string(),
+            ca_pem: None,
+            cluster: false,
             instance: instance.to_string(),
             guest: guest.to_string(),
             capacity_bytes,
@@ -129,6 +164,22 @@ impl RedisStoreConfig {
     }
 }
 
+impl std::fmt::Debug for RedisStoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStoreConfig")
+            .field("url", &keys::redact(&self.url))
+            .field("ca_pem", &self.ca_pem.as_ref().map(Vec::len))
+            .field("cluster", &self.cluster)
+            .field("instance", &self.instance)
+            .field("guest", &self.guest)
+            .field("capacity_bytes", &self.capacity_bytes)
+            .field("connections", &self.connections)
+            .field("timeout", &self.timeout)
+            .field("retry_for", &self.retry_for)
+            .finish()
+    }
+}
+
 /// Evicted memory of one guest, in Redis.
 pub struct RedisStore {
     ns: Namespace,
@@ -136,6 +187,11 @@ pub struct RedisStore {
     capacity_slots: u64,
     stored: AtomicU64,
     store: String,
+    /// The URL names a cluster node.
+    cluster: bool,
+    /// The server answered at connect: only then does dropping the store delete its keys
+    /// (a store that never reached its server does not wait out the retry time twice).
+    reached: bool,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -151,27 +207,30 @@ impl RedisStore {
     /// Connects (checking the server answers) and deletes keys a crashed instance of the same
     /// name left for this guest.
     pub fn connect(cfg: &RedisStoreConfig) -> Result<Self> {
-        let store = keys::redact(&cfg.url);
+        let mut store = keys::redact(&cfg.url);
+        if cfg.cluster {
+            store.push_str(" (cluster)");
+        }
         let ns = Namespace::new(&cfg.instance, &cfg.guest)?;
-        let client = Client::open(cfg.url.as_str()).map_err(|source| Error::Url {
-            url: store.clone(),
-            source,
-        })?;
+        let target = target(cfg, &store)?;
         let pool = Pool::new(
-            client,
+            target,
             cfg.connections,
             cfg.timeout,
             cfg.retry_for,
             store.clone(),
         );
-        let s = Self {
+        let mut s = Self {
             ns,
             pool,
             capacity_slots: cfg.capacity_bytes / SLOT_SIZE,
             stored: AtomicU64::new(0),
             store,
+            cluster: cfg.cluster,
+            reached: false,
         };
-        s.run(|c| redis::cmd("PING").query::<String>(c))?;
+        s.run(|c| c.query_cmd::<String>(&redis::cmd("PING")))?;
+        s.reached = true;
         let swept = s.sweep()?;
         if swept > 0 {
             tracing::warn!(store = %s.store, namespace = s.ns.prefix(), keys = swept,
@@ -180,10 +239,7 @@ impl RedisStore {
         Ok(s)
     }
 
-    fn run<T>(
-        &self,
-        f: impl FnMut(&mut Connection) -> std::result::Result<T, RedisError>,
-    ) -> Result<T> {
+    fn run<T>(&self, f: impl FnMut(&mut Conn) -> std::result::Result<T, RedisError>) -> Result<T> {
         self.pool.run(f).map_err(|e| match e {
             Failure::Unreachable(source) => Error::Unreachable {
                 store: self.store.clone(),
@@ -196,32 +252,51 @@ impl RedisStore {
         })
     }
 
-    /// Deletes every key of this guest's namespace; returns how many there were.
+    /// Deletes every key of this guest's namespace; returns how many there were. On one
+    /// server it finds them with SCAN; in a cluster (where SCAN sees one node) it deletes
+    /// every key the guest's capacity can use.
     pub fn sweep(&self) -> Result<u64> {
+        let found: Vec<String> = if self.cluster {
+            let keys = self.capacity_slots.div_ceil(keys::SLOTS_PER_KEY);
+            (0..keys).map(|k| self.ns.key(k)).collect()
+        } else {
+            self.scan()?
+        };
+        let mut deleted = 0;
+        for batch in found.chunks(512) {
+            let mut pipe = redis::pipe();
+            for k in batch {
+                pipe.cmd("UNLINK").arg(k);
+            }
+            let n: Vec<u64> = self.run(|c| c.query(&pipe))?;
+            deleted += n.iter().sum::<u64>();
+        }
+        self.stored.store(0, Relaxed);
+        Ok(deleted)
+    }
+
+    /// The keys of this guest's namespace on one server.
+    fn scan(&self) -> Result<Vec<String>> {
         let pattern = self.ns.pattern();
-        let found: Vec<String> = self.run(|c| {
+        self.run(|c| {
             let mut cursor = 0u64;
             let mut all = Vec::new();
             loop {
-                let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query(c)?;
+                let (next, batch): (u64, Vec<String>) = c.query_cmd(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000),
+                )?;
                 all.extend(batch);
                 if next == 0 {
                     return Ok(all);
                 }
                 cursor = next;
             }
-        })?;
-        for batch in found.chunks(512) {
-            self.run(|c| redis::cmd("UNLINK").arg(batch).query::<u64>(c))?;
-        }
-        self.stored.store(0, Relaxed);
-        Ok(found.len() as u64)
+        })
     }
 }
 
@@ -245,7 +320,7 @@ impl BackingStore for RedisStore {
                 cmd.arg(p.field + i).arg(pages[(p.at + i) as usize]);
             }
         }
-        let added: Vec<u64> = self.run(|c| pipe.query(c))?;
+        let added: Vec<u64> = self.run(|c| c.query(&pipe))?;
         self.stored.fetch_add(added.iter().sum(), Relaxed);
         Ok(())
     }
@@ -262,7 +337,7 @@ impl BackingStore for RedisStore {
                 cmd.arg(p.field + i);
             }
         }
-        let got: Vec<Vec<Option<Vec<u8>>>> = self.run(|c| pipe.query(c))?;
+        let got: Vec<Vec<Option<Vec<u8>>>> = self.run(|c| c.query(&pipe))?;
         for (p, values) in ps.iter().zip(got) {
             for (i, v) in values.into_iter().enumerate() {
                 let s = slot + p.at + i as u64;
@@ -296,7 +371,7 @@ impl BackingStore for RedisStore {
                 cmd.arg(p.field + i);
             }
         }
-        let removed: Vec<u64> = self.run(|c| pipe.query(c))?;
+        let removed: Vec<u64> = self.run(|c| c.query(&pipe))?;
         let n = removed.iter().sum();
         let _ = self
             .stored
@@ -319,9 +394,25 @@ impl BackingStore for RedisStore {
 
 impl Drop for RedisStore {
     fn drop(&mut self) {
+        if !self.reached {
+            return;
+        }
         if let Err(e) = self.sweep() {
             tracing::warn!(store = %self.store, namespace = self.ns.prefix(),
                 "could not delete the guest's keys: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_config_debug_hides_the_password() {
+        let cfg = RedisStoreConfig::new("redis://:hunter2@10.0.0.1:6379/0", "i", "g", 1 << 20);
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("10.0.0.1:6379"), "{shown}");
     }
 }

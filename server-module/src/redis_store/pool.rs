@@ -1,12 +1,13 @@
-//! Connections to one Redis server: at most a fixed number open (so at most that many
+//! Connections to one Redis server or cluster ([`super::link`]): at most a fixed number open (so at most that many
 //! requests in flight: each request is one pipeline on one connection), reconnected with
 //! exponential back-off when the server goes away, for a bounded time. Every request memout
 //! makes is idempotent (HSET of the same pages, HMGET, HDEL, UNLINK), so a request whose
 //! connection broke is simply sent again on a new one.
 
+use super::link::{Conn, Target};
 use crate::log_limit::LogLimiter;
 use parking_lot::{Condvar, Mutex};
-use redis::{Client, Connection, RedisError};
+use redis::RedisError;
 use std::time::{Duration, Instant};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);
@@ -24,11 +25,11 @@ pub enum Failure {
 
 /// A bounded set of connections.
 pub struct Pool {
-    client: Client,
+    target: Target,
     timeout: Duration,
     retry_for: Duration,
     max: usize,
-    state: Mutex<(Vec<Connection>, usize)>,
+    state: Mutex<(Vec<Conn>, usize)>,
     returned: Condvar,
     log: LogLimiter,
     what: String,
@@ -43,14 +44,14 @@ impl Pool {
     /// request is retried on new connections for up to `retry_for`. `what` names the server
     /// in logs (without credentials).
     pub fn new(
-        client: Client,
+        target: Target,
         max: usize,
         timeout: Duration,
         retry_for: Duration,
         what: String,
     ) -> Self {
         Self {
-            client,
+            target,
             timeout,
             retry_for,
             max: max.max(1),
@@ -62,7 +63,7 @@ impl Pool {
     }
 
     /// An idle connection, or a new one if fewer than `max` are open; waits otherwise.
-    fn take(&self) -> Result<Connection, RedisError> {
+    fn take(&self) -> Result<Conn, RedisError> {
         let mut st = self.state.lock();
         loop {
             if let Some(c) = st.0.pop() {
@@ -71,14 +72,7 @@ impl Pool {
             if st.1 < self.max {
                 st.1 += 1;
                 drop(st);
-                let c = self
-                    .client
-                    .get_connection_with_timeout(self.timeout)
-                    .and_then(|c| {
-                        c.set_read_timeout(Some(self.timeout))?;
-                        c.set_write_timeout(Some(self.timeout))?;
-                        Ok(c)
-                    });
+                let c = self.target.connect(self.timeout);
                 if c.is_err() {
                     self.state.lock().1 -= 1;
                     self.returned.notify_one();
@@ -89,7 +83,7 @@ impl Pool {
         }
     }
 
-    fn give_back(&self, c: Connection) {
+    fn give_back(&self, c: Conn) {
         self.state.lock().0.push(c);
         self.returned.notify_one();
     }
@@ -103,7 +97,7 @@ impl Pool {
     /// is unreachable, for up to the retry time.
     pub fn run<T>(
         &self,
-        mut f: impl FnMut(&mut Connection) -> Result<T, RedisError>,
+        mut f: impl FnMut(&mut Conn) -> Result<T, RedisError>,
     ) -> Result<T, Failure> {
         let start = Instant::now();
         let mut backoff = FIRST_BACKOFF;

@@ -14,6 +14,7 @@
 
 pub mod ksm;
 pub mod redis;
+pub mod redis_cluster;
 use std::fmt;
 
 /// A piece of the host a test may need.
