@@ -35,8 +35,18 @@ pub struct Pool {
     what: String,
 }
 
+/// Worth retrying on a new connection: the server is away, or a cluster is between
+/// configurations (a master lost and a replica not yet promoted, slots moving).
 fn transient(e: &RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
+    use redis::{ErrorKind::Server, ServerErrorKind as K};
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || matches!(
+            e.kind(),
+            Server(K::ClusterDown | K::TryAgain | K::MasterDown | K::BusyLoading)
+        )
 }
 
 impl Pool {
