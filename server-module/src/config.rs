@@ -15,6 +15,9 @@ pub const REGION_ALIGN: u64 = 2 << 20;
 /// A configuration the server refuses; nothing was set up.
 #[derive(Debug, Error)]
 pub enum ConfigError {
+    /// A fault spin above [`MAX_FAULT_SPIN`](crate::MAX_FAULT_SPIN).
+    #[error("fault spin {0:?} is above the limit of 10 ms")]
+    FaultSpin(std::time::Duration),
     /// The region size is zero or not a multiple of 2 MiB.
     #[error("region size {0:#x} is not a non-zero multiple of 2 MiB")]
     RegionSize(u64),

@@ -1,6 +1,7 @@
 //! The fault-handler thread of one guest: waits on the guest's userfaultfd and a stop
 //! eventfd, serves missing-page faults through `GuestCore::resolve_fault`, and passes
 //! write-protect faults (writes during an eviction) to `GuestCore::resolve_wp_fault`. One thread per guest, so a slow populate for one guest never delays another.
+//! Optionally it polls for the next fault for a while before sleeping (`set_fault_spin`).
 
 use crate::guest::{GuestCore, Resolution};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -10,6 +11,33 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use userfaultfd::{Event, EventBuffer, FaultKind};
+
+/// The longest a fault thread may poll for the next fault before sleeping
+/// ([`GuestRef::set_fault_spin`](crate::GuestRef::set_fault_spin)).
+pub const MAX_FAULT_SPIN: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Polls `fds`: first without sleeping, again and again for up to `spin`, then blocking for
+/// `timeout`. The spin saves the sleeping thread's wake-up when the next fault comes soon.
+fn poll_spinning(
+    fds: &mut [PollFd],
+    spin: std::time::Duration,
+    timeout: PollTimeout,
+) -> nix::Result<i32> {
+    if !spin.is_zero() {
+        let until = std::time::Instant::now() + spin;
+        loop {
+            let n = poll(fds, PollTimeout::ZERO)?;
+            if n > 0 {
+                return Ok(n);
+            }
+            if std::time::Instant::now() >= until {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+    }
+    poll(fds, timeout)
+}
 
 /// Starts the handler thread; it runs until `stop` is signalled.
 pub fn spawn(core: Arc<GuestCore>, stop: Arc<EventFd>) -> std::io::Result<JoinHandle<()>> {
@@ -35,7 +63,7 @@ fn run(core: &GuestCore, stop: &EventFd) {
             } else {
                 PollTimeout::NONE
             };
-            match poll(&mut fds, timeout) {
+            match poll_spinning(&mut fds, core.fault_spin(), timeout) {
                 Ok(_) => {}
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {

@@ -66,6 +66,7 @@ mod swapin_window;
 pub mod uffd;
 
 pub use config::{ChannelConfig, ConfigError, FastPathConfig, GuestConfig, RegionMemory};
+pub use fault_handler::MAX_FAULT_SPIN;
 #[cfg(feature = "test-util")]
 pub use guest::GuestCore;
 pub use guest::{

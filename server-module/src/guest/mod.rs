@@ -221,6 +221,8 @@ pub struct GuestCore {
     resize: resize::ResizeTracker,
     /// One evictor at a time.
     evict_lock: Mutex<()>,
+    /// How long the fault thread polls for the next fault before it sleeps, in ns.
+    fault_spin_ns: AtomicU64,
     /// Kernel mode: pause after futile page-out sweeps.
     kernel_backoff: Mutex<kernel_swap::Backoff>,
     /// Page-aligned buffers for store I/O, reused.
@@ -280,6 +282,7 @@ impl GuestCore {
             fastpath_waker: p.fastpath_waker,
             resize: Default::default(),
             evict_lock: Mutex::new(()),
+            fault_spin_ns: AtomicU64::new(0),
             kernel_backoff: Mutex::default(),
             staging: Mutex::new(Vec::new()),
             last_evict_error: Mutex::new(None),
@@ -302,6 +305,21 @@ impl GuestCore {
     /// The guest's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// How long the fault thread polls for the next fault before sleeping.
+    pub(crate) fn fault_spin(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(
+            self.fault_spin_ns
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    /// Sets [`fault_spin`](Self::fault_spin) (the caller checked the limit).
+    pub(crate) fn set_fault_spin(&self, spin: std::time::Duration) {
+        let ns = u64::try_from(spin.as_nanos()).unwrap_or(u64::MAX);
+        self.fault_spin_ns
+            .store(ns, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The guest's tracing span.
