@@ -53,6 +53,9 @@ pub struct RunConfig {
     pub mergeable: bool,
     /// Give the guest a window for shared segments (`layout::SEGMENT_GPA`; on by default).
     pub segments: bool,
+    /// How long the fault thread polls for the next fault before sleeping
+    /// (`GuestRef::set_fault_spin`; 0 by default).
+    pub fault_spin: Duration,
 }
 
 /// A hook that sees the guest's handle before it runs (tests use it to inject faults).
@@ -104,6 +107,7 @@ impl Default for RunConfig {
             fastpath: true,
             mergeable: false,
             segments: true,
+            fault_spin: Duration::ZERO,
         }
     }
 }

@@ -70,6 +70,9 @@ pub enum Error {
     /// The watchdog thread could not be started.
     #[error("cannot start the watchdog: {0}")]
     Watchdog(#[source] std::io::Error),
+    /// The fault spin is above its limit.
+    #[error(transparent)]
+    Config(#[from] memout_server::ConfigError),
     /// The control socket could not be served.
     #[error("{0} (choose another path with --control, or --no-control)")]
     Control(#[from] memout_server::control::Error),
@@ -185,8 +188,11 @@ pub fn run_guest(server: &Server, image: &GuestImage, cfg: &RunConfig) -> Result
             Backend::Plain(PlainRegion::new(cfg.region_size as usize).map_err(Error::PlainRegion)?)
         }
     };
-    if let (Backend::Memout(h), Some(setup)) = (&backend, &cfg.setup) {
-        (setup.0)(h);
+    if let Backend::Memout(h) = &backend {
+        h.set_fault_spin(cfg.fault_spin)?;
+        if let Some(setup) = &cfg.setup {
+            (setup.0)(h);
+        }
     }
     let _control = match &cfg.control {
         Some(path) => {
