@@ -109,6 +109,7 @@ fn the_quick_swap_pressure_experiment_makes_sense() {
     for r in &rows {
         assert_eq!(r["data_errors"], "0", "{r:?}");
         assert!(num(r, "ops_per_s") > 0.0, "{r:?}");
+        assert!(num(r, "cpu_s") > 0.0, "{r:?}");
         if r["mode"] != "kernel-swap" && r["budget_pct"] != "100" {
             assert!(num(r, "evicted_pages") > 0.0, "{r:?}");
         }

@@ -134,6 +134,7 @@ pub fn run(opts: &Options) -> Result<Vec<PathBuf>> {
         "write_pct": 30, "zero_pages_pct": 10, "content": "random",
         "hot_cold": "10 % of the pages (the first) take 90 % of the accesses",
         "scratch_dir": opts.scratch_dir,
+        "fault_spin_us": super::swap::FAULT_SPIN_US,
         "page_cluster": std::fs::read_to_string("/proc/sys/vm/page-cluster").ok().map(|s| s.trim().to_string()),
     });
     files.push(write_manifest(
@@ -148,7 +149,7 @@ pub fn run(opts: &Options) -> Result<Vec<PathBuf>> {
 
 fn csv(rows: &[Row]) -> String {
     let mut s = String::from(
-        "pattern,budget_pct,mode,rep,set_mib,accesses,ops_per_s,ops_s,evicted_pages,swapin_pages,swapin_p50_us,swapin_p99_us,host_mean_mib,host_peak_mib,data_errors\n",
+        "pattern,budget_pct,mode,rep,set_mib,accesses,ops_per_s,ops_s,evicted_pages,swapin_pages,swapin_p50_us,swapin_p99_us,host_mean_mib,host_peak_mib,data_errors,cpu_s\n",
     );
     for r in rows {
         let c = &r.cell;
@@ -159,7 +160,7 @@ fn csv(rows: &[Row]) -> String {
             });
         let _ = writeln!(
             s,
-            "{},{},{},{},{},{},{:.1},{:.3},{},{},{p50},{p99},{:.1},{:.1},{}",
+            "{},{},{},{},{},{},{:.1},{:.3},{},{},{p50},{p99},{:.1},{:.1},{},{:.2}",
             PATTERNS[c.pattern],
             c.budget_pct,
             c.mode,
@@ -172,7 +173,8 @@ fn csv(rows: &[Row]) -> String {
             r.swapin_pages,
             r.host_mean_mib,
             r.host_peak_mib,
-            r.data_errors
+            r.data_errors,
+            r.cpu_s
         );
     }
     s
@@ -187,7 +189,7 @@ fn summary(
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "# Swap pressure: memout's store against the kernel's swap\n\n{} run, medians of {} repetition(s). The `memwork` guest fills {set_mib} MiB, then makes {} page accesses (30 % rewrite the page, 70 % read and check it; 10 % of the pages hold zeros, the rest random words) under a memory budget. Each run is a `memout run` process in a memory cgroup limited to the budget + {allow} MiB for the VMM, the same for both modes. memout keeps the guest's resident memory at the budget and swaps in from its O_DIRECT store through userfaultfd with an adaptive window. For kernel swap memout pages the guest out (`MADV_PAGEOUT`) to {head} MiB under the budget every 10 ms; the kernel swaps in through its own fault path and frees its swap cache when the cgroup is full. Both use memout's eviction order (oldest 2 MiB chunk first, hot chunks passed over). Ratio = memout ÷ kernel swap throughput (> 1: memout faster).\n",
+        "# Swap pressure: memout's store against the kernel's swap\n\n{} run, medians of {} repetition(s). The `memwork` guest fills {set_mib} MiB, then makes {} page accesses (30 % rewrite the page, 70 % read and check it; 10 % of the pages hold zeros, the rest random words) under a memory budget. Each run is a `memout run` process in a memory cgroup limited to the budget + {allow} MiB for the VMM, the same for both modes. memout keeps the guest's resident memory at the budget and swaps in from its O_DIRECT store through userfaultfd with an adaptive window; its fault thread polls {spin} µs for the next fault before it sleeps, which costs CPU time (the CPU column: user + system seconds of the whole run, all phases). For kernel swap memout pages the guest out (`MADV_PAGEOUT`) to {head} MiB under the budget every 10 ms; the kernel swaps in through its own fault path and frees its swap cache when the cgroup is full. Both use memout's eviction order (oldest 2 MiB chunk first, hot chunks passed over). Ratio = memout ÷ kernel swap throughput (> 1: memout faster).\n",
         if opts.quick {
             "Quick (CI-sized)"
         } else {
@@ -197,18 +199,19 @@ fn summary(
         u64::from(kops) * 1000,
         allow = super::swap::VMM_ALLOWANCE_MIB,
         head = super::swap::KERNEL_HEADROOM_MIB,
+        spin = super::swap::FAULT_SPIN_US,
     );
     for (p, name) in PATTERNS.iter().enumerate() {
         let _ = writeln!(
             s,
-            "## {name}\n\n| budget | memout accesses/s | kernel swap accesses/s | ratio | host MiB mean (peak), memout | kernel swap | swap-ins memout / kernel (pages) | memout swap-in p50 / p99 µs | data errors |\n|---|---|---|---|---|---|---|---|---|"
+            "## {name}\n\n| budget | memout accesses/s | kernel swap accesses/s | ratio | host MiB mean (peak), memout | kernel swap | swap-ins memout / kernel (pages) | memout swap-in p50 / p99 µs | CPU s memout / kernel | data errors |\n|---|---|---|---|---|---|---|---|---|---|"
         );
         for b in BUDGETS {
             let (m, k) = (med(p, b, Mode::Memout), med(p, b, Mode::Kernel));
             let (p50, p99) = m.swapin_us.unwrap_or_default();
             let _ = writeln!(
                 s,
-                "| {b} % | {:.0} | {:.0} | {:.2} | {:.1} ({:.1}) | {:.1} ({:.1}) | {} / {} | {p50:.0} / {p99:.0} | {} |",
+                "| {b} % | {:.0} | {:.0} | {:.2} | {:.1} ({:.1}) | {:.1} ({:.1}) | {} / {} | {p50:.0} / {p99:.0} | {:.1} / {:.1} | {} |",
                 m.ops_per_s,
                 k.ops_per_s,
                 m.ops_per_s / k.ops_per_s.max(1e-9),
@@ -218,6 +221,8 @@ fn summary(
                 k.host_peak_mib,
                 m.swapin_pages,
                 k.swapin_pages,
+                m.cpu_s,
+                k.cpu_s,
                 m.data_errors + k.data_errors,
             );
         }
@@ -226,7 +231,7 @@ fn summary(
     if opts.redis.is_some() {
         let _ = writeln!(
             s,
-            "## memout evicting to Redis\n\n| pattern | budget | memout→Redis accesses/s | ÷ memout file store | ÷ kernel swap | host MiB mean (peak) | swap-ins (pages) | swap-in p50 / p99 µs | data errors |\n|---|---|---|---|---|---|---|---|---|"
+            "## memout evicting to Redis\n\n| pattern | budget | memout→Redis accesses/s | ÷ memout file store | ÷ kernel swap | host MiB mean (peak) | swap-ins (pages) | swap-in p50 / p99 µs | CPU s | data errors |\n|---|---|---|---|---|---|---|---|---|---|"
         );
         for (p, name) in PATTERNS.iter().enumerate() {
             for b in BUDGETS {
@@ -238,20 +243,21 @@ fn summary(
                 let (p50, p99) = r.swapin_us.unwrap_or_default();
                 let _ = writeln!(
                     s,
-                    "| {name} | {b} % | {:.0} | {:.2} | {:.2} | {:.1} ({:.1}) | {} | {p50:.0} / {p99:.0} | {} |",
+                    "| {name} | {b} % | {:.0} | {:.2} | {:.2} | {:.1} ({:.1}) | {} | {p50:.0} / {p99:.0} | {:.1} | {} |",
                     r.ops_per_s,
                     r.ops_per_s / m.ops_per_s.max(1e-9),
                     r.ops_per_s / k.ops_per_s.max(1e-9),
                     r.host_mean_mib,
                     r.host_peak_mib,
                     r.swapin_pages,
+                    r.cpu_s,
                     r.data_errors,
                 );
             }
         }
         s.push('\n');
     }
-    s.push_str("Kernel swap-ins are `pswpin` from /proc/vmstat over the run (host-wide: run on a quiet host); they count pages read from swap, not faults served from the swap cache. Host memory is the cgroup's usage: the VMM, the guest's memory and the swap cache. Favourable to the kernel: what its cgroup holds above memout's paging-out target (up to the headroom) serves faults without I/O, while memout's own store keeps nothing cached. Favourable to memout: its store does not write zero pages (10 % here); the kernel's swap writes them. At 100 % neither mode evicts.");
+    s.push_str("Kernel swap-ins are `pswpin` from /proc/vmstat over the run (host-wide: run on a quiet host); they count pages read from swap, not faults served from the swap cache. Host memory is the cgroup's usage: the VMM, the guest's memory and the swap cache. Favourable to the kernel: what its cgroup holds above memout's paging-out target (up to the headroom) serves faults without I/O, while memout's own store keeps nothing cached. Favourable to memout: its store does not write zero pages (10 % here), the kernel's swap writes them; its fault thread's polling uses CPU time the kernel side does not. CPU time counts the process's threads: the kernel's swap-in work done in the faulting thread is in it, asynchronous swap writeback is not. At 100 % neither mode evicts.");
     if opts.redis.is_some() {
         let _ = write!(
             s,
