@@ -66,6 +66,13 @@ pub fn remove_cgroup(path: &Path) {
     }
 }
 
+/// Tells stderr what the signal thread does. Never panics (unlike `eprintln!`): when the
+/// process that read our stderr is gone, the clean-up must still happen.
+fn say(what: std::fmt::Arguments<'_>, sig: i32) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "memout: signal {sig}: {what}");
+}
+
 /// Starts the signal thread (once per process). Call before changing the host.
 pub fn install() -> std::io::Result<()> {
     let mut result = Ok(());
@@ -81,11 +88,11 @@ pub fn install() -> std::io::Result<()> {
                         let mut cgroups = CGROUPS.lock();
                         let mut swapfiles = SWAPFILES.lock();
                         for c in cgroups.drain(..) {
-                            eprintln!("memout: signal {sig}: removing cgroup {}", c.display());
+                            say(format_args!("removing cgroup {}", c.display()), sig);
                             remove_cgroup(&c);
                         }
                         for p in swapfiles.drain(..) {
-                            eprintln!("memout: signal {sig}: removing swapfile {}", p.display());
+                            say(format_args!("removing swapfile {}", p.display()), sig);
                             remove_swapfile(&p);
                         }
                         std::process::exit(128 + sig);

@@ -3,7 +3,8 @@
 //! evicts below 100 % and uses less host memory at 25 % than at 100 %; kernel swap really
 //! reads from swap at 25 % and is slower there than at 100 %; every plot has its CSV; the
 //! manifest names the machine), and the temporary swapfile and memory cgroups are gone
-//! afterwards, also when the experiment is interrupted with Ctrl-C (SIGINT). The quick run
+//! afterwards, also when the experiment is interrupted with Ctrl-C (SIGINT), or killed
+//! (SIGTERM) after whoever read its stderr has gone. The quick run
 //! includes the memout→Redis mode against a `redis-server` the test starts, whose keys are
 //! all gone afterwards.
 
@@ -63,6 +64,27 @@ fn leftovers(scratch: &Path) -> Vec<String> {
         .map(|e| e.path().display().to_string())
         .filter(|p| p.contains("memout-swap-"));
     on.into_iter().chain(files).collect()
+}
+
+/// On drop, removes what an experiment process left behind (its cgroups, swapfiles and
+/// directories): a failing test must not leave the host changed.
+struct Undo<'a> {
+    pid: u32,
+    scratch: &'a Path,
+    out: &'a Path,
+}
+
+impl Drop for Undo<'_> {
+    fn drop(&mut self) {
+        for c in cgroups_of(self.pid) {
+            memout_vmm::cleanup::remove_cgroup(&Path::new("/sys/fs/cgroup/memory").join(c));
+        }
+        for f in leftovers(self.scratch) {
+            memout_vmm::cleanup::remove_swapfile(Path::new(&f));
+        }
+        let _ = std::fs::remove_dir_all(self.scratch);
+        let _ = std::fs::remove_dir_all(self.out);
+    }
 }
 
 #[test]
@@ -159,17 +181,40 @@ fn the_quick_swap_pressure_experiment_makes_sense() {
 
 #[test]
 fn ctrl_c_removes_the_swapfile() {
+    interrupt(nix::sys::signal::Signal::SIGINT, true);
+}
+
+#[test]
+fn a_kill_cleans_up_even_when_nobody_reads_stderr_any_more() {
+    // The process that read its stderr is gone (a closed terminal, a killed pipeline): the
+    // signal thread's messages fail, and the clean-up must happen all the same.
+    interrupt(nix::sys::signal::Signal::SIGTERM, false);
+}
+
+/// Starts a quick experiment, waits until it has a swapfile and is measuring, sends `sig`
+/// (with its stderr closed first unless `read_stderr`), and checks it exits 128 + `sig`
+/// with its swapfile and cgroups gone.
+fn interrupt(sig: nix::sys::signal::Signal, read_stderr: bool) {
     let pieces = [Piece::Kvm, Piece::Uffd, Piece::Swap, Piece::CgroupV1Memory];
     if !require_all(&pieces, "experiment_swap") {
         return;
     }
     let _one = SWAP.lock().unwrap_or_else(|p| p.into_inner());
-    let (out, dir) = (scratch("int-out"), scratch("int-files"));
+    let tag = if read_stderr { "int" } else { "term" };
+    let (out, dir) = (
+        scratch(&format!("{tag}-out")),
+        scratch(&format!("{tag}-files")),
+    );
     let mut child = experiment(&out, &dir)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("running memout");
+    let _undo = Undo {
+        pid: child.id(),
+        scratch: &dir,
+        out: &out,
+    };
     let t = Instant::now();
     while leftovers(&dir).is_empty() {
         assert!(
@@ -182,20 +227,30 @@ fn ctrl_c_removes_the_swapfile() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    // Let it get into a measurement, then interrupt it as Ctrl-C would.
+    if !read_stderr {
+        drop(child.stderr.take());
+    }
+    // Let it get into a measurement, then interrupt it.
     std::thread::sleep(Duration::from_millis(500));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    let status = child.wait().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{sig} did not end the experiment within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-    assert_eq!(status.code(), Some(130), "{err}");
-    assert!(err.contains("removing swapfile"), "{err}");
+    if let Some(mut e) = child.stderr.take() {
+        std::io::Read::read_to_string(&mut e, &mut err).unwrap();
+        assert!(err.contains("removing swapfile"), "{err}");
+    }
+    assert_eq!(status.code(), Some(128 + sig as i32), "{err}");
     assert_eq!(leftovers(&dir), Vec::<String>::new(), "{err}");
     assert_eq!(cgroups_of(child.id()), Vec::<String>::new(), "{err}");
-    std::fs::remove_dir_all(&out).unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
 }
