@@ -10,27 +10,32 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 const CHUNK: usize = 2 << 20;
 const CHUNKS: usize = 32;
 
-/// User + system time of this process's thread named `comm`, in ms (10 ms ticks).
+/// User + system time of this process's thread named `comm`, in ms (10 ms ticks). A new
+/// thread names itself once it runs, so it is looked for during up to 5 s.
 fn thread_cpu_ms(comm: &str) -> u64 {
-    let tick_ms = 1000
-        / nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-            .ok()
-            .flatten()
-            .unwrap_or(100) as u64;
-    for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-        let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-        if name.trim() == comm {
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as u64;
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(5) {
+        for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+            let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            if name.trim() != comm {
+                continue;
+            }
             let stat = std::fs::read_to_string(t.path().join("stat")).unwrap();
-            // Fields after the ")" that ends the name: state is 3rd, utime 14th, stime 15th.
-            let rest: Vec<&str> = stat
-                .rsplit_once(')')
-                .unwrap()
-                .1
+            // After the ")" that ends the name: state first, utime 12th, stime 13th.
+            let (_, rest) = stat.rsplit_once(')').unwrap();
+            let f: Vec<u64> = rest
                 .split_whitespace()
+                .skip(11)
+                .take(2)
+                .map(|v| v.parse().unwrap())
                 .collect();
-            let ticks: u64 = rest[11].parse::<u64>().unwrap() + rest[12].parse::<u64>().unwrap();
-            return ticks * tick_ms;
+            return (f[0] + f[1]) * 1000 / hz;
         }
+        std::thread::sleep(Duration::from_millis(10));
     }
     panic!("no thread named {comm}");
 }
