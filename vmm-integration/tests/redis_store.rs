@@ -61,6 +61,20 @@ fn memwork_line(r: &Value) -> String {
         .to_string()
 }
 
+/// The run's report, once checked: the guest passed with no bad word, more than
+/// `evicted_pages` were evicted, some swapped back in, and no eviction failed.
+fn swapped_cleanly(o: &Output, evicted_pages: u64) -> Value {
+    let r = report(o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(r["passed"], true, "{r}\n{err}");
+    assert!(memwork_line(&r).ends_with(" bad 0"), "{r}");
+    let stat = |k: &str| r["stats"][k].as_u64().unwrap();
+    assert!(stat("evictions_pages") > evicted_pages, "{r}");
+    assert!(stat("swapins_pages") > 0, "{r}");
+    assert_eq!(stat("evict_errors"), 0, "{r}");
+    r
+}
+
 fn instance(tag: &str) -> String {
     format!("test-{tag}-{}", std::process::id())
 }
@@ -82,18 +96,8 @@ fn a_512_mib_set_under_a_128_mib_budget_runs_on_redis_and_leaves_no_keys() {
     let o = memwork(&redis.url(), &instance("big"), 512, 100, "128M")
         .output()
         .unwrap();
-    let r = report(&o);
-    assert_eq!(
-        r["passed"],
-        true,
-        "{r}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(memwork_line(&r).ends_with(" bad 0"), "{r}");
+    let r = swapped_cleanly(&o, 384 << 8);
     let stat = |k: &str| r["stats"][k].as_u64().unwrap();
-    assert!(stat("evictions_pages") > (384 << 8), "{r}");
-    assert!(stat("swapins_pages") > 0, "{r}");
-    assert_eq!(stat("evict_errors"), 0, "{r}");
     assert!(stat("resident_pages") <= (128 << 8) + 512, "{r}");
     assert_eq!(keys(&redis, "memout:*"), Vec::<String>::new());
 }
@@ -243,14 +247,7 @@ fn tls_with_a_password_runs_and_refuses_untrusted_or_wrong_credentials() {
         .arg(redis.ca_path())
         .output()
         .unwrap();
-    let r = report(&o);
-    assert_eq!(r["passed"], true, "{r}");
-    assert!(memwork_line(&r).ends_with(" bad 0"), "{r}");
-    assert!(
-        r["stats"]["evictions_pages"].as_u64().unwrap() > 48 << 8,
-        "{r}"
-    );
-    assert!(r["stats"]["swapins_pages"].as_u64().unwrap() > 0, "{r}");
+    swapped_cleanly(&o, 48 << 8);
     assert_eq!(keys(&redis, "memout:*"), Vec::<String>::new());
 
     // The system's CAs do not know the test CA.
@@ -296,18 +293,7 @@ fn a_cluster_spreads_the_guests_memory_over_every_master() {
         .arg("--store-cluster")
         .output()
         .unwrap();
-    let r = report(&o);
-    assert_eq!(
-        r["passed"],
-        true,
-        "{r}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(memwork_line(&r).ends_with(" bad 0"), "{r}");
-    let stat = |k: &str| r["stats"][k].as_u64().unwrap();
-    assert!(stat("evictions_pages") > 96 << 8, "{r}");
-    assert!(stat("swapins_pages") > 0, "{r}");
-    assert_eq!(stat("evict_errors"), 0, "{r}");
+    swapped_cleanly(&o, 96 << 8);
     for n in cluster.nodes() {
         let calls = n.cli(&["INFO", "commandstats"]);
         for cmd in ["cmdstat_hset:calls=", "cmdstat_hmget:calls="] {

@@ -34,6 +34,49 @@ const NAMES: [&str; 6] = [
     "kernel swap fault-in (in)",
 ];
 
+/// What both swap scenarios start from: the guest's parameter (MiB and zero-page percent), a
+/// server, the bench image, and empty series named `names`.
+pub(super) fn setup(
+    o: &BenchOpts,
+    mib: u64,
+    names: &[&str],
+) -> Result<(u32, Server, GuestImage, Vec<Series>)> {
+    if o.zero_pct > 100 {
+        return Err(Error::ZeroPercent(o.zero_pct));
+    }
+    let param = (mib as u32) | (o.zero_pct << 17);
+    let series = names
+        .iter()
+        .map(|n| Series {
+            name: n.to_string(),
+            samples: Vec::new(),
+        })
+        .collect();
+    Ok((param, Server::builder().build()?, bench_image()?, series))
+}
+
+/// The scenario's result: `extra` gains each series' median in MiB/s.
+pub(super) fn result(
+    o: &BenchOpts,
+    mib: u64,
+    series: Vec<Series>,
+    ratios: Vec<super::Ratio>,
+    mut extra: Map<String, serde_json::Value>,
+) -> BenchResult {
+    for s in &series {
+        let mbps = mib as f64 / (s.median() / 1e3);
+        extra.insert(format!("{} MiB/s", s.name), json!(mbps.round()));
+    }
+    BenchResult {
+        scenario: "swap",
+        unit: "ms",
+        rounds: o.rounds,
+        series,
+        ratios,
+        extra,
+    }
+}
+
 /// (out ms, in ms, fraction of the memory evicted) of one guest run.
 pub(super) fn guest_round(
     server: &Server,
@@ -95,22 +138,10 @@ pub fn swap(o: &BenchOpts) -> Result<BenchResult> {
             max: (1 << 17) - 1,
         });
     }
-    if o.zero_pct > 100 {
-        return Err(Error::ZeroPercent(o.zero_pct));
-    }
-    let param = (mib as u32) | (o.zero_pct << 17);
-    let server = Server::builder().build()?;
-    let image = bench_image()?;
+    let (param, server, image, mut series) = setup(o, mib, &NAMES)?;
     // The peer: a swapfile with room for the guest's memory, removed at the end.
     let swap = Swapfile::create(&o.dir, "bench", (mib + 64) << 20);
     let kernel_note = swap.as_ref().err().map(|e| e.to_string());
-    let mut series: Vec<Series> = NAMES
-        .iter()
-        .map(|n| Series {
-            name: n.to_string(),
-            samples: Vec::new(),
-        })
-        .collect();
     let bar = ProgressBar::new(((o.rounds + 1) * 3) as u64);
     let mut worst_fraction: [f64; 2] = [1.0, 1.0];
     for round in 0..=o.rounds {
@@ -200,16 +231,5 @@ pub fn swap(o: &BenchOpts) -> Result<BenchResult> {
             );
         }
     }
-    let mbps = |s: &Series| mib as f64 / (s.median() / 1e3);
-    for s in &series {
-        extra.insert(format!("{} MiB/s", s.name), json!(mbps(s).round()));
-    }
-    Ok(BenchResult {
-        scenario: "swap",
-        unit: "ms",
-        rounds: o.rounds,
-        series,
-        ratios,
-        extra,
-    })
+    Ok(result(o, mib, series, ratios, extra))
 }

@@ -8,10 +8,10 @@
 //! favourable to memout: it does not store zero pages (`--zero-pct`, default 10), which the
 //! raw baseline sends.
 
-use super::swap::guest_round;
-use super::{BenchOpts, BenchResult, Error, Result, Series, bench_image, ratio};
+use super::swap::{guest_round, result, setup};
+use super::{BenchOpts, BenchResult, Error, Result, ratio};
+use memout_server::Eviction;
 use memout_server::redis_store::{RedisStore, RedisStoreConfig, keys::redact};
-use memout_server::{Eviction, Server};
 use serde_json::{Map, json};
 use std::sync::Arc;
 use std::time::Instant;
@@ -74,22 +74,10 @@ pub fn run(o: &BenchOpts, url: &str) -> Result<BenchResult> {
             max: (1 << 17) - 2,
         });
     }
-    if o.zero_pct > 100 {
-        return Err(Error::ZeroPercent(o.zero_pct));
-    }
-    let param = (mib as u32) | (o.zero_pct << 17);
-    let server = Server::builder().build()?;
-    let image = bench_image()?;
+    let (param, server, image, mut series) = setup(o, mib, &NAMES)?;
     let client = redis::Client::open(url)?;
     let instance = format!("bench-{}", std::process::id());
     let raw_prefix = format!("memout-bench-raw:{}", std::process::id());
-    let mut series: Vec<Series> = NAMES
-        .iter()
-        .map(|n| Series {
-            name: n.to_string(),
-            samples: Vec::new(),
-        })
-        .collect();
     let bar = indicatif::ProgressBar::new(((o.rounds + 1) * 2) as u64);
     let mut worst_fraction = 1.0f64;
     for round in 0..=o.rounds {
@@ -130,16 +118,5 @@ pub fn run(o: &BenchOpts, url: &str) -> Result<BenchResult> {
         "memout_evicted_fraction_worst".into(),
         json!(worst_fraction),
     );
-    let mbps = |s: &Series| mib as f64 / (s.median() / 1e3);
-    for s in &series {
-        extra.insert(format!("{} MiB/s", s.name), json!(mbps(s).round()));
-    }
-    Ok(BenchResult {
-        scenario: "swap",
-        unit: "ms",
-        rounds: o.rounds,
-        series,
-        ratios,
-        extra,
-    })
+    Ok(result(o, mib, series, ratios, extra))
 }
