@@ -31,9 +31,15 @@ pub fn configure(server: &Server, mode: KsmMode) -> Result<(), CliError> {
 /// restored the settings itself, restores them.
 pub fn guard(saved: PathBuf, root: PathBuf) -> Result<(), CliError> {
     if let Some(s) = guard::run_guard(std::io::stdin(), &KsmSysfs::at(root), &saved)? {
-        eprintln!(
+        // Not eprintln!: the guard outlives the memout whose stderr it shares, and a closed
+        // stderr must not turn a restore that worked into a panic.
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
             "memout ksm-guard: memout ended without restoring KSM; restored run {}, pages_to_scan {}, sleep_millisecs {}",
-            s.run, s.pages_to_scan, s.sleep_millisecs
+            s.run,
+            s.pages_to_scan,
+            s.sleep_millisecs
         );
     }
     Ok(())
