@@ -1,9 +1,10 @@
 //! The fault thread's spin (`GuestRef::set_fault_spin`): it is refused above its limit; with
-//! it, faults are served as before and the thread polls after each one (it uses CPU time
-//! between faults that come far apart), and an idle guest's thread still goes to sleep.
+//! it, faults are served as before and the thread polls after each one (it uses ~10 ms of CPU
+//! time more per fault when faults come far apart than without it), and an idle guest's
+//! thread still goes to sleep.
 
 use memout_server::ring_driver::{RingDriver, host_test_config};
-use memout_server::{ConfigError, Eviction, MAX_FAULT_SPIN, Server};
+use memout_server::{ConfigError, Eviction, MAX_FAULT_SPIN, PopulatePolicy, Server};
 use std::time::{Duration, Instant};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
@@ -71,6 +72,8 @@ fn the_spin_is_bounded_costs_cpu_between_faults_and_sleeps_when_idle() {
     assert_eq!(a.status, 0);
     let base = h.region_host_addr();
     let comm = "memout-uffd-sp";
+    // One page per fault: the fault itself costs next to nothing, the spin is what shows.
+    h.set_policy(PopulatePolicy::PerPage);
 
     let over = MAX_FAULT_SPIN + Duration::from_micros(1);
     assert!(matches!(h.set_fault_spin(over), Err(ConfigError::FaultSpin(d)) if d == over));
@@ -80,10 +83,6 @@ fn the_spin_is_bounded_costs_cpu_between_faults_and_sleeps_when_idle() {
     let before = thread_cpu_ms(comm);
     touch_chunks(base, 0..CHUNKS / 2, Duration::from_millis(30));
     let spun = thread_cpu_ms(comm) - before;
-    assert!(
-        spun >= 60,
-        "the fault thread used {spun} ms of CPU: it did not poll"
-    );
 
     // Idle for a second: it sleeps after its last spin.
     let t = Instant::now();
@@ -96,14 +95,14 @@ fn the_spin_is_bounded_costs_cpu_between_faults_and_sleeps_when_idle() {
         t.elapsed()
     );
 
-    // Without the spin, the same faults cost next to nothing.
+    // Without the spin, the same faults: the difference is the polling.
     h.set_fault_spin(Duration::ZERO).unwrap();
     let before = thread_cpu_ms(comm);
     touch_chunks(base, CHUNKS / 2..CHUNKS, Duration::from_millis(30));
     let plain = thread_cpu_ms(comm) - before;
     eprintln!("fault thread CPU: {spun} ms spinning, {idle} ms idle, {plain} ms without spin");
     assert!(
-        plain < 50,
-        "without the spin the fault thread used {plain} ms"
+        spun >= plain + 80,
+        "the fault thread used {spun} ms with the spin, {plain} ms without: it did not poll"
     );
 }

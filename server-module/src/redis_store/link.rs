@@ -1,7 +1,7 @@
-//! One Redis server or a Redis Cluster, over TCP or TLS: how a connection is made and how a request (a
-//! pipeline) is sent on it. To a server a pipeline goes as is; in a cluster it is split by key
-//! and each part goes to the master that owns the key's hash slot, following MOVED and ASK
-//! redirections (the `redis` crate's cluster client).
+//! One Redis server or a Redis Cluster, over TCP or TLS: how a connection is made and how a
+//! request (a pipeline) is sent on it. To a server a pipeline goes as is; in a cluster it is
+//! split by key and each part goes to the master that owns the key's hash slot, following
+//! MOVED and ASK redirections (the `redis` crate's cluster client).
 
 use super::{Error, RedisStoreConfig, Result};
 use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConnection, cluster_pipe};
@@ -86,10 +86,6 @@ pub fn target(cfg: &RedisStoreConfig, store: &str) -> Result<Target> {
             })
         }
     };
-    let tls_err = |source| Error::Tls {
-        url: store.into(),
-        source,
-    };
     if cfg.cluster {
         let mut b = ClusterClientBuilder::new([cfg.url.as_str()])
             .connection_timeout(cfg.timeout)
@@ -107,7 +103,10 @@ pub fn target(cfg: &RedisStoreConfig, store: &str) -> Result<Target> {
             url: store.into(),
             source,
         }),
-        Some(c) => Client::build_with_tls(cfg.url.as_str(), c).map_err(tls_err),
+        Some(c) => Client::build_with_tls(cfg.url.as_str(), c).map_err(|source| Error::Tls {
+            url: store.into(),
+            source,
+        }),
     }
     .map(Target::Server)
 }
