@@ -13,10 +13,10 @@
 use crate::extents::Run;
 use std::collections::HashMap;
 
-/// A fault at most this many swap-in faults after the previous one in the same chunk grows
-/// that chunk's window. With uniform random access over `n` chunks that happens with
-/// probability about 16/n.
-pub const BURST_FAULTS: u64 = 16;
+// A fault at most BURST_FAULTS swap-in faults after the previous one in the same chunk grows
+// that chunk's window: the same burst that heats a chunk in `cold`. With uniform random
+// access over `n` chunks that happens with probability about 16/n.
+use crate::cold::BURST_FAULTS;
 /// Per-chunk windows kept (older ones are forgotten all at once; they only cost a small
 /// window on the next fault).
 const MAX_CHUNK_WINDOWS: usize = 4096;

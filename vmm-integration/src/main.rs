@@ -158,11 +158,10 @@ struct StoreChoice<'a> {
 
 fn eviction_of(c: &StoreChoice, region: u64) -> Result<memout_server::Eviction, CliError> {
     let dir = c.dir;
-    match c.eviction {
-        "none" => Ok(memout_server::Eviction::None),
-        "kernel" => Ok(memout_server::Eviction::Kernel),
-        "store" if c.redis.is_some() => {
-            let (url, instance, guest) = c.redis.expect("checked");
+    match (c.eviction, c.redis) {
+        ("none", _) => Ok(memout_server::Eviction::None),
+        ("kernel", _) => Ok(memout_server::Eviction::Kernel),
+        ("store", Some((url, instance, guest))) => {
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                 return Err(CliError::UnknownStore(
                     memout_server::redis_store::keys::redact(url),
@@ -180,13 +179,13 @@ fn eviction_of(c: &StoreChoice, region: u64) -> Result<memout_server::Eviction, 
             let s = memout_server::redis_store::RedisStore::connect(&cfg)?;
             Ok(memout_server::Eviction::Store(std::sync::Arc::new(s)))
         }
-        "store" => memout_server::FileStore::create(dir, "guest", region)
+        ("store", None) => memout_server::FileStore::create(dir, "guest", region)
             .map(|s| memout_server::Eviction::Store(std::sync::Arc::new(s)))
             .map_err(|source| CliError::Store {
                 dir: dir.to_path_buf(),
                 source,
             }),
-        other => Err(CliError::UnknownEviction(other.to_string())),
+        (other, _) => Err(CliError::UnknownEviction(other.to_string())),
     }
 }
 

@@ -90,11 +90,6 @@ impl MemoryCgroup {
         Ok(cg)
     }
 
-    /// Where it is.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Runs `program args…` inside the cgroup (it enters before `exec`, so all its memory is
     /// charged here) and waits for it.
     pub fn run(&self, program: &Path, args: &[String]) -> Result<Output> {
